@@ -1,0 +1,73 @@
+"""Service settings, read from environment variables (prefix PIXELSERVE_) or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The shipped model repository sits beside the package in a checkout.
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", env_file=".env", extra="ignore")
+
+    model_repository: Path = Field(DEFAULT_REPOSITORY, description="Directory holding <name>/<version>/model.onnx")
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference (comma-separated; cuda, cpu)",
+    )
+    ort_intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads inside one operator (0 = ORT default)")
+    ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators (0 = ORT default)")
+
+    batching: bool = Field(True, description="Coalesce concurrent requests into one ONNX Runtime run")
+    max_batch_size: int = Field(64, ge=1, description="Most images in one coalesced run")
+    max_delay_ms: float = Field(2.0, ge=0, description="Longest a request waits for others to join its batch")
+    max_queue: int = Field(2048, ge=1, description="Images waiting per model version before answering 503")
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
+    max_image_pixels: int = Field(40_000_000, ge=784, description="Largest decoded picture, in pixels (413 above)")
+    max_instances: int = Field(256, ge=1, description="Most images in one request")
+    default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")
+
+    api_key: SecretStr | None = Field(None, description="When set, predict and reload endpoints require this key")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (comma-separated)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs or plain text")
+    watch_interval_s: float = Field(2.0, ge=0, description="Seconds between scans of the repository for new versions (0 = off)")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: object) -> object:
+        value = _split_commas(value)
+        if isinstance(value, list):
+            return [PROVIDER_ALIASES.get(str(p).lower(), str(p)) for p in value]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_commas(value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
