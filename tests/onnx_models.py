@@ -1,0 +1,142 @@
+"""Tiny ONNX classifiers for tests, built with onnx.helper (no torch), and repository writers.
+
+The classifier is input [N,1,28,28] -> Flatten -> Gemm -> Softmax -> probabilities [N,C], with seeded
+weights, so a test can compute the exact expected probabilities in numpy (`reference_probabilities`).
+Broken variants cover what the model repository must reject: bytes that are not ONNX, a card whose
+sha256 does not match the file, and a graph whose input is not [N,1,28,28].
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DIGIT_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def classifier_weights(seed: int, num_classes: int = 10, features: int = 784) -> tuple[np.ndarray, np.ndarray]:
+    """The Gemm weights [features, C] and bias [C] of the tiny classifier built with this seed."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(0.0, 0.5, size=(features, num_classes)).astype(np.float32)
+    bias = rng.normal(0.0, 0.1, size=num_classes).astype(np.float32)
+    return weights, bias
+
+
+def reference_probabilities(x: np.ndarray, seed: int, num_classes: int = 10) -> np.ndarray:
+    """What the classifier built with `seed` answers for x [N,1,28,28], computed in numpy (float64)."""
+    weights, bias = classifier_weights(seed, num_classes)
+    logits = x.reshape(len(x), -1).astype(np.float64) @ weights.astype(np.float64) + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def make_classifier(
+    *, seed: int = 0, num_classes: int = 10, input_shape: tuple = ("N", 1, 28, 28), opset: int = 17
+) -> onnx.ModelProto:
+    """input -> Flatten -> Gemm -> Softmax; `input_shape` other than [N,1,28,28] makes a mismatched model."""
+    features = int(np.prod([d for d in input_shape[1:]]))
+    weights, bias = classifier_weights(seed, num_classes, features)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "weights", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny-classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", num_classes])],
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8  # readable by every onnxruntime we support
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_card(name: str, version: int, onnx_bytes: bytes, *, classes: list[str] | None = None, task: str = "digits") -> dict:
+    """A model card as the training side writes it, with the sha256 of `onnx_bytes`."""
+    classes = list(classes or (DIGIT_CLASSES if task == "digits" else FASHION_CLASSES))
+    return {
+        "name": name,
+        "version": version,
+        "task": task,
+        "classes": classes,
+        "architecture": {"arch": "softmax-regression", "parameters": 784 * len(classes) + len(classes), "description": "test model"},
+        "input": {"name": "input", "shape": ["N", 1, 28, 28], "dtype": "float32", "range": [0.0, 1.0], "polarity": "white-on-black"},
+        "output": {"name": "probabilities", "shape": ["N", len(classes)], "dtype": "float32", "activation": "softmax"},
+        "preprocessing": {
+            "method": "mnist-digit" if task == "digits" else "fashion-fit",
+            "description": "test preprocessing",
+        },
+        "metrics": {"test_accuracy": 0.5, "test_split": "none (test model)", "test_size": 0, "validation_accuracy": 0.5},
+        "training": {"dataset": "none", "split": "none", "epochs": 0, "seed": version, "wall_time_s": 0.0, "library_versions": {}},
+        "onnx": {"file": "model.onnx", "opset": 17, "sha256": hashlib.sha256(onnx_bytes).hexdigest()},
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+
+
+def _deep_update(target: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def write_version(
+    root: Path,
+    name: str,
+    version: int,
+    *,
+    seed: int | None = None,
+    task: str = "digits",
+    onnx_bytes: bytes | None = None,
+    card_changes: dict | None = None,
+    input_shape: tuple = ("N", 1, 28, 28),
+) -> Path:
+    """Write models/<name>/<version>/ atomically (temporary directory, then rename), as the trainer does.
+
+    By default the model is the tiny classifier with seed = version; `onnx_bytes` replaces the file
+    (the card's sha256 follows it), `card_changes` edits the card after the sha256 is computed.
+    """
+    if onnx_bytes is None:
+        model = make_classifier(seed=version if seed is None else seed, input_shape=input_shape)
+        onnx_bytes = model.SerializeToString()
+    card = make_card(name, version, onnx_bytes, task=task)
+    if card_changes:
+        card = _deep_update(copy.deepcopy(card), card_changes)
+    model_dir = Path(root) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
+    (staging / "model.onnx").write_bytes(onnx_bytes)
+    (staging / "model.json").write_text(json.dumps(card, indent=2))
+    os.chmod(staging, 0o755)
+    final = model_dir / str(version)
+    os.rename(staging, final)
+    return final
+
+
+def write_bad_onnx(root: Path, name: str, version: int) -> Path:
+    """A version whose model.onnx is not ONNX at all (its card's sha256 matches the bad bytes)."""
+    return write_version(root, name, version, onnx_bytes=b"this is not an ONNX model")
+
+
+def write_sha_mismatch(root: Path, name: str, version: int) -> Path:
+    """A valid model whose card names another file's sha256."""
+    return write_version(root, name, version, card_changes={"onnx": {"sha256": "0" * 64}})
+
+
+def write_wrong_input_shape(root: Path, name: str, version: int) -> Path:
+    """A valid model that wants [N,3,32,32] pictures instead of [N,1,28,28]."""
+    return write_version(root, name, version, input_shape=("N", 3, 32, 32))
