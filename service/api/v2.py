@@ -94,8 +94,11 @@ _RESPONSE_SCHEMA = {
 }
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
 _BINARY_BODY = {
-    "schema": {"type": "string", "format": "binary"},
-    "description": f"Binary tensor data extension: a JSON header of {HEADER_LENGTH} bytes, then the raw little-endian tensors",
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": f"Binary tensor data extension: a JSON header of {HEADER_LENGTH} bytes, then the raw little-endian tensors",
+    }
 }
 INFER_DOCS = {
     "openapi_extra": {
