@@ -1,0 +1,83 @@
+"""`python -m service [--host H --port P ...]` serves the model repository;
+`python -m service predict --model NAME picture.png ...` asks a running server about pictures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Command-line options that override a setting (the rest come from PIXELSERVE_* environment variables).
+SETTING_OPTIONS = {
+    "host": "PIXELSERVE_HOST",
+    "port": "PIXELSERVE_PORT",
+    "model_repository": "PIXELSERVE_MODEL_REPOSITORY",
+    "providers": "PIXELSERVE_PROVIDERS",
+    "log_level": "PIXELSERVE_LOG_LEVEL",
+    "log_format": "PIXELSERVE_LOG_FORMAT",
+}
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import Settings
+
+    # Options become environment variables, so that every worker process reads the same settings.
+    for option, variable in SETTING_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[variable] = str(value)
+    settings = Settings()
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # the app configures logging (JSON lines with the request id)
+        access_log=False,  # the app logs requests itself
+        timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
+    )
+    if args.workers > 1:
+        uvicorn.run("service.app:create_app", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from service.client import run
+
+    return run(args.url, args.model, args.pictures, top_k=args.top_k, version=args.version, api_key=args.api_key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        parser = argparse.ArgumentParser(prog="python -m service predict", description="Print the best classes of pictures, asked of a running server.")
+        parser.add_argument("pictures", nargs="+", type=Path, help="picture files (PNG, JPEG, GIF, BMP, WebP)")
+        parser.add_argument("--model", required=True, help="model name, e.g. mnist-convnet")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="server address (default %(default)s)")
+        parser.add_argument("--top-k", type=int, default=3, help="how many classes to print (default %(default)s)")
+        parser.add_argument("--version", type=int, help="model version (default: the server's default)")
+        parser.add_argument("--api-key", default=os.environ.get("PIXELSERVE_API_KEY"), help="API key (default: $PIXELSERVE_API_KEY)")
+        return predict(parser.parse_args(argv[1:]))
+
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the model repository over HTTP. Every setting is also read from PIXELSERVE_* environment variables. "
+        "'python -m service predict --help' describes the client.",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--model-repository", type=Path, help="directory holding <name>/<version>/model.onnx")
+    parser.add_argument("--providers", help="ONNX Runtime execution providers in order, comma-separated (cuda, cpu)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "text"])
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests in flight on shutdown")
+    return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The v1 REST surface: list and describe models, predict from JSON pixels or pictures, reload a model.
+
+Predict bodies are read as bytes, parsed with orjson and converted to numpy in one go (see
+service.predictions); answers are serialised with orjson. The OpenAPI document still describes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service import schemas
+from service.api.dependencies import require_api_key, tag_request
+from service.errors import InvalidInput
+from service.predictions import (
+    INSTANCE_FORMS,
+    decode_base64_picture,
+    format_predictions,
+    pictures_to_batch,
+    pixels_to_batch,
+)
+from service.registry import ModelDescription, ModelRepository, ServedModel
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
+JSON = "application/json"
+
+
+def _json(content: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
+
+
+def _repository(request: Request) -> ModelRepository:
+    return request.app.state.repository
+
+
+def _summary(description: ModelDescription) -> dict:
+    return {
+        "name": description.name,
+        "state": description.state,
+        "default_version": description.default_version,
+        "versions": [
+            {"version": v.version, "state": v.state, "reason": v.reason, "providers": list(v.providers)}
+            for v in description.versions
+        ],
+    }
+
+
+@router.get("/models", response_model=schemas.ModelList, summary="List every model and the state of its versions")
+async def list_models(request: Request) -> Response:
+    repository = _repository(request)
+    return _json({"models": [_summary(repository.describe(name)) for name in repository.names()]})
+
+
+@router.get(
+    "/models/{name}", response_model=schemas.ModelDetail, responses=ERRORS,
+    summary="Describe a model: versions, classes, input, providers, metrics from its card",
+)
+async def describe_model(
+    request: Request, name: str, version: int | None = Query(None, ge=1, description="Describe this version instead of the default")
+) -> Response:
+    repository = _repository(request)
+    detail = _summary(repository.describe(name))
+    if version is not None or detail["default_version"] is not None:
+        served = repository.get(name, version)
+        card = served.card
+        detail.update({key: card.get(key) for key in ("task", "input", "output", "preprocessing", "architecture", "metrics", "training", "created_at")})
+        detail.update(version=served.version, classes=served.classes, providers=served.providers)
+    return _json(detail)
+
+
+def _optional_int(value: object, field: str, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # form fields and query parameters arrive as text
+        value = int(value) if value.strip().isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _instance_count(count: int, limit: int) -> None:
+    if count == 0:
+        raise InvalidInput(f"no images sent; {INSTANCE_FORMS}")
+    if count > limit:
+        raise InvalidInput(f"{count} images in one request; at most {limit} are accepted (send several requests)")
+
+
+def _served(request: Request, name: str, version: int | None) -> ServedModel:
+    served = _repository(request).get(name, version)
+    tag_request(request, served.name, served.version)
+    return served
+
+
+async def _answer(request: Request, served: ServedModel, batch, top_k: int | None) -> Response:
+    probabilities = await served.predict(batch)
+    top_k = request.app.state.settings.default_top_k if top_k is None else top_k
+    return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
+
+
+@router.post(
+    "/models/{name}/predict", response_model=schemas.PredictResponse, responses=ERRORS,
+    dependencies=[Depends(require_api_key)],
+    summary="Classify images sent as JSON pixel arrays or base64 pictures",
+    openapi_extra={"requestBody": {"required": True, "content": {JSON: {
+        "schema": schemas.PREDICT_REQUEST_SCHEMA, "examples": schemas.PREDICT_REQUEST_EXAMPLES}}}},
+)
+async def predict(request: Request, name: str) -> Response:
+    settings = request.app.state.settings
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"the body is not valid JSON ({error}); send {{\"instances\": [...]}}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
+    unknown = set(payload) - {"instances", "top_k", "version"}
+    if unknown:
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
+    instances = payload["instances"]
+    _instance_count(len(instances), settings.max_instances)
+    top_k = _optional_int(payload.get("top_k"), "top_k")
+    served = _served(request, name, _optional_int(payload.get("version"), "version"))
+
+    pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
+    if not pictures:
+        batch = pixels_to_batch(instances)
+    else:
+        data = [decode_base64_picture(i, instances[i]) for i in pictures]
+        decoded = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        if len(pictures) == len(instances):
+            batch = decoded
+        else:  # pixels and pictures mixed: put each back in its place
+            picture_set = set(pictures)
+            numeric = [i for i in range(len(instances)) if i not in picture_set]
+            batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
+            batch[pictures] = decoded
+            batch[numeric] = pixels_to_batch([instances[i] for i in numeric])
+    return await _answer(request, served, batch, top_k)
+
+
+@router.post(
+    "/models/{name}/predict/image", response_model=schemas.PredictResponse, responses=ERRORS,
+    dependencies=[Depends(require_api_key)],
+    summary="Classify uploaded pictures (multipart field 'file' or 'files')",
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schemas.PREDICT_IMAGE_SCHEMA}}}},
+)
+async def predict_image(
+    request: Request,
+    name: str,
+    top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
+    version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
+) -> Response:
+    settings = request.app.state.settings
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInput(f"send multipart/form-data with the picture in field 'file' (or several in 'files'), not {content_type or 'no content type'}")
+    try:
+        form = await request.form(max_files=settings.max_instances, max_fields=16)
+    except MultiPartException as error:
+        raise InvalidInput(f"malformed multipart body ({error.message}); send the picture in field 'file' or 'files'") from None
+    uploads = form.getlist("file") + form.getlist("files")
+    if any(not isinstance(u, UploadFile) for u in uploads):
+        raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
+    _instance_count(len(uploads), settings.max_instances)
+    top_k = _optional_int(form.get("top_k"), "top_k") or top_k
+    served = _served(request, name, _optional_int(form.get("version"), "version") or version)
+    data = [await upload.read() for upload in uploads]
+    batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    return await _answer(request, served, batch, top_k)
+
+
+@router.post(
+    "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS,
+    dependencies=[Depends(require_api_key)],
+    summary="Rescan the model's directory now: load new versions, drop removed ones",
+)
+async def reload_model(request: Request, name: str) -> Response:
+    description = await _repository(request).reload(name)
+    tag_request(request, name, description.default_version)
+    return _json(_summary(description))

@@ -1,0 +1,201 @@
+"""The FastAPI application: routers, the model repository's lifecycle, errors mapped once, request context."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.config import Settings, get_settings
+from service.errors import ServiceError
+from service.observability import Metrics, configure_logging, request_id_var
+from service.registry import ModelRepository
+
+logger = logging.getLogger("service.requests")
+
+# Routers owned by this package; the optional ones are included when their module is present.
+REQUIRED_ROUTERS = ("service.api.v1", "service.api.health", "service.api.metrics")
+OPTIONAL_ROUTERS = ("service.api.v2", "service.api.web")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+DESCRIPTION = """
+Serves the softmax class probabilities of ONNX image classifiers (MNIST digits, Fashion-MNIST)
+from the model repository, on ONNX Runtime.
+
+* **v1**: friendly JSON and picture-upload endpoints under `/v1`.
+* **v2**: the Open Inference Protocol (KServe / Triton REST) under `/v2`.
+* Errors answer `{"error": {"code": ..., "message": ...}}` (the v2 surface: `{"error": "..."}`).
+* When the server has an API key, predict, infer and reload endpoints need it in `X-API-Key`
+  or `Authorization: Bearer`.
+"""
+
+
+def error_response(path: str, status_code: int, code: str, message: str, headers: dict | None = None) -> Response:
+    """The JSON error body of the surface the path belongs to."""
+    body = {"error": message} if path.startswith("/v2") else {"error": {"code": code, "message": message}}
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers)
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> Response:
+        return error_response(request.url.path, error.status_code, error.code, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', 'invalid')}" for problem in error.errors()
+        )
+        return error_response(request.url.path, 422, "invalid_input", f"invalid request: {problems}; see /docs for what is accepted")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            message = f"no endpoint at {request.method} {request.url.path}; see /docs for the API"
+        elif error.status_code == 413:
+            message = f"the request body is larger than the {settings.max_body_bytes} bytes accepted"
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path} (allowed: {(error.headers or {}).get('Allow', 'see /docs')})"
+        else:
+            message = str(error.detail)
+        return error_response(request.url.path, error.status_code, HTTP_CODES.get(error.status_code, f"http_{error.status_code}"), message, error.headers)
+
+
+class RequestContextMiddleware:
+    """Per request: a request id (echoed from X-Request-ID or generated) in logs and the response header;
+    the body limit, checked on Content-Length before anything is read and on the bytes as they stream
+    in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id, content_length = None, None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif key == b"content-length":
+                content_length = value
+        if request_id is None or not _CLIENT_REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
+
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            # An HTTPException passes through FastAPI's body and form parsing unchanged, to the 413 handler.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise StarletteHTTPException(413)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
+                response = error_response(
+                    scope["path"], 413, "payload_too_large",
+                    f"the request body ({int(content_length)} bytes) is larger than the {self.max_body_bytes} bytes accepted",
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_within_limit, send_with_id)
+        except Exception:
+            logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise
+            response = error_response(scope["path"], 500, "internal_error", f"internal error; quote request id {request_id}")
+            await response(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            state = scope.get("state") or {}
+            self.metrics.observe_request(endpoint, state.get("model", ""), state.get("version", ""), status, elapsed)
+            # Successful requests are logged at debug level: at thousands per second, info lines cost real time.
+            level = logging.DEBUG if status < 400 else logging.WARNING if status >= 500 else logging.INFO
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level, "%s %s -> %d", scope["method"], scope["path"], status,
+                    extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1000, 3)},
+                )
+            request_id_var.reset(token)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
+    repository = ModelRepository(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await repository.start()
+        try:
+            yield
+        finally:
+            # Runs after the server stopped taking requests and finished those in flight.
+            await repository.stop()
+
+    app = FastAPI(
+        title="pixelserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.repository = repository
+    app.state.metrics = metrics
+    install_error_handlers(app, settings)
+
+    for module_name in REQUIRED_ROUTERS + OPTIONAL_ROUTERS:
+        # The v2 and web modules are optional parts of the package: the app serves without them.
+        if module_name in OPTIONAL_ROUTERS and importlib.util.find_spec(module_name) is None:
+            logger.warning("%s is not installed; its endpoints are not served", module_name)
+            continue
+        app.include_router(importlib.import_module(module_name).router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    # Added last, so it wraps everything else, CORS answers included.
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

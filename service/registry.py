@@ -1,0 +1,365 @@
+"""The model repository: every models/<name>/<version>/ loaded into ONNX Runtime, kept in step with the disk.
+
+A version is served only after its card is valid, model.onnx matches the card's sha256, the graph
+takes [N,1,28,28] float32 and answers [N,C] for the card's C classes, and a warm-up inference
+answered probabilities. Anything else leaves the version UNAVAILABLE with the reason in its status
+and the log; the other versions and models keep serving.
+
+New, changed and removed versions are picked up by `refresh()` (run every `watch_interval_s` and by
+the reload endpoint). The table of served versions is replaced as a whole, so a request that already
+holds a `ServedModel` finishes on it; a retired version stops its runner only once its requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service import runtime
+from service.batching import DirectRunner, DynamicBatcher
+from service.config import Settings
+from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.observability import Metrics
+
+logger = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_DIR = re.compile(r"[1-9][0-9]{0,8}")
+NAME_RULE = "model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+class LoadError(Exception):
+    """Why a version directory cannot be served."""
+
+
+def check_model_name(name: str) -> None:
+    """Reject names that are not plain directory names of the repository (e.g. '..', 'a/b', '%2e%2e')."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ModelNotFound(f"{name!r} is not a valid model name: {NAME_RULE}", code="invalid_model_name")
+
+
+class ServedModel:
+    """One loaded model version: its card and a runner feeding its ONNX Runtime session."""
+
+    def __init__(self, name: str, version: int, card: dict, path: Path, session, settings: Settings, metrics: Metrics | None):
+        self.name = name
+        self.version = version
+        self.card = card
+        self.path = path
+        self.classes: list[str] = list(card["classes"])
+        self.preprocessing: str = card["preprocessing"]["method"]
+        self.input_name: str = card["input"]["name"]
+        self.output_name: str = card["output"]["name"]
+        self.providers: list[str] = list(session.get_providers())
+        self._session = session
+        raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name)
+        self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
+        runtime.warm_up(raw_infer, len(self.classes))
+        if settings.batching:
+            self._runner = DynamicBatcher(
+                self.infer,
+                max_batch_size=settings.max_batch_size,
+                max_delay_s=settings.max_delay_ms / 1000.0,
+                max_queue=settings.max_queue,
+            )
+        else:
+            self._runner = DirectRunner(self.infer, max_queue=settings.max_queue)
+        self._in_flight = 0
+        self._retired = False
+        self._idle: asyncio.Event | None = None
+
+    async def predict(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N,1,28,28] in [0,1] -> float32 [N,C] probabilities, through this version's runner."""
+        if self._retired:  # a request that got this version just before it was replaced
+            return await asyncio.to_thread(self.infer, images)
+        self._in_flight += 1
+        try:
+            return await self._runner.submit(images)
+        finally:
+            self._in_flight -= 1
+            if self._retired and self._in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def retire(self) -> None:
+        """Stop the runner once every request already submitted to it has its answer."""
+        self._retired = True
+        if self._in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await self._runner.close()
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # READY | UNAVAILABLE | LOADING
+    reason: str | None = None
+    providers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    versions: list[VersionStatus]  # ascending
+    default_version: int | None  # the highest READY version
+
+    @property
+    def state(self) -> str:
+        if self.default_version is not None:
+            return READY
+        return LOADING if any(v.state == LOADING for v in self.versions) else UNAVAILABLE
+
+
+@dataclass
+class _Slot:
+    status: VersionStatus
+    fingerprint: tuple | None = None
+    model: ServedModel | None = None
+
+
+@dataclass
+class _Scan:
+    """What the disk holds: name -> version -> (directory, fingerprint or None while incomplete)."""
+
+    models: dict[str, dict[int, tuple[Path, tuple | None]]] = field(default_factory=dict)
+
+
+def _fingerprint(version_dir: Path) -> tuple | None:
+    """Changes whenever the directory is replaced or its files are rewritten; None if a file is missing."""
+    try:
+        card, onnx_file = (version_dir / "model.json").stat(), (version_dir / "model.onnx").stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (version_dir.stat().st_ino, card.st_mtime_ns, card.st_size, onnx_file.st_mtime_ns, onnx_file.st_size)
+
+
+def read_card(version_dir: Path, name: str, version: int) -> tuple[dict, bytes]:
+    """The validated card and the ONNX bytes it vouches for (sha256 checked)."""
+    try:
+        card = json.loads((version_dir / "model.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LoadError(f"model.json is not readable JSON: {error}") from error
+    if not isinstance(card, dict):
+        raise LoadError("model.json must hold a JSON object")
+    if card.get("name") != name or card.get("version") != version:
+        raise LoadError(f"model.json describes {card.get('name')!r} version {card.get('version')!r}, not {name!r} version {version}")
+    classes = card.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
+        raise LoadError("model.json 'classes' must list two or more distinct non-empty label names")
+    for section, keys in {"input": ("name",), "output": ("name",), "preprocessing": ("method",), "onnx": ("sha256",)}.items():
+        value = card.get(section)
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
+            raise LoadError(f"model.json '{section}' must be an object with {', '.join(keys)}")
+    onnx_name = card["onnx"].get("file", "model.onnx")
+    if onnx_name != "model.onnx":
+        raise LoadError(f"model.json names ONNX file {onnx_name!r}; the repository layout requires 'model.onnx'")
+    model_bytes = (version_dir / "model.onnx").read_bytes()
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if digest != card["onnx"]["sha256"].lower():
+        raise LoadError(f"model.onnx sha256 is {digest} but model.json says {card['onnx']['sha256']}")
+    return card, model_bytes
+
+
+def check_signature(session, card: dict) -> None:
+    """The graph must take the card's input as float32 [N,1,28,28] and answer [N,C] for its C classes."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    input_name, output_name = card["input"]["name"], card["output"]["name"]
+    if [i.name for i in inputs] != [input_name]:
+        raise LoadError(f"the graph takes inputs {[i.name for i in inputs]}, the card promises one input {input_name!r}")
+    graph_input = inputs[0]
+    if graph_input.type != "tensor(float)" or len(graph_input.shape) != 4 or list(graph_input.shape[1:]) != [1, 28, 28]:
+        raise LoadError(f"the graph input is {graph_input.type} {graph_input.shape}; [N, 1, 28, 28] float32 is required")
+    by_name = {o.name: o for o in outputs}
+    if output_name not in by_name:
+        raise LoadError(f"the graph has no output {output_name!r} (it has {list(by_name)})")
+    shape = by_name[output_name].shape
+    width = shape[-1] if len(shape) == 2 else None
+    if len(shape) != 2 or (isinstance(width, int) and width != len(card["classes"])):
+        raise LoadError(f"the graph output is {shape}; [N, {len(card['classes'])}] (one column per class) is required")
+
+
+class ModelRepository:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.root = Path(settings.model_repository)
+        self.metrics = metrics
+        self.providers = runtime.ProviderResolver(settings.providers)
+        self.started = False
+        self._models: dict[str, dict[int, _Slot]] = {}
+        self._lock = asyncio.Lock()
+        self._watch_task: asyncio.Task | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} is not a directory (set PIXELSERVE_MODEL_REPOSITORY)")
+        await self.refresh()
+        self.started = True
+        if self.settings.watch_interval_s > 0:
+            self._watch_task = asyncio.create_task(self._watch(), name="model-repository-watch")
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        async with self._lock:
+            models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
+            self._models = {}
+        await asyncio.gather(*(model.retire() for model in models))
+        self.started = False
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # a scan that failed once (e.g. a directory vanishing mid-scan) is retried
+                logger.exception("scanning the model repository failed")
+
+    # --- lookups (event loop, no awaits: they see one consistent table) -----------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def describe(self, name: str) -> ModelDescription:
+        versions = self._versions(name)
+        statuses = [versions[v].status for v in sorted(versions)]
+        ready = [s.version for s in statuses if s.state == READY]
+        return ModelDescription(name, statuses, max(ready) if ready else None)
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        versions = self._versions(name)
+        if version is None:
+            description = self.describe(name)
+            if description.default_version is None:
+                why = "; ".join(f"version {s.version}: {s.state.lower()} ({s.reason})" for s in description.versions)
+                raise ModelNotReady(f"model {name!r} has no version ready to serve ({why or 'no versions'})")
+            version = description.default_version
+        slot = versions.get(version)
+        if slot is None:
+            raise VersionNotFound(f"model {name!r} has no version {version} (versions: {sorted(versions) or 'none'})")
+        if slot.model is None:
+            raise ModelNotReady(f"version {version} of model {name!r} is {slot.status.state.lower()}: {slot.status.reason}")
+        return slot.model
+
+    def _versions(self, name: str) -> dict[int, _Slot]:
+        check_model_name(name)
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFound(f"no model named {name!r} (models: {', '.join(self.names()) or 'none'})")
+        return versions
+
+    # --- keeping in step with the disk -----------------------------------------------------------
+
+    async def reload(self, name: str) -> ModelDescription:
+        """Rescan one model's directory now (new, changed, removed versions) and describe the result."""
+        check_model_name(name)
+        await self.refresh(only=name)
+        return self.describe(name)
+
+    async def refresh(self, only: str | None = None) -> None:
+        async with self._lock:
+            scan = await asyncio.to_thread(self._scan, only)
+            names = [only] if only else sorted(set(self._models) | set(scan.models))
+            retired: list[ServedModel] = []
+            for name in names:
+                on_disk = scan.models.get(name)
+                if on_disk is None:
+                    if name in self._models:
+                        logger.info("model %s left the repository", name, extra={"model": name})
+                        retired += [s.model for s in self._models[name].values() if s.model]
+                        self._publish(name, None)
+                    continue
+                retired += await self._sync_model(name, on_disk)
+        for model in retired:
+            logger.info("retiring %s version %d", model.name, model.version, extra={"model": model.name, "version": model.version})
+            if self.metrics:
+                self.metrics.forget_model(model.name, model.version)
+            asyncio.create_task(model.retire())
+
+    def _scan(self, only: str | None) -> _Scan:
+        scan = _Scan()
+        model_dirs = [self.root / only] if only else sorted(self.root.iterdir())
+        for model_dir in model_dirs:
+            if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
+                continue
+            versions = {}
+            for version_dir in model_dir.iterdir():  # '.tmp-*' staging directories do not match
+                if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir():
+                    versions[int(version_dir.name)] = (version_dir, _fingerprint(version_dir))
+            scan.models[model_dir.name] = versions
+        return scan
+
+    async def _sync_model(self, name: str, on_disk: dict[int, tuple[Path, tuple | None]]) -> list[ServedModel]:
+        """Load what is new or changed, drop what is gone; returns the versions to retire."""
+        current = dict(self._models.get(name, {}))
+        retired = [slot.model for v, slot in current.items() if v not in on_disk and slot.model]
+        for version in [v for v in current if v not in on_disk]:
+            del current[version]
+        for version, (version_dir, fingerprint) in sorted(on_disk.items()):
+            slot = current.get(version)
+            if slot is not None and slot.fingerprint == fingerprint:
+                continue
+            if slot is not None and slot.model:
+                retired.append(slot.model)
+            if fingerprint is None:  # a directory still being filled in place: look again next scan
+                current[version] = _Slot(VersionStatus(version, LOADING, "waiting for model.json and model.onnx"))
+                continue
+            current[version] = _Slot(VersionStatus(version, LOADING, "loading"), fingerprint)
+            self._publish(name, current)
+            current = dict(current)
+            current[version] = await asyncio.to_thread(self._load, name, version, version_dir, fingerprint)
+        self._publish(name, current)
+        return retired
+
+    def _publish(self, name: str, versions: dict[int, _Slot] | None) -> None:
+        """Swap in a new version table for one model (readers never see it half-built)."""
+        models = dict(self._models)
+        if versions is None:
+            models.pop(name, None)
+        else:
+            models[name] = versions
+        self._models = models
+
+    def _load(self, name: str, version: int, version_dir: Path, fingerprint: tuple) -> _Slot:
+        started = time.perf_counter()
+        try:
+            card, model_bytes = read_card(version_dir, name, version)
+            try:
+                session = runtime.create_session(
+                    model_bytes,
+                    self.providers,
+                    intra_op_threads=self.settings.ort_intra_op_threads,
+                    inter_op_threads=self.settings.ort_inter_op_threads,
+                )
+            except Exception as error:  # ONNX Runtime raises its own exception types for bad graphs
+                raise LoadError(f"ONNX Runtime cannot load model.onnx: {error}") from error
+            check_signature(session, card)
+            try:
+                model = ServedModel(name, version, card, version_dir, session, self.settings, self.metrics)
+            except Exception as error:  # the warm-up failed or answered something that is not probabilities
+                raise LoadError(f"warm-up inference failed: {error}") from error
+        except (LoadError, OSError) as error:
+            reason = str(error)
+            logger.error("cannot serve %s version %d: %s", name, version, reason, extra={"model": name, "version": version})
+            if self.metrics:
+                self.metrics.load_failures.labels(name, str(version)).inc()
+            return _Slot(VersionStatus(version, UNAVAILABLE, reason), fingerprint)
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "loaded %s version %d on %s in %.3f s", name, version, ", ".join(model.providers), elapsed,
+            extra={"model": name, "version": version, "providers": model.providers},
+        )
+        if self.metrics:
+            self.metrics.set_providers(name, version, model.providers)
+        return _Slot(VersionStatus(version, READY, None, tuple(model.providers)), fingerprint, model)

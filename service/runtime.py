@@ -1,0 +1,151 @@
+"""ONNX Runtime sessions: which execution providers can really run here, session options, warm-up.
+
+Asking onnxruntime-gpu for CUDA on a host without a GPU (or without the CUDA 13 / cuDNN 9
+libraries) makes ONNX Runtime print a long error and silently run on CPU. `ProviderResolver`
+finds out why before any session is built, logs one warning that says it, and drops the provider,
+so every session is created with providers that work. What each session really runs on is read
+back from `session.get_providers()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import io
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+# Providers that need NVIDIA's libraries, and the onnxruntime library that links against them.
+GPU_PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _gpu_unavailable_reason(provider: str) -> str | None:
+    """Why `provider` cannot run on this host, or None when its libraries load."""
+    if provider not in ort.get_available_providers():
+        return f"this onnxruntime build has no {provider} (install onnxruntime-gpu)"
+    if os.name != "posix":  # the library probes below are Linux-specific; let ONNX Runtime decide
+        return None
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver found (libcuda.so.1 cannot be loaded): this host has no usable GPU"
+    if importlib.util.find_spec("nvidia") is not None:
+        # CUDA / cuDNN installed from PyPI (the 'gpu' extra) live in site-packages; load them first.
+        with contextlib.redirect_stdout(io.StringIO()):
+            ort.preload_dlls()
+    library = Path(ort.__file__).parent / "capi" / GPU_PROVIDER_LIBRARIES[provider]
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return f"the CUDA 13 / cuDNN 9 libraries it needs are missing ({error}); install onnxruntime-gpu[cuda,cudnn]"
+    return None
+
+
+class ProviderResolver:
+    """Turns the configured provider list into the providers that can run here, warning once per cause."""
+
+    def __init__(self, requested: list[str]) -> None:
+        self.requested = list(requested) or [CPU]
+        self._unusable: dict[str, str] = {}  # provider -> why it is not used
+        self._probed = False
+        self._lock = threading.Lock()
+
+    def usable(self) -> list[str]:
+        """The requested providers that can run here, in order, always ending with CPU."""
+        with self._lock:
+            if not self._probed:
+                self._probe()
+            chosen = [p for p in self.requested if p not in self._unusable]
+        return chosen if CPU in chosen else [*chosen, CPU]
+
+    def unusable(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._unusable)
+
+    def _probe(self) -> None:
+        available = ort.get_available_providers()
+        for provider in self.requested:
+            if provider in GPU_PROVIDER_LIBRARIES:
+                reason = _gpu_unavailable_reason(provider)
+            elif provider not in available:
+                reason = f"not available in this onnxruntime build (available: {', '.join(available)})"
+            else:
+                reason = None
+            if reason:
+                self._mark_unusable(provider, reason)
+        self._probed = True
+
+    def _mark_unusable(self, provider: str, reason: str) -> None:
+        self._unusable[provider] = reason
+        logger.warning(
+            "%s was requested but cannot be used: %s. Serving on %s.",
+            provider,
+            reason,
+            ", ".join(p for p in self.requested if p not in self._unusable) or CPU,
+            extra={"provider": provider, "reason": reason},
+        )
+
+    def confirm(self, tried: list[str], actual: list[str]) -> None:
+        """Record a provider ONNX Runtime dropped although its libraries loaded (e.g. a GPU it cannot use)."""
+        with self._lock:
+            for provider in tried:
+                if provider not in actual and provider not in self._unusable:
+                    self._mark_unusable(provider, "ONNX Runtime could not start it on this host (see its log above)")
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def create_session(
+    model_bytes: bytes, resolver: ProviderResolver, *, intra_op_threads: int, inter_op_threads: int
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on the best usable providers (raises on a file ONNX Runtime rejects)."""
+    providers = resolver.usable()
+    session = ort.InferenceSession(
+        model_bytes, sess_options=session_options(intra_op_threads, inter_op_threads), providers=providers
+    )
+    resolver.confirm(providers, session.get_providers())
+    return session
+
+
+def make_infer_fn(session: ort.InferenceSession, input_name: str, output_name: str) -> InferFn:
+    """A blocking callable: float32 [N,1,28,28] -> float32 [N,C]. ONNX Runtime releases the GIL in run()."""
+    outputs = [output_name]
+    run = session.run
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        return run(outputs, {input_name: images})[0]
+
+    return infer
+
+
+def warm_up(infer: InferFn, num_classes: int) -> np.ndarray:
+    """One inference on a blank picture, so the first request does not pay for lazy initialisation;
+    also proves the model answers probabilities of the declared width."""
+    probabilities = np.asarray(infer(np.zeros((1, 1, 28, 28), dtype=np.float32)))
+    if probabilities.shape != (1, num_classes):
+        raise ValueError(f"warm-up answered shape {list(probabilities.shape)}, expected [1, {num_classes}]")
+    if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
+        raise ValueError(f"warm-up answered {probabilities.tolist()}, which are not softmax probabilities")
+    return probabilities
