@@ -1,0 +1,86 @@
+# syntax=docker/dockerfile:1
+#
+# pixelserve images.
+#
+#   docker build -t pixelserve:gpu .                        serving, GPU-capable (default target):
+#                                                           onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels
+#   docker build --build-arg ORT_EXTRAS= -t pixelserve .    serving, CPU only: onnxruntime-gpu falls back to the CPU
+#   docker build --build-arg ORT_PACKAGE=onnxruntime --build-arg ORT_EXTRAS= -t pixelserve:cpu .
+#                                                           serving, smallest: the CPU-only ONNX Runtime build
+#   docker build --target train -t pixelserve-train .       training (torch CPU build), entrypoint python -m training
+#
+# Serving images hold the service, ONNX Runtime and the shipped models in /models; no torch.
+
+FROM python:3.11-slim AS python-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+# The same unprivileged uid in every image, so that serving and training share the models volume.
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pixelserve
+
+# ---------------------------------------------------------------- serving: dependencies + package
+FROM python-base AS serve-builder
+ARG ORT_PACKAGE=onnxruntime-gpu
+ARG ORT_EXTRAS=cuda,cudnn
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY deploy/pyproject_requirements.py deploy/
+# Dependencies in a layer of their own: changing the source does not reinstall them.
+RUN python deploy/pyproject_requirements.py pyproject.toml serve \
+        --ort-package "$ORT_PACKAGE" --ort-extras "$ORT_EXTRAS" > requirements.txt \
+ && pip install -r requirements.txt
+COPY README.md ./
+COPY service service
+# pip and setuptools are build tools: the serving image has no use for them.
+RUN pip install --no-deps . \
+ && pip uninstall -y pip setuptools
+
+# ---------------------------------------------------------------- training: torch CPU build
+FROM python-base AS train-builder
+# The CPU-only torch wheels; an empty value uses pip's configured index instead.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY deploy/pyproject_requirements.py deploy/
+RUN torch=$(python deploy/pyproject_requirements.py pyproject.toml train | grep '^torch') \
+ && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch" \
+ && python deploy/pyproject_requirements.py pyproject.toml train --ort-package onnxruntime --ort-extras "" \
+        > requirements.txt \
+ && pip install -r requirements.txt
+COPY README.md ./
+COPY training training
+RUN pip install --no-deps .
+
+FROM python-base AS train
+COPY --from=train-builder /opt/venv /opt/venv
+# The shipped repository too: whichever image first mounts an empty models volume fills it.
+COPY --chown=pixelserve:pixelserve models /models
+RUN mkdir -p /data && chown pixelserve:pixelserve /data
+ENV PIXELSERVE_MODEL_REPOSITORY=/models
+WORKDIR /work
+USER pixelserve:pixelserve
+ENTRYPOINT ["python", "-m", "training"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------- serving image (default target)
+FROM python-base AS serve
+COPY --from=serve-builder /opt/venv /opt/venv
+# Owned by the service user so that a training container (same uid) can add versions to the volume.
+COPY --chown=pixelserve:pixelserve models /models
+# The CUDA / cuDNN wheels' libraries, for the CUDA execution provider (absent in CPU-only builds).
+ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib \
+    PIXELSERVE_MODEL_REPOSITORY=/models \
+    PIXELSERVE_HOST=0.0.0.0 \
+    PIXELSERVE_PORT=8000
+WORKDIR /app
+USER pixelserve:pixelserve
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+# python, not curl: the slim image has no curl. urlopen raises (exit 1) on any status but 2xx.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('PIXELSERVE_PORT', '8000'), timeout=4)"]
+CMD ["python", "-m", "service"]
