@@ -1,0 +1,231 @@
+"""The web page at /: pick a model, upload or draw a picture, see what the model saw and its probabilities.
+
+Without JavaScript the page is a plain multipart form posted to `POST /`, answered with the same page
+holding the result. With JavaScript the page posts to `POST /ui/api/predict` and draws the result in
+place; that endpoint answers the v1 prediction plus the 28x28 input as a PNG and the time taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from PIL import Image
+
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.imaging import decode_picture, to_model_input
+from service.predictions import format_predictions
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+
+router = APIRouter(include_in_schema=False)
+router.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
+
+# Everything the page needs comes from this server; inline style attributes only carry the bar widths.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "script-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+# A headline per error code, shown above the server's own explanation (the script reads them too).
+ERROR_TITLES = {
+    "invalid_image": "That file is not a picture we can read.",
+    "image_too_large": "That picture is too large.",
+    "payload_too_large": "That file is too large.",
+    "invalid_input": "That upload could not be used.",
+    "model_not_found": "That model does not exist.",
+    "version_not_found": "That model version does not exist.",
+    "model_not_ready": "That model is not ready to answer.",
+    "overloaded": "The server is busy.",
+    "unauthorized": "This server needs an API key to predict.",
+    "server_error": "Something went wrong on the server.",
+    "network_error": "The server could not be reached.",
+}
+GROUP_NAMES = {"digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "": "Not loaded"}
+DISPLAY_SIZE = 280  # the uploaded picture is shown at most this many pixels wide or high
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model picker."""
+
+    name: str
+    version: int | None
+    task: str
+    test_accuracy: float | None
+    ready: bool
+    reason: str = ""
+
+
+def model_choices(repository: Any) -> list[ModelChoice]:
+    choices = []
+    for name in sorted(repository.names()):
+        try:
+            served = repository.get(name)
+        except ServiceError as exc:
+            choices.append(ModelChoice(name, None, "", None, ready=False, reason=exc.message))
+            continue
+        metrics = served.card.get("metrics") or {}
+        accuracy = metrics.get("test_accuracy")
+        choices.append(
+            ModelChoice(
+                name,
+                served.version,
+                str(served.card.get("task", "")),
+                float(accuracy) if isinstance(accuracy, (int, float)) else None,
+                ready=True,
+            )
+        )
+    # Grouped by task in the picker; models that failed to load come last.
+    return sorted(choices, key=lambda c: (not c.ready, c.task, c.name))
+
+
+def default_model(choices: list[ModelChoice]) -> str:
+    """The most accurate ready digits model (the canvas is for digits), else any ready model."""
+    ready = [c for c in choices if c.ready]
+    if not ready:
+        return ""
+    best = max(ready, key=lambda c: (c.task == "digits", c.test_accuracy or 0.0))
+    return best.name
+
+
+def png_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def display_picture(data: bytes, max_pixels: int) -> str:
+    """The uploaded picture as a small PNG, so any format Pillow reads shows in every browser."""
+    image = decode_picture(data, max_pixels=max_pixels)
+    if image.mode not in ("1", "L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA")
+    image.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    return png_data_url(image)
+
+
+def model_input_picture(x: np.ndarray) -> str:
+    """The [1, 28, 28] input in [0, 1] as a 28x28 grey PNG (the page scales it up without smoothing)."""
+    pixels = np.clip(np.rint(x[0] * 255.0), 0, 255).astype(np.uint8)
+    return png_data_url(Image.fromarray(pixels, mode="L"))
+
+
+async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
+    """Run one uploaded picture through a model; the answer both the page and the script render."""
+    settings = request.app.state.settings
+    data = await upload.read() if upload is not None else b""
+    if not data:
+        raise InvalidInput("no picture was sent: choose a PNG, JPEG, GIF, BMP, TIFF or WebP file, or draw a digit")
+    if len(data) > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the file is {len(data) / 1e6:.1f} MB; pictures up to {settings.max_body_bytes / 1e6:.1f} MB are accepted"
+        )
+    if not model:
+        raise InvalidInput("no model was chosen: pick one of the models listed on the page")
+    served = request.app.state.repository.get(model)
+
+    started = time.perf_counter()
+    x = to_model_input(data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    preprocessed = time.perf_counter()
+    probabilities = await served.predict(x[np.newaxis])
+    finished = time.perf_counter()
+
+    prediction = format_predictions(probabilities, served.classes, top_k=len(served.classes))[0]
+    return {
+        "model": served.name,
+        "version": served.version,
+        "task": served.card.get("task", ""),
+        "label": prediction["label"],
+        "probabilities": prediction["probabilities"],
+        "top": prediction["top"],
+        "input_png": model_input_picture(x),
+        "picture_png": display_picture(data, settings.max_image_pixels),
+        "timing_ms": {
+            "preprocess": round((preprocessed - started) * 1000, 2),
+            "inference": round((finished - preprocessed) * 1000, 2),
+            "total": round((finished - started) * 1000, 2),
+        },
+    }
+
+
+def render_page(
+    request: Request,
+    *,
+    chosen: str = "",
+    result: dict[str, Any] | None = None,
+    error: ServiceError | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    choices = model_choices(request.app.state.repository)
+    names = {c.name for c in choices}
+    settings = request.app.state.settings
+    context = {
+        "base": request.scope.get("root_path", "").rstrip("/"),
+        "choices": choices,
+        "chosen": chosen if chosen in names else default_model(choices),
+        "any_ready": any(c.ready for c in choices),
+        "result": result,
+        "error": error,
+        "error_title": ERROR_TITLES.get(error.code, ERROR_TITLES["invalid_input"]) if error else "",
+        "error_titles": ERROR_TITLES,
+        "groups": [(GROUP_NAMES.get(task, task), list(group)) for task, group in groupby(choices, lambda c: c.task)],
+        "max_body_bytes": settings.max_body_bytes,
+    }
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
+    if error is not None:
+        headers.update(error.headers)
+    return templates.TemplateResponse(request, "index.html", context, status_code=status_code, headers=headers)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def page(request: Request) -> HTMLResponse:
+    return render_page(request)
+
+
+@router.post("/", response_class=HTMLResponse)
+async def predict_form(
+    request: Request,
+    model: str = Form(""),
+    file: UploadFile | None = File(None),
+) -> HTMLResponse:
+    """The no-JavaScript path: the form posts here and gets the page back with the result."""
+    try:
+        result = await predict_picture(request, model, file)
+    except ServiceError as exc:
+        return render_page(request, chosen=model, error=exc, status_code=exc.status_code)
+    except Exception:
+        logger.exception("web form prediction failed for model %r", model)
+        failure = ServiceError(
+            "the prediction failed on the server and the error was logged; try again, or pick another model",
+            status_code=500,
+            code="server_error",
+        )
+        return render_page(request, chosen=model, error=failure, status_code=500)
+    return render_page(request, chosen=model, result=result)
+
+
+@router.post("/ui/api/predict")
+async def predict_for_page(
+    request: Request,
+    model: str = Form(""),
+    file: UploadFile | None = File(None),
+) -> dict[str, Any]:
+    """The script's path: the prediction, the 28x28 input as a PNG and the time taken, as JSON.
+
+    Errors are ServiceErrors, answered by the app as {"error": {"code": ..., "message": ...}}.
+    """
+    return await predict_picture(request, model, file)
