@@ -1,7 +1,8 @@
 """Open Inference Protocol (V2) data types: JSON tensors and the binary tensor data extension.
 
 Requests are parsed with orjson straight into numpy (no per-element validation objects), then checked
-for what our models accept: one image tensor of shape [N, 1, 28, 28] or [N, 784], pixels in [0, 1].
+for what our models accept: one image tensor of shape [N, 1, 28, 28] or [N, 784], pixels in [0, 1]
+checked by the same rules as the v1 surface (rounding slack just outside [0, 1] is clipped).
 
 Binary tensor data extension: when the header `Inference-Header-Content-Length: L` is present, the
 first L bytes of the body are the JSON header; each input carrying `"parameters": {"binary_data_size": n}`
@@ -21,6 +22,7 @@ import orjson
 from pydantic import BaseModel
 
 from service.errors import InvalidInput
+from service.predictions import check_pixels
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
@@ -218,21 +220,17 @@ def image_batch(request: InferRequest, *, input_name: str, max_batch: int) -> np
     if not 1 <= shape[0] <= max_batch:
         raise InvalidInput(f"a request carries 1 to {max_batch} images; got {shape[0]}")
 
-    data, where = tensor.data, f"input {tensor.name!r}"
-    if not np.isfinite(data).all():
-        raise InvalidInput(f"{where} holds NaN or infinite values; pixels must be finite numbers")
-    low, high = data.min(), data.max()
+    data, where = tensor.data, f"the pixels of input {tensor.name!r}"
     if tensor.datatype == "UINT8":
-        if low < 0 or high > 255 or (data.dtype.kind == "f" and not np.array_equal(data, np.round(data))):
-            raise InvalidInput(f"{where} holds values that are not UINT8 integers 0..255")
+        # NaN fails the integer test, infinity the range test (JSON numbers arrive as float64 or int64).
+        if data.min() < 0 or data.max() > 255 or (data.dtype.kind == "f" and not np.array_equal(data, np.round(data))):
+            raise InvalidInput(f"{where} hold values that are not UINT8 integers 0..255")
         pixels = data.astype(np.float32) / np.float32(255)
     else:
-        if low < 0 or high > 1:
-            raise InvalidInput(
-                f"{where} holds values outside [0, 1] (min {float(low):g}, max {float(high):g}); "
-                "pixels are intensities in [0, 1], white ink on black (or send UINT8 0..255)"
-            )
-        pixels = data.astype(np.float32, copy=False)
+        # The v1 surface's rules. Checked in float64 when sent so (1e300 is out of range, not infinity);
+        # astype copies, as check_pixels clips rounding slack in place and binary data is read-only.
+        checked = check_pixels(data.astype(np.float64 if data.dtype == np.float64 else np.float32), where)
+        pixels = checked.astype(np.float32, copy=False)
     return pixels.reshape(shape[0], 1, 28, 28)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 
 from service import __version__
+from service.api.dependencies import require_api_key, tag_request
 from service.errors import ServiceError, VersionNotFound
+from service.observability import request_id_var
 from service.v2_codec import (
     ACCEPTED_DATATYPES,
     BINARY_EXTENSION,
@@ -101,6 +103,7 @@ _BINARY_BODY = {
     }
 }
 INFER_DOCS = {
+    "dependencies": [Depends(require_api_key)],
     "openapi_extra": {
         "requestBody": {
             "required": True,
@@ -139,6 +142,7 @@ INFER_DOCS = {
                 "application/octet-stream": _BINARY_BODY,
             },
         },
+        401: {"description": "The server has an API key and the request did not send it", **_ERROR},
         404: {"description": "Unknown model or version", **_ERROR},
         415: {"description": "Compressed request bodies are not accepted", **_ERROR},
         422: {"description": "Malformed request, wrong datatype or shape, NaN or out-of-range pixels", **_ERROR},
@@ -229,6 +233,7 @@ def _ready(request: Request, name: str, version: int | None) -> ModelReady:
 
 async def _infer(request: Request, name: str, version: int | None, header_length: str | None) -> Response:
     model = request.app.state.repository.get(name, version)
+    tag_request(request, model.name, model.version)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise ServiceError(
@@ -243,7 +248,7 @@ async def _infer(request: Request, name: str, version: int | None, header_length
     content, headers = encode_response(
         model_name=model.name,
         model_version=str(model.version),
-        request_id=parsed.id,
+        request_id=parsed.id or request_id_var.get(),
         outputs=[(output, probabilities) for output in outputs],
     )
     return Response(content, headers=headers)

@@ -62,6 +62,14 @@ def test_fp64_and_uint8_inputs_become_float32_in_unit_range():
     np.testing.assert_allclose(batch_of(*binary_body(levels.astype(np.uint8), [1, 784], "UINT8")).ravel(), expected, atol=1e-7)
 
 
+def test_rounding_slack_just_outside_the_unit_range_is_clipped_as_on_v1():
+    values = [1.0004, -0.0004] + ONE_IMAGE[2:]
+    batch = batch_of(json_body(values, [1, 784])).ravel()
+    assert (batch[0], batch[1]) == (1.0, 0.0)
+    read_only = batch_of(*binary_body(np.array(values, np.float32), [1, 784])).ravel()  # np.frombuffer gives a read-only view
+    assert (read_only[0], read_only[1]) == (1.0, 0.0)
+
+
 def test_request_id_outputs_and_binary_defaults_are_read():
     body = json_body([0.0] * 784, [1, 784], id="abc", parameters={"binary_data_output": True})
     request = decode_request(body, None)
@@ -170,12 +178,12 @@ def test_malformed_binary_requests_are_rejected(request_and_length, words):
 
 
 BAD_IMAGES = {
-    "NaN in binary": (binary_body(np.array([np.nan] + ONE_IMAGE[1:], np.float32), [1, 784]), "NaN or infinite"),
-    "NaN in binary FP64": (binary_body(np.array([np.nan] + ONE_IMAGE[1:], np.float64), [1, 784], "FP64"), "NaN or infinite"),
-    "infinity in binary": (binary_body(np.array([np.inf] + ONE_IMAGE[1:], np.float32), [1, 784]), "NaN or infinite"),
-    "above one": (json_body([1.5] + ONE_IMAGE[1:], [1, 784]), "outside [0, 1]"),
-    "negative": (json_body([-0.1] + ONE_IMAGE[1:], [1, 784]), "outside [0, 1]"),
-    "too large for float32": (json_body([1e300] + ONE_IMAGE[1:], [1, 784]), "outside [0, 1]"),
+    "NaN in binary": (binary_body(np.array([np.nan] + ONE_IMAGE[1:], np.float32), [1, 784]), "NaN, infinity"),
+    "NaN in binary FP64": (binary_body(np.array([np.nan] + ONE_IMAGE[1:], np.float64), [1, 784], "FP64"), "NaN, infinity"),
+    "infinity in binary": (binary_body(np.array([np.inf] + ONE_IMAGE[1:], np.float32), [1, 784]), "NaN, infinity"),
+    "above one": (json_body([1.5] + ONE_IMAGE[1:], [1, 784]), "must be in [0, 1]"),
+    "negative": (json_body([-0.1] + ONE_IMAGE[1:], [1, 784]), "must be in [0, 1]"),
+    "too large for float32": (json_body([1e300] + ONE_IMAGE[1:], [1, 784]), "must be in [0, 1]"),
     "UINT8 above 255": (json_body([256] + [0] * 783, [1, 784], "UINT8"), "0..255"),
     "UINT8 fraction": (json_body([0.5] + [0] * 783, [1, 784], "UINT8"), "0..255"),
     "UINT8 negative": (json_body([-1] + [0] * 783, [1, 784], "UINT8"), "0..255"),
