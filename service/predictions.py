@@ -25,7 +25,8 @@ _BATCH_SHAPES = {(28, 28), (784,), (1, 28, 28)}
 def pixels_to_batch(instances: list) -> np.ndarray:
     """Numeric instances (each 28x28, 784 or 1x28x28) -> float32 [N,1,28,28] in [0, 1]."""
     try:
-        array = np.asarray(instances, dtype=np.float32)
+        with np.errstate(over="ignore"):  # numbers beyond float32 become infinity, rejected below
+            array = np.asarray(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
         return np.concatenate([_one_pixel_instance(i, item) for i, item in enumerate(instances)])
     if array.shape[1:] not in _BATCH_SHAPES:
@@ -41,7 +42,8 @@ def _one_pixel_instance(index: int, item: object) -> np.ndarray:
     if not isinstance(item, list):
         raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {INSTANCE_FORMS}")
     try:
-        array = np.asarray(item, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            array = np.asarray(item, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(
             f"instance {index} is not a regular array of numbers (ragged rows, or a value that is not a number); {INSTANCE_FORMS}"

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from service import schemas
@@ -30,6 +31,7 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 
 ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
+UPLOAD_FORMS = "send multipart/form-data with one picture in field 'file' or several in 'files' (PNG, JPEG, GIF, BMP, WebP)"
 
 
 def _json(content: object, status_code: int = 200) -> Response:
@@ -75,19 +77,20 @@ async def describe_model(
     return _json(detail)
 
 
-def _optional_int(value: object, field: str, minimum: int = 1) -> int | None:
+def _optional_int(value: object, field: str, *, text: bool = False) -> int | None:
+    """A positive integer option; `text` for form fields, which arrive as strings."""
     if value is None:
         return None
-    if isinstance(value, str):  # form fields and query parameters arrive as text
-        value = int(value) if value.strip().isdigit() else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}")
+    if text and isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{field} must be a positive integer, got {value!r}")
     return value
 
 
-def _instance_count(count: int, limit: int) -> None:
+def _instance_count(count: int, limit: int, accepted: str) -> None:
     if count == 0:
-        raise InvalidInput(f"no images sent; {INSTANCE_FORMS}")
+        raise InvalidInput(f"no images sent; {accepted}")
     if count > limit:
         raise InvalidInput(f"{count} images in one request; at most {limit} are accepted (send several requests)")
 
@@ -123,7 +126,7 @@ async def predict(request: Request, name: str) -> Response:
     if unknown:
         raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
     instances = payload["instances"]
-    _instance_count(len(instances), settings.max_instances)
+    _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
 
@@ -159,17 +162,21 @@ async def predict_image(
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise InvalidInput(f"send multipart/form-data with the picture in field 'file' (or several in 'files'), not {content_type or 'no content type'}")
+        raise InvalidInput(f"{UPLOAD_FORMS}, not {content_type or 'no content type'}")
     try:
         form = await request.form(max_files=settings.max_instances, max_fields=16)
     except MultiPartException as error:
-        raise InvalidInput(f"malformed multipart body ({error.message}); send the picture in field 'file' or 'files'") from None
+        raise InvalidInput(f"malformed multipart body ({error.message}); {UPLOAD_FORMS}") from None
+    except StarletteHTTPException as error:  # Starlette's own limits on parts; the body limit (413) stays as it is
+        if error.status_code == 413:
+            raise
+        raise InvalidInput(f"{error.detail} (at most {settings.max_instances} pictures per request); {UPLOAD_FORMS}") from None
     uploads = form.getlist("file") + form.getlist("files")
     if any(not isinstance(u, UploadFile) for u in uploads):
         raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
-    _instance_count(len(uploads), settings.max_instances)
-    top_k = _optional_int(form.get("top_k"), "top_k") or top_k
-    served = _served(request, name, _optional_int(form.get("version"), "version") or version)
+    _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
+    top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
+    served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
     data = [await upload.read() for upload in uploads]
     batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
     return await _answer(request, served, batch, top_k)
