@@ -23,8 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
-from service.imaging import decode_picture, to_model_input
+from service.errors import InvalidInput, ServiceError
+from service.imaging import ACCEPTED_DESCRIPTION, decode_picture, preprocess_image, to_png
 from service.predictions import format_predictions
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,13 @@ ERROR_TITLES = {
     "payload_too_large": "That file is too large.",
     "invalid_input": "That upload could not be used.",
     "model_not_found": "That model does not exist.",
+    "invalid_model_name": "That model does not exist.",
     "version_not_found": "That model version does not exist.",
     "model_not_ready": "That model is not ready to answer.",
     "overloaded": "The server is busy.",
     "unauthorized": "This server needs an API key to predict.",
     "server_error": "Something went wrong on the server.",
+    "internal_error": "Something went wrong on the server.",
     "network_error": "The server could not be reached.",
 }
 GROUP_NAMES = {"digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "": "Not loaded"}
@@ -103,25 +105,18 @@ def default_model(choices: list[ModelChoice]) -> str:
     return best.name
 
 
-def png_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def display_picture(data: bytes, max_pixels: int) -> str:
+def display_picture(image: Image.Image) -> str:
     """The uploaded picture as a small PNG, so any format Pillow reads shows in every browser."""
-    image = decode_picture(data, max_pixels=max_pixels)
     if image.mode not in ("1", "L", "LA", "RGB", "RGBA"):
         image = image.convert("RGBA")
     image.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
-    return png_data_url(image)
-
-
-def model_input_picture(x: np.ndarray) -> str:
-    """The [1, 28, 28] input in [0, 1] as a 28x28 grey PNG (the page scales it up without smoothing)."""
-    pixels = np.clip(np.rint(x[0] * 255.0), 0, 255).astype(np.uint8)
-    return png_data_url(Image.fromarray(pixels, mode="L"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return png_data_url(buffer.getvalue())
 
 
 async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
@@ -129,17 +124,15 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
     settings = request.app.state.settings
     data = await upload.read() if upload is not None else b""
     if not data:
-        raise InvalidInput("no picture was sent: choose a PNG, JPEG, GIF, BMP, TIFF or WebP file, or draw a digit")
-    if len(data) > settings.max_body_bytes:
-        raise PayloadTooLarge(
-            f"the file is {len(data) / 1e6:.1f} MB; pictures up to {settings.max_body_bytes / 1e6:.1f} MB are accepted"
-        )
+        raise InvalidInput(f"no picture was sent: choose a {ACCEPTED_DESCRIPTION} file, or draw a digit")
     if not model:
         raise InvalidInput("no model was chosen: pick one of the models listed on the page")
     served = request.app.state.repository.get(model)
 
+    # Decoded once: the model's input and the picture shown back both come from this image.
     started = time.perf_counter()
-    x = to_model_input(data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    picture = decode_picture(data, max_pixels=settings.max_image_pixels)
+    x = preprocess_image(picture, served.preprocessing)
     preprocessed = time.perf_counter()
     probabilities = await served.predict(x[np.newaxis])
     finished = time.perf_counter()
@@ -152,8 +145,8 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
         "label": prediction["label"],
         "probabilities": prediction["probabilities"],
         "top": prediction["top"],
-        "input_png": model_input_picture(x),
-        "picture_png": display_picture(data, settings.max_image_pixels),
+        "input_png": png_data_url(to_png(x)),
+        "picture_png": display_picture(picture),
         "timing_ms": {
             "preprocess": round((preprocessed - started) * 1000, 2),
             "inference": round((finished - preprocessed) * 1000, 2),
@@ -184,6 +177,7 @@ def render_page(
         "error_titles": ERROR_TITLES,
         "groups": [(GROUP_NAMES.get(task, task), list(group)) for task, group in groupby(choices, lambda c: c.task)],
         "max_body_bytes": settings.max_body_bytes,
+        "accepted_formats": ACCEPTED_DESCRIPTION,
     }
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
     if error is not None:

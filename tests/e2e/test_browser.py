@@ -94,6 +94,28 @@ def assert_result_complete(page) -> None:
     assert re.match(r"\d+\.\d ms", page.locator("#result-time").inner_text())
 
 
+# For each element matched: its text colour against the first opaque background behind it.
+CONTRAST_CHECK = """selector => {
+  const rgb = text => text.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const linear = [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2];
+  };
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const colour = rgb(getComputedStyle(el).backgroundColor);
+      if (colour.length < 4 || colour[3] === 1) return colour.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll(selector)].filter(el => el.offsetParent !== null).flatMap(el => {
+    const [a, b] = [luminance(rgb(getComputedStyle(el).color)), luminance(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    return ratio < 4.5 ? [`${el.tagName}.${el.className} ${ratio.toFixed(2)}:1`] : [];
+  });
+}"""
+
+
 def test_page_loads_accessible_and_makes_no_outside_request(browser, server, artifacts):
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
@@ -129,6 +151,10 @@ def test_page_loads_accessible_and_makes_no_outside_request(browser, server, art
              .map(el => el.outerHTML)"""
     )
     assert unnamed == []
+
+    # Text stands out from its background at least 4.5:1 (WCAG AA).
+    low_contrast = page.evaluate(CONTRAST_CHECK, "h1, h2, label, .hint, .placeholder, button, select, .site-footer a")
+    assert low_contrast == []
 
     # Keyboard: Tab reaches the model picker, and the focused control shows a focus ring.
     for _ in range(5):
@@ -184,7 +210,7 @@ def test_no_javascript_form_reports_bad_input_in_the_page(browser, server, artif
     context.close()
 
 
-def test_drawn_digits_are_recognised_without_reload(browser, server, artifacts):
+def test_drawn_and_dropped_digits_are_recognised_without_reload(browser, server, artifacts):
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.goto(server.url + "/")
@@ -204,6 +230,19 @@ def test_drawn_digits_are_recognised_without_reload(browser, server, artifacts):
 
     draw(page, ONE)
     assert wait_for_result(page) == "1"
+
+    # A file dropped on the upload area.
+    page.click("#clear-button")
+    label, data = held_out_digits()[3]
+    dropped = page.evaluate_handle(
+        """bytes => { const transfer = new DataTransfer();
+                      transfer.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
+                      return transfer; }""",
+        list(data),
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
+    assert wait_for_result(page) == label
+    assert page.locator("#file").evaluate("input => input.files[0].name") == "dropped.png"
     assert page.evaluate("window.sameDocument") is True  # no page reload happened
     context.close()
 
@@ -213,18 +252,20 @@ def test_bad_files_and_failures_show_clear_messages(browser, server, artifacts):
     page = context.new_page()
     page.goto(server.url + "/")
 
-    def shows_error(title_part: str) -> str:
+    def shows_error(title_part: str, screenshot: str = "") -> str:
+        expect(page.locator("#error")).to_be_visible()  # hidden by the last Clear: this error is a new one
         expect(page.locator("#error-title")).to_contain_text(title_part)
         page.wait_for_function("document.getElementById('result-panel').getAttribute('aria-busy') === null")
         assert page.locator("#result").is_hidden()
         message = page.locator("#error-message").inner_text()
+        if screenshot:
+            page.screenshot(path=artifacts / screenshot, full_page=True)
         page.click("#clear-button")  # hides the error, so the next one is seen to appear
         expect(page.locator("#error")).to_be_hidden()
         return message
 
     page.set_input_files("#file", file_payload("notes.txt", b"these are not pixels", "text/plain"))
-    assert shows_error("not a picture")
-    page.screenshot(path=artifacts / "desktop-bad-file.png", full_page=True)
+    assert shows_error("not a picture", "desktop-bad-file.png")
 
     # Too many bytes: refused before anything is sent, and by the server when sent anyway.
     too_big = b"\0" * (server.max_body_bytes + 1)
@@ -249,11 +290,15 @@ def test_bad_files_and_failures_show_clear_messages(browser, server, artifacts):
     assert "no-such-model" in shows_error("model does not exist")
     page.select_option("#model", MODEL)
 
-    # The server failing, or unreachable.
-    page.route("**/ui/api/predict", lambda route: route.fulfill(status=500, body="Internal Server Error"))
+    # The server failing (as the app answers a bug, or as a proxy in front of it would), or unreachable.
+    bug = {"error": {"code": "internal_error", "message": "internal error; quote request id 1f2e3d"}}
+    page.route("**/ui/api/predict", lambda route: route.fulfill(status=500, json=bug))
     draw(page, ONE)
-    assert "500" in shows_error("went wrong on the server")
-    page.screenshot(path=artifacts / "desktop-server-error.png", full_page=True)
+    assert "1f2e3d" in shows_error("went wrong on the server", "desktop-server-error.png")
+    page.unroute("**/ui/api/predict")
+    page.route("**/ui/api/predict", lambda route: route.fulfill(status=502, body="Bad Gateway"))
+    draw(page, ONE)
+    assert "502" in shows_error("went wrong on the server")
     page.unroute("**/ui/api/predict")
     page.route("**/ui/api/predict", lambda route: route.abort())
     draw(page, ONE)
