@@ -223,3 +223,45 @@ def test_unknown_or_malformed_requested_outputs_are_rejected(outputs, words):
     with pytest.raises(InvalidInput) as caught:
         resolve_outputs(request, ["probabilities"])
     assert words in caught.value.message
+
+
+# --- fuzz: whatever arrives, the codec answers a batch or an InvalidInput, never another exception -----
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-300, 300) | st.floats(-2, 2) | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=12,
+)
+shapes = st.lists(st.integers(-1, 800), max_size=4) | st.sampled_from([[1, 784], [2, 1, 28, 28], [1, 28, 28], [0, 784]]) | json_values
+tensors = st.fixed_dictionaries(
+    {"name": st.sampled_from(["input", "x"]) | json_values, "shape": shapes, "datatype": st.sampled_from(["FP32", "FP64", "UINT8", "INT8", "BYTES"]) | json_values},
+    optional={
+        "data": st.lists(st.floats(-0.5, 1.5) | st.integers(-1, 256), max_size=800) | json_values,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 7000) | json_values}) | json_values,
+    },
+)
+documents = st.fixed_dictionaries(
+    {"inputs": st.lists(tensors, max_size=2) | json_values},
+    optional={
+        "id": json_values,
+        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["probabilities", "logits"]) | json_values}, optional={"parameters": json_values}), max_size=2) | json_values,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": json_values}) | json_values,
+    },
+) | json_values
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents, st.binary(max_size=64) | st.just(b"\0" * 3136), st.sampled_from([None, "json", "short", "long", "junk"]))
+def test_any_request_gives_a_batch_or_a_clear_invalid_input(document, tail, header_mode):
+    header = orjson.dumps(document)
+    body = header + tail if header_mode else header
+    header_length = {None: None, "json": str(len(header)), "short": str(max(len(header) - 3, 1)), "long": str(len(body) + 1), "junk": "x1"}[header_mode]
+    try:
+        request = decode_request(body, header_length)
+        batch = image_batch(request, input_name="input", max_batch=4)
+        resolve_outputs(request, ["probabilities"])
+    except InvalidInput as error:
+        assert error.message and error.status_code == 422
+        return
+    assert batch.dtype == np.float32 and batch.shape[1:] == (1, 28, 28)
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
