@@ -7,7 +7,7 @@
 #   docker build --build-arg ORT_EXTRAS= -t pixelserve .    serving, CPU only: onnxruntime-gpu falls back to the CPU
 #   docker build --build-arg ORT_PACKAGE=onnxruntime --build-arg ORT_EXTRAS= -t pixelserve:cpu .
 #                                                           serving, smallest: the CPU-only ONNX Runtime build
-#   docker build --target train -t pixelserve-train .       training (torch CPU build), entrypoint python -m training
+#   docker build --target train -t pixelserve-train .       training (torch CPU build): python -m training ...
 #
 # Serving images hold the service, ONNX Runtime and the shipped models in /models; no torch.
 
@@ -51,17 +51,17 @@ RUN torch=$(python deploy/pyproject_requirements.py pyproject.toml train | grep 
  && python deploy/pyproject_requirements.py pyproject.toml train --ort-package onnxruntime --ort-extras "" \
         > requirements.txt \
  && pip install -r requirements.txt
-COPY README.md ./
-COPY training training
-RUN pip install --no-deps .
 
 FROM python-base AS train
 COPY --from=train-builder /opt/venv /opt/venv
+# Laid out like a checkout, so the CLI's defaults apply: it publishes into /app/models and
+# downloads datasets into /app/data (compose mounts its volumes there).
+WORKDIR /app
+COPY training training
 # The shipped repository too: whichever image first mounts an empty models volume fills it.
-COPY --chown=pixelserve:pixelserve models /models
-RUN mkdir -p /data && chown pixelserve:pixelserve /data
-ENV PIXELSERVE_MODEL_REPOSITORY=/models
-WORKDIR /work
+COPY --chown=pixelserve:pixelserve models models
+RUN mkdir data && chown pixelserve:pixelserve data
+ENV MPLCONFIGDIR=/tmp/matplotlib
 USER pixelserve:pixelserve
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]
@@ -71,9 +71,7 @@ FROM python-base AS serve
 COPY --from=serve-builder /opt/venv /opt/venv
 # Owned by the service user so that a training container (same uid) can add versions to the volume.
 COPY --chown=pixelserve:pixelserve models /models
-# The CUDA / cuDNN wheels' libraries, for the CUDA execution provider (absent in CPU-only builds).
-ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib \
-    PIXELSERVE_MODEL_REPOSITORY=/models \
+ENV PIXELSERVE_MODEL_REPOSITORY=/models \
     PIXELSERVE_HOST=0.0.0.0 \
     PIXELSERVE_PORT=8000
 WORKDIR /app

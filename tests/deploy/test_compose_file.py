@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,8 +98,10 @@ def test_train_profile_writes_into_the_volume_the_api_serves():
     train = compose["services"]["train"]
     assert train["profiles"] == ["train"]
     assert train["build"]["target"] == "train" and "train" in dockerfile_stages()
-    assert "models:/models" in train["volumes"]
-    assert train["environment"]["PIXELSERVE_MODEL_REPOSITORY"] == "/models"
+    # The same named volume: at /models for the api, at the CLI's default models/ (under /app) for training.
+    assert "models:/models" in compose["services"]["api"]["volumes"]
+    assert "models:/app/models" in train["volumes"]
+    assert [args for key, args in dockerfile_stages()["train"] if key == "WORKDIR"] == ["/app"]
     assert "models" in compose["volumes"]
 
 
@@ -130,3 +133,17 @@ def test_cpu_limit_fits_the_onnx_runtime_threads():
     assert intra >= 1 and inter >= 1, "0 lets ONNX Runtime take every core of the host, ignoring the limit"
     assert intra <= cpus
     assert float(api["deploy"]["resources"]["reservations"]["cpus"]) <= cpus
+
+
+def test_training_cli_defaults_land_in_the_volumes():
+    """In the train image the package sits at /app/training: its defaults must resolve to /app/models and /app/data."""
+    pytest.importorskip("torch")
+    import training
+    from training.__main__ import build_parser
+    from training.data import DOWNLOAD_ROOT
+
+    args = build_parser().parse_args(["train", "--dataset", "mnist"])
+    assert args.models_dir == Path("models"), "relative to the working directory /app"
+    assert DOWNLOAD_ROOT == Path(training.__file__).resolve().parents[1] / "data"
+    train = load(COMPOSE)["services"]["train"]
+    assert {"models:/app/models", "data:/app/data"} <= set(train["volumes"])
