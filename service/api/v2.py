@@ -15,6 +15,7 @@ from service import __version__
 from service.api.dependencies import require_api_key, tag_request
 from service.errors import ServiceError, VersionNotFound
 from service.observability import request_id_var
+from service.registry import READY
 from service.v2_codec import (
     ACCEPTED_DATATYPES,
     BINARY_EXTENSION,
@@ -211,7 +212,7 @@ def _metadata(request: Request, name: str, version: int | None) -> ModelMetadata
     repository = request.app.state.repository
     model = repository.get(name, version)
     if version is None:
-        versions = [str(v.version) for v in repository.describe(name).versions if v.state == "READY"]
+        versions = [str(v.version) for v in repository.describe(name).versions if v.state == READY]
     else:
         versions = [str(model.version)]
     return ModelMetadata(
