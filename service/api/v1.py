@@ -7,10 +7,11 @@ service.predictions); answers are serialised with orjson. The OpenAPI document s
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -31,6 +32,7 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 
 ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
+ModelName = Annotated[str, Path(description="A model of the repository", examples=["mnist-convnet"])]
 UPLOAD_FORMS = "send multipart/form-data with one picture in field 'file' or several in 'files' (PNG, JPEG, GIF, BMP, WebP)"
 
 
@@ -65,7 +67,7 @@ async def list_models(request: Request) -> Response:
     summary="Describe a model: versions, classes, input, providers, metrics from its card",
 )
 async def describe_model(
-    request: Request, name: str, version: int | None = Query(None, ge=1, description="Describe this version instead of the default")
+    request: Request, name: ModelName, version: int | None = Query(None, ge=1, description="Describe this version instead of the default")
 ) -> Response:
     repository = _repository(request)
     detail = _summary(repository.describe(name))
@@ -114,7 +116,7 @@ async def _answer(request: Request, served: ServedModel, batch, top_k: int | Non
     openapi_extra={"requestBody": {"required": True, "content": {JSON: {
         "schema": schemas.PREDICT_REQUEST_SCHEMA, "examples": schemas.PREDICT_REQUEST_EXAMPLES}}}},
 )
-async def predict(request: Request, name: str) -> Response:
+async def predict(request: Request, name: ModelName) -> Response:
     settings = request.app.state.settings
     try:
         payload = orjson.loads(await request.body())
@@ -155,7 +157,7 @@ async def predict(request: Request, name: str) -> Response:
 )
 async def predict_image(
     request: Request,
-    name: str,
+    name: ModelName,
     top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
     version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
 ) -> Response:
@@ -187,7 +189,7 @@ async def predict_image(
     dependencies=[Depends(require_api_key)],
     summary="Rescan the model's directory now: load new versions, drop removed ones",
 )
-async def reload_model(request: Request, name: str) -> Response:
+async def reload_model(request: Request, name: ModelName) -> Response:
     description = await _repository(request).reload(name)
     tag_request(request, name, description.default_version)
     return _json(_summary(description))
