@@ -99,7 +99,9 @@
     const request = ++latestRequest;
     resultPanel.setAttribute("aria-busy", "true");
     try {
-      const response = await fetch(apiUrl, { method: "POST", body: body });
+      const apiKey = document.getElementById("api-key");
+      const headers = apiKey && apiKey.value ? { "X-API-Key": apiKey.value } : {};
+      const response = await fetch(apiUrl, { method: "POST", body: body, headers: headers });
       const answer = await response.json().catch(function () { return null; });
       if (request !== latestRequest) return;  // a newer prediction is on its way
       if (response.ok && answer) {
@@ -135,6 +137,8 @@
   });
 
   modelSelect.addEventListener("change", function () {
+    const details = document.getElementById("model-details");
+    if (details) details.textContent = modelSelect.selectedOptions[0].dataset.details;
     if (fileInput.files[0]) predict(fileInput.files[0], fileInput.files[0].name);
     else if (hasInk) predictDrawing();
   });

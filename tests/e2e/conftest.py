@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.onnx_models import write_bad_onnx, write_version
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -38,16 +40,17 @@ class Server:
     # Small enough that the oversized-file tests send little data.
     max_body_bytes = 1_000_000
 
-    def __init__(self, repository: Path, log_path: Path) -> None:
+    def __init__(self, repository: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
+        self.env = env = {
             **os.environ,
             "PIXELSERVE_MODEL_REPOSITORY": str(repository),
             "PIXELSERVE_PROVIDERS": "cpu",
             "PIXELSERVE_WATCH_INTERVAL_S": "0",
             "PIXELSERVE_MAX_BODY_BYTES": str(self.max_body_bytes),
             "PIXELSERVE_LOG_LEVEL": "warning",
+            **(extra_env or {}),
         }
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -80,8 +83,8 @@ class Server:
         self._log.close()
 
 
-def start_server(repository: Path, log_path: Path) -> Iterator[Server]:
-    server = Server(repository, log_path)
+def start_server(repository: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = Server(repository, log_path, extra_env)
     try:
         server.wait_ready()
         yield server
@@ -105,6 +108,18 @@ def server(artifacts: Path) -> Iterator[Server]:
 def empty_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The app serving an empty model repository."""
     yield from start_server(tmp_path_factory.mktemp("empty-repository"), artifacts / "server-empty.log")
+
+
+API_KEY = "page-test-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The app with an API key, serving a tiny test classifier and a model that fails to load."""
+    repository = tmp_path_factory.mktemp("keyed-repository")
+    write_version(repository, "tiny-digits", 1)
+    write_bad_onnx(repository, "broken", 1)
+    yield from start_server(repository, artifacts / "server-keyed.log", {"PIXELSERVE_API_KEY": API_KEY})
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ Screenshots land in test-artifacts/browser/.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import re
@@ -37,6 +38,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
 def held_out_digits() -> list[tuple[str, bytes]]:
     """The first digit of each class from the held-out images 8000-9999, as PNG files a person might have:
     even classes as MNIST stores them (white on black, 28x28), odd ones as a scan (black on white, 112x112)."""
@@ -137,7 +139,8 @@ def test_page_loads_accessible_and_makes_no_outside_request(browser, server, art
 
     # The picker lists the shipped models with their test accuracy, the best digits model chosen.
     options = page.locator("#model option").all_inner_texts()
-    assert any(re.fullmatch(rf"{MODEL} v\d+ · \d+\.\d% test accuracy", o.strip()) for o in options), options
+    assert any(re.fullmatch(rf"{MODEL} v\d+ · \d+\.\d% accuracy", o.strip()) for o in options), options
+    assert re.match(r"\d+\.\d% test accuracy on ", page.locator("#model-details").inner_text())
     assert page.locator("#model optgroup").first.get_attribute("label") == "Handwritten digits"
     assert page.locator("#model").input_value() == MODEL
 
@@ -346,4 +349,35 @@ def test_page_says_so_when_no_model_is_loaded(browser, empty_server, artifacts):
     assert page.locator("#predict-button").is_disabled()
     assert page.locator("#file").is_disabled()
     page.screenshot(path=artifacts / "desktop-no-models.png", full_page=True)
+    context.close()
+
+
+def test_api_key_is_asked_for_and_checked(browser, keyed_server, artifacts):
+    api_key = keyed_server.env["PIXELSERVE_API_KEY"]
+    digit = file_payload("digit.png", held_out_digits()[0][1])
+    # With the script: without the key the server refuses, with it the page shows the answer.
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.goto(keyed_server.url + "/")
+    assert page.locator("#model option[value=broken]").is_disabled()  # listed, but failed to load
+    assert page.locator("#model").input_value() == "tiny-digits"
+    page.set_input_files("#file", digit)
+    expect(page.locator("#error-title")).to_contain_text("needs an API key")
+    page.fill("#api-key", api_key)
+    page.click("#predict-button")
+    assert re.fullmatch(r"\d", wait_for_result(page))
+    page.screenshot(path=artifacts / "desktop-api-key.png", full_page=True)
+    context.close()
+
+    # Without the script the key travels as a form field.
+    context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
+    page = context.new_page()
+    for key, status in (("wrong-key", 401), (api_key, 200)):
+        page.goto(keyed_server.url + "/")
+        page.fill("#api-key", key)
+        page.set_input_files("#file", digit)
+        with page.expect_navigation() as navigation:
+            page.click("#predict-button")
+        assert navigation.value.status == status
+    assert re.fullmatch(r"\d", page.locator("#prediction-label").inner_text())
     context.close()
