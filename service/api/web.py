@@ -55,7 +55,6 @@ ERROR_TITLES = {
     "model_not_ready": "That model is not ready to answer.",
     "overloaded": "The server is busy.",
     "unauthorized": "This server needs an API key to predict.",
-    "server_error": "Something went wrong on the server.",
     "internal_error": "Something went wrong on the server.",
     "network_error": "The server could not be reached.",
 }
@@ -240,7 +239,7 @@ async def predict_form(
         failure = ServiceError(
             "the prediction failed on the server and the error was logged; try again, or pick another model",
             status_code=500,
-            code="server_error",
+            code="internal_error",
         )
         return render_page(request, chosen=model, error=failure, status_code=500)
     return render_page(request, chosen=model, result=result)

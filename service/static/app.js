@@ -107,9 +107,11 @@
       if (response.ok && answer) {
         showResult(answer);
       } else if (answer && answer.error && answer.error.message) {
-        showError(answer.error.code || (response.status >= 500 ? "server_error" : "invalid_input"), answer.error.message);
+        showError(answer.error.code || (response.status >= 500 ? "internal_error" : "invalid_input"), answer.error.message);
+      } else if (response.status === 413) {
+        showError("payload_too_large", "pictures up to " + (maxBytes / 1e6).toFixed(1) + " MB are accepted");
       } else {
-        showError("server_error", "the server answered HTTP " + response.status + "; try again in a moment");
+        showError("internal_error", "the server answered HTTP " + response.status + "; try again in a moment");
       }
     } catch (failure) {
       if (request === latestRequest) {
