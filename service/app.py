@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import ServiceError
 from service.observability import Metrics, configure_logging, request_id_var
@@ -155,6 +156,19 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+def _document_api_key(app: FastAPI) -> None:
+    """Guarded endpoints check the key with a plain call (see service.api.dependencies), so FastAPI does not
+    add its security schemes to the OpenAPI document by itself; add them."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -180,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.repository = repository
     app.state.metrics = metrics
     install_error_handlers(app, settings)
+    _document_api_key(app)
 
     for module_name in REQUIRED_ROUTERS + OPTIONAL_ROUTERS:
         # The v2 and web modules are optional parts of the package: the app serves without them.

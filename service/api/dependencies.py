@@ -9,8 +9,31 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from service.errors import Unauthorized
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's API key, when one is set")
-_bearer = HTTPBearer(auto_error=False, description="The server's API key as a bearer token, when one is set")
+# How the key is sent, for the OpenAPI document (components.securitySchemes and each guarded operation).
+SECURITY_SCHEMES = {
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The server's API key, when one is set"},
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "The server's API key as a bearer token, when one is set"},
+}
+API_KEY_SECURITY = {"security": [{"APIKeyHeader": []}, {"HTTPBearer": []}]}
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description=SECURITY_SCHEMES["APIKeyHeader"]["description"])
+_bearer = HTTPBearer(auto_error=False, description=SECURITY_SCHEMES["HTTPBearer"]["description"])
+
+
+def check_api_key(request: Request, given: str | None = None) -> None:
+    """Raise Unauthorized unless no key is configured or the right one is sent (X-API-Key or Bearer).
+
+    A plain call, for hot endpoints: as a FastAPI dependency the same check costs more than the model."""
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    if given is None:
+        given = request.headers.get("x-api-key")
+        if not given:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+    if not given or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized()
 
 
 async def require_api_key(
@@ -18,13 +41,8 @@ async def require_api_key(
     api_key: str | None = Security(_api_key_header),
     bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
 ) -> None:
-    """Guard for predict, infer and reload endpoints: passes when no key is configured or the right one is sent."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    given = api_key or (bearer.credentials if bearer else None)
-    if not given or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise Unauthorized()
+    """The same guard as a FastAPI dependency: `dependencies=[Depends(require_api_key)]`."""
+    check_api_key(request, api_key or (bearer.credentials if bearer else None))
 
 
 def tag_request(request: Request, model: str, version: int | None = None) -> None:

@@ -11,13 +11,13 @@ from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from service import schemas
-from service.api.dependencies import require_api_key, tag_request
+from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
 from service.errors import InvalidInput
 from service.predictions import (
     INSTANCE_FORMS,
@@ -111,12 +111,12 @@ async def _answer(request: Request, served: ServedModel, batch, top_k: int | Non
 
 @router.post(
     "/models/{name}/predict", response_model=schemas.PredictResponse, responses=ERRORS,
-    dependencies=[Depends(require_api_key)],
     summary="Classify images sent as JSON pixel arrays or base64 pictures",
-    openapi_extra={"requestBody": {"required": True, "content": {JSON: {
+    openapi_extra=API_KEY_SECURITY | {"requestBody": {"required": True, "content": {JSON: {
         "schema": schemas.PREDICT_REQUEST_SCHEMA, "examples": schemas.PREDICT_REQUEST_EXAMPLES}}}},
 )
 async def predict(request: Request, name: ModelName) -> Response:
+    check_api_key(request)
     settings = request.app.state.settings
     try:
         payload = orjson.loads(await request.body())
@@ -151,9 +151,8 @@ async def predict(request: Request, name: ModelName) -> Response:
 
 @router.post(
     "/models/{name}/predict/image", response_model=schemas.PredictResponse, responses=ERRORS,
-    dependencies=[Depends(require_api_key)],
     summary="Classify uploaded pictures (multipart field 'file' or 'files')",
-    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schemas.PREDICT_IMAGE_SCHEMA}}}},
+    openapi_extra=API_KEY_SECURITY | {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schemas.PREDICT_IMAGE_SCHEMA}}}},
 )
 async def predict_image(
     request: Request,
@@ -161,6 +160,7 @@ async def predict_image(
     top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
     version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
 ) -> Response:
+    check_api_key(request)
     settings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -186,10 +186,11 @@ async def predict_image(
 
 @router.post(
     "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS,
-    dependencies=[Depends(require_api_key)],
     summary="Rescan the model's directory now: load new versions, drop removed ones",
+    openapi_extra=API_KEY_SECURITY,
 )
 async def reload_model(request: Request, name: ModelName) -> Response:
+    check_api_key(request)
     description = await _repository(request).reload(name)
     tag_request(request, name, description.default_version)
     return _json(_summary(description))

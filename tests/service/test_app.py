@@ -142,7 +142,11 @@ def test_api_key_protects_predict_and_reload_only(repository):
         assert client.post("/v1/models/digits/reload", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/v1/models").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
-        assert "APIKeyHeader" in client.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert client.post("/v1/models/digits/predict", json=ONE_IMAGE, headers={"Authorization": "Basic s3cret"}).status_code == 401
+        document = client.get("/openapi.json").json()
+        assert {"APIKeyHeader", "HTTPBearer"} <= set(document["components"]["securitySchemes"])
+        assert {"APIKeyHeader": []} in document["paths"]["/v1/models/{name}/predict"]["post"]["security"]
+        assert "security" not in document["paths"]["/v1/models"]["get"]
 
 
 # --- CORS --------------------------------------------------------------------------------------------------
