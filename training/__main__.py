@@ -1,0 +1,185 @@
+"""Command line: `python -m training {train,evaluate,download} --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from training.data import DATASETS, DatasetNotFound, get_spec, resolve_data_dir, download_dataset
+from training.download import DownloadError
+from training.export import ExportRefused
+from training.idx import IdxError
+from training.models import ACTIVATIONS, ARCHITECTURES
+from training.pipeline import ModelCheckFailed, evaluate_published, train_and_publish
+from training.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 256,128, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones that say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="folder holding the dataset's IDX files (default: fashion-mnist "
+        f"{DATASETS['fashion-mnist'].default_dir}, mnist {DATASETS['mnist'].default_dir}; "
+        "with --download: data/<dataset>/ in the project)",
+    )
+    group.add_argument(
+        "--download", action="store_true",
+        help="fetch missing files from the known mirrors first (sha256-checked, written atomically)",
+    )
+    group.add_argument(
+        "--mirror", action="append", default=[], metavar="URL",
+        help="extra base URL to try before the built-in mirrors (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train MNIST / Fashion-MNIST classifiers and publish them as ONNX models with a model card.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download}")
+
+    train = commands.add_parser(
+        "train", help="train, export to ONNX, check parity, publish models/<name>/<next version>/",
+        description="Train a classifier, export it to ONNX, check the export against PyTorch on the test "
+        "images, and publish model.onnx, model.json (the card), report.json and plots as the next version.",
+        formatter_class=HelpFormatter,
+    )
+    train.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which dataset to learn")
+    add_data_options(train)
+    train.add_argument("--validation-fraction", type=float, default=0.1,
+                       help="share of the training images held out to choose the best epoch")
+    train.add_argument("--limit-train", type=int, default=None, metavar="N",
+                       help="train on only the first N training images (quick trials)")
+
+    model = train.add_argument_group("model")
+    model.add_argument("--arch", default="convnet", choices=ARCHITECTURES,
+                       help="softmax regression, MLP, LeCun 1989 convnet, or the batch-norm convnet")
+    model.add_argument("--hidden", type=int_list, default=None,
+                       help="hidden layer sizes, e.g. 256,128 (mlp; convnet uses the first as its dense layer)")
+    model.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP activation")
+    model.add_argument("--channels", type=int_list, default="16,32", help="convnet channels of its two stages")
+    model.add_argument("--dropout", type=float, default=None, help="dropout rate (mlp default 0.2, convnet 0.3)")
+
+    defaults = TrainConfig()
+    opt = train.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum number of epochs")
+    opt.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    opt.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
+                     help="AdamW, or SGD with Nesterov momentum 0.9")
+    opt.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="weight decay")
+    opt.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES, help="learning-rate schedule")
+    opt.add_argument("--shift", type=int, default=defaults.shift,
+                     help="augmentation: random shifts of up to this many pixels")
+    opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
+    opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
+    opt.add_argument("--patience", type=int, default=defaults.patience,
+                     help="stop after this many epochs without a better validation accuracy")
+    opt.add_argument("--seed", type=int, default=defaults.seed, help="random seed (split, init, order)")
+    opt.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for PyTorch")
+
+    out = train.add_argument_group("output")
+    out.add_argument("--name", default=None, help="model name (default: <dataset>-<arch>)")
+    out.add_argument("--models-dir", type=Path, default=Path("models"), help="model repository folder")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar, only the final summary")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="check a published model against its card and measure its test accuracy",
+        description="Check model.onnx against model.json (sha256, embedded card) and measure its test "
+        "accuracy with ONNX Runtime on the dataset named in the card.",
+    )
+    evaluate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
+    add_data_options(evaluate)
+
+    download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
+                                   description="Download a dataset's IDX files from the known mirrors.",
+                                   formatter_class=HelpFormatter)
+    download.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which dataset")
+    add_data_options(download)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=args.hflip,
+        label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
+    )
+    arch_options: dict = {}
+    if args.arch == "mlp":
+        arch_options = {"hidden": args.hidden or (256, 128), "activation": args.activation}
+    elif args.arch == "convnet":
+        if len(args.channels) != 2:
+            raise SystemExit("error: --channels takes two sizes, e.g. 16,32")
+        arch_options = {"channels": args.channels, "hidden": args.hidden or (128,)}
+    if args.dropout is not None and args.arch in ("mlp", "convnet"):
+        arch_options["dropout"] = args.dropout
+    version_dir, card = train_and_publish(
+        dataset=args.dataset, arch=args.arch, name=args.name or f"{args.dataset}-{args.arch}",
+        models_dir=args.models_dir, config=config, arch_options=arch_options, data_dir=args.data_dir,
+        download=args.download, mirrors=args.mirror, validation_fraction=args.validation_fraction,
+        limit_train=args.limit_train, progress=not args.no_progress,
+    )
+    metrics, training = card["metrics"], card["training"]
+    print(
+        f"published {version_dir}: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_split']}, "
+        f"validation {metrics['validation_accuracy']:.4f}, {card['architecture']['parameters']} parameters, "
+        f"{training['epochs']} epochs in {training['wall_time_s']:.0f}s ({training['images_per_s']:.0f} images/s)"
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if not (args.model / "model.json").is_file():
+        raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+    result = evaluate_published(args.model, args.data_dir, download=args.download)
+    print(json.dumps(result, indent=2))
+    return 0 if result["agrees_with_card"] else 1
+
+
+def run_download(args: argparse.Namespace) -> int:
+    spec = get_spec(args.dataset)
+    directory = resolve_data_dir(spec, args.data_dir, download=True)
+    download_dataset(spec, directory, args.mirror)
+    print(f"{spec.name}: all files present and checked in {directory}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runners = {"train": run_train, "evaluate": run_evaluate, "download": run_download}
+    try:
+        return runners[args.command](args)
+    except (DatasetNotFound, IdxError, DownloadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ExportRefused, ModelCheckFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The model card: what a served model is, what it expects, how it was made and how well it does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict
+
+import numpy as np
+import onnx
+import onnxruntime
+import onnxscript
+import torch
+
+from training.data import Splits
+from training.train import TrainConfig, TrainResult
+
+CARD_METADATA_KEY = "model_card"
+
+PREPROCESSING = {
+    "digits": {
+        "method": "mnist-digit",
+        "description": (
+            "a picture becomes grey, white ink on black (inverted when the background is light), "
+            "cropped to its ink, scaled to fit 20x20 and centred by centre of mass in 28x28, "
+            "pixels scaled to [0, 1], as the MNIST digits were prepared"
+        ),
+    },
+    "fashion": {
+        "method": "fashion-fit",
+        "description": (
+            "a picture becomes grey, light object on black (inverted when the background is light), "
+            "fitted into 28x28 keeping its aspect ratio and centred, pixels scaled to [0, 1], "
+            "as the Fashion-MNIST product photos were prepared"
+        ),
+    },
+}
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def build_card(
+    *,
+    name: str,
+    splits: Splits,
+    architecture: dict,
+    config: TrainConfig,
+    result: TrainResult,
+    test_summary: dict,
+    opset: int,
+) -> dict:
+    """The card without `version` and `onnx.sha256`, which publishing fills in."""
+    spec = splits.dataset
+    classes = list(spec.classes)
+    hyperparameters = asdict(config)
+    threads = hyperparameters.pop("threads")
+    return {
+        "name": name,
+        "task": spec.task,
+        "classes": classes,
+        "architecture": architecture,
+        "input": {
+            "name": "input",
+            "shape": ["N", 1, 28, 28],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "polarity": "white-on-black",
+        },
+        "output": {"name": "probabilities", "shape": ["N", len(classes)], "dtype": "float32", "activation": "softmax"},
+        "preprocessing": PREPROCESSING[spec.task],
+        "metrics": {
+            "test_accuracy": round(test_summary["accuracy"], 4),
+            "test_split": splits.test_split,
+            "test_size": test_summary["size"],
+            "validation_accuracy": round(result.best_val_accuracy, 4),
+            "per_class_accuracy": test_summary["per_class_accuracy"],
+            "measured_with": "onnxruntime on the exported model.onnx",
+        },
+        "training": {
+            "dataset": spec.name,
+            "split": splits.split,
+            "train_size": int(len(splits.train_labels)),
+            "validation_size": int(len(splits.val_labels)),
+            "epochs": len(result.history),
+            "best_epoch": result.best_epoch,
+            "seed": config.seed,
+            "hyperparameters": hyperparameters,
+            "wall_time_s": round(result.wall_time_s, 1),
+            "images_per_s": round(result.images_per_s, 1),
+            "cpu_threads": threads,
+            "library_versions": library_versions(),
+        },
+        "onnx": {"file": "model.onnx", "opset": opset},
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def embed_card(model: onnx.ModelProto, card: dict) -> None:
+    """Put the card into the ONNX metadata. The file's own sha256 cannot be inside the file it hashes,
+    so the embedded copy leaves `onnx.sha256` out; model.json carries it."""
+    embedded = {**card, "onnx": {k: v for k, v in card["onnx"].items() if k != "sha256"}}
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_METADATA_KEY, json.dumps(embedded, sort_keys=False)

@@ -1,0 +1,167 @@
+"""Classifiers for 28x28 grey images. Each takes [N, 1, 28, 28] pixels in [0, 1], normalizes them
+itself (so the exported graph needs no outside preprocessing) and returns logits; `WithSoftmax`
+turns logits into the probabilities the exported model answers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "hardtanh": nn.Hardtanh}
+PIXELS = 28 * 28
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with the training set's statistics, stored in the model."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SoftmaxRegression(nn.Module):
+    """Multiclass logistic regression: one linear layer on the raw pixels."""
+
+    description = "multiclass logistic (softmax) regression on the 784 pixels"
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.normalize = Normalize()
+        self.linear = nn.Linear(PIXELS, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.normalize(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """Fully connected layers with a chosen activation and dropout between them."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        hidden: tuple[int, ...] = (256, 128),
+        activation: str = "relu",
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.normalize = Normalize()
+        layers: list[nn.Module] = []
+        width = PIXELS
+        for size in hidden:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+        sizes = "-".join(str(size) for size in hidden) or "none"
+        self.description = f"MLP, hidden layers {sizes}, {activation} activation, dropout {dropout}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.normalize(x).flatten(1))
+
+
+class LeCun1989(nn.Module):
+    """The shape of LeCun et al. (1989): two layers of shared-weight 5x5 feature maps with stride 2,
+    the second reading only 8 of the 12 first-layer maps, then 30 hidden units; tanh throughout.
+    (The 1989 net read 16x16 images; here the same layers read 28x28 with padding.)"""
+
+    description = "LeCun 1989 convnet: 12 5x5/2 maps, 12 5x5/2 maps on 8-of-12 inputs, 30 hidden, tanh"
+    # Which 8 of the 12 H1 maps feed each group of 4 H2 maps (as in the paper's partial connectivity).
+    H2_INPUTS = ((0, 1, 2, 3, 4, 5, 6, 7), (4, 5, 6, 7, 8, 9, 10, 11), (0, 1, 2, 3, 8, 9, 10, 11))
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.normalize = Normalize()
+        self.h1 = nn.Conv2d(1, 12, 5, stride=2, padding=2)  # 28x28 -> 12 x 14x14
+        self.h2 = nn.ModuleList(nn.Conv2d(8, 4, 5, stride=2, padding=2) for _ in self.H2_INPUTS)  # -> 12 x 7x7
+        for index, inputs in enumerate(self.H2_INPUTS):
+            self.register_buffer(f"h2_inputs_{index}", torch.tensor(inputs), persistent=False)
+        self.h3 = nn.Linear(12 * 7 * 7, 30)
+        self.out = nn.Linear(30, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h1 = torch.tanh(self.h1(self.normalize(x)))
+        groups = [conv(h1.index_select(1, getattr(self, f"h2_inputs_{i}"))) for i, conv in enumerate(self.h2)]
+        h2 = torch.tanh(torch.cat(groups, dim=1))
+        return self.out(torch.tanh(self.h3(h2.flatten(1))))
+
+
+def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class ConvNet(nn.Module):
+    """A small VGG-style net: two stages of two 3x3 conv + batch norm + ReLU, each ending in 2x2
+    max pooling, then a dropout-regularised hidden layer."""
+
+    def __init__(
+        self, num_classes: int = 10, channels: tuple[int, int] = (16, 32), hidden: int = 128, dropout: float = 0.3
+    ):
+        super().__init__()
+        c1, c2 = channels
+        self.normalize = Normalize()
+        self.features = nn.Sequential(
+            *_conv_block(1, c1), *_conv_block(c1, c1), nn.MaxPool2d(2),  # 14x14
+            *_conv_block(c1, c2), *_conv_block(c2, c2), nn.MaxPool2d(2),  # 7x7
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c2 * 7 * 7, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        self.description = (
+            f"convnet: 2x(3x3 conv {c1}) + pool, 2x(3x3 conv {c2}) + pool, batch norm, "
+            f"dense {hidden}, dropout {dropout}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class WithSoftmax(nn.Module):
+    """The exported form: the classifier's logits turned into probabilities."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the ONNX input's name
+        return torch.softmax(self.classifier(input), dim=1)
+
+
+ARCHITECTURES = ("softmax", "mlp", "lecun1989", "convnet")
+
+
+def build_model(
+    arch: str,
+    num_classes: int = 10,
+    *,
+    hidden: tuple[int, ...] | None = None,
+    activation: str = "relu",
+    channels: tuple[int, int] = (16, 32),
+    dropout: float | None = None,
+) -> nn.Module:
+    """Make an untrained classifier; options that an architecture has no use for are ignored."""
+    if arch == "softmax":
+        return SoftmaxRegression(num_classes)
+    if arch == "mlp":
+        return MLP(num_classes, hidden if hidden is not None else (256, 128), activation,
+                   0.2 if dropout is None else dropout)
+    if arch == "lecun1989":
+        return LeCun1989(num_classes)
+    if arch == "convnet":
+        return ConvNet(num_classes, channels, (hidden or (128,))[0], 0.3 if dropout is None else dropout)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
