@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP", "TIFF")  # MPO: the JPEG variant phone cameras write
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO, which phone cameras write
 ACCEPTED_DESCRIPTION = "PNG, JPEG, GIF, BMP, WebP or TIFF"
 METHODS = ("mnist-digit", "fashion-fit")
 
@@ -159,16 +159,16 @@ def _paper(gray: np.ndarray) -> tuple[np.ndarray, float]:
     so ink (which deviates strongly) never pulls it, and gradual uneven lighting is captured.
     """
     height, width = gray.shape
-    step = max(1, int(np.sqrt(height * width / 16384)))  # a subsample is plenty for six coefficients
+    step = max(1, int(np.sqrt(height * width / 4096)))  # a subsample is plenty for six coefficients
     rows = np.arange(0, height, step)
     cols = np.arange(0, width, step)
 
-    def basis(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        y = (r[:, None] / max(height - 1, 1) * 2 - 1) * np.ones((1, c.size))
-        x = (c[None, :] / max(width - 1, 1) * 2 - 1) * np.ones((r.size, 1))
-        return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
+    def quadratic(r: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
+        y = r[:, None] / max(height - 1, 1) * 2 - 1.0  # coordinates in [-1, 1]
+        x = c[None, :] / max(width - 1, 1) * 2 - 1.0
+        return [np.ones((1, 1)), x, y, x * x, x * y, y * y]
 
-    terms = basis(rows, cols)
+    terms = np.stack([np.broadcast_to(t, (rows.size, cols.size)).ravel() for t in quadratic(rows, cols)], axis=-1)
     values = gray[np.ix_(rows, cols)].ravel().astype(np.float64)
     ring = max(1, min(rows.size, cols.size) // 20)
     border = np.ones((rows.size, cols.size), dtype=bool)
@@ -178,15 +178,16 @@ def _paper(gray: np.ndarray) -> tuple[np.ndarray, float]:
     sigma = _robust_sigma(values[border])
     agrees = border & (np.abs(values - np.median(values[border])) <= 3.0 * max(sigma, GREY_LEVEL / 2))
     for _ in range(4):
-        coefficients = np.linalg.lstsq(terms[agrees], values[agrees], rcond=None)[0]
+        trusted = terms[agrees]  # least squares through the 6x6 normal equations: fast, and well posed on [-1, 1]
+        coefficients = np.linalg.lstsq(trusted.T @ trusted, trusted.T @ values[agrees], rcond=None)[0]
         residual = values - terms @ coefficients
         sigma = _robust_sigma(residual[agrees])
         # Half a grey level at least: a clean synthetic picture has exactly zero noise.
         agrees = np.abs(residual) <= 3.0 * max(sigma, GREY_LEVEL / 2)
         if not agrees.any():
             break
-    surface = (basis(np.arange(height), np.arange(width)) @ coefficients).reshape(height, width)
-    return surface.astype(np.float32), sigma
+    surface = sum(c * t for c, t in zip(coefficients, quadratic(np.arange(height), np.arange(width))))
+    return np.broadcast_to(surface, (height, width)).astype(np.float32), sigma
 
 
 def _ink_on_black(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -225,7 +226,7 @@ def _stretch(ink: np.ndarray, sigma: float, method: str) -> np.ndarray:
         raise InvalidImage("no ink found: the picture is blank; send a digit or object that stands out from its background")
     strong = above[above > _otsu(above)] if np.ptp(above) > 0 else above
     white = float(np.percentile(strong if strong.size else above, WHITE_PERCENTILE[method]))
-    if white < MIN_CONTRAST:
+    if white < max(floor + MIN_CONTRAST, 2 * floor):  # the ink must stand clear of the noise, too
         raise InvalidImage(
             "no ink found: the picture has too little contrast; send a digit or object that stands out "
             "from its background"
