@@ -86,7 +86,9 @@ class Metrics:
 
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
-_STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "request_id"}
+_STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "request_id", "color_message",  # uvicorn's copy of the message with terminal colours
+}
 
 
 class RequestIdFilter(logging.Filter):
