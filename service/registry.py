@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +126,8 @@ class _Slot:
     model: ServedModel | None = None
 
 
-@dataclass
-class _Scan:
-    """What the disk holds: name -> version -> (directory, fingerprint or None while incomplete)."""
-
-    models: dict[str, dict[int, tuple[Path, tuple | None]]] = field(default_factory=dict)
+# What the disk holds: name -> version -> (directory, fingerprint or None while incomplete).
+_OnDisk = dict[str, dict[int, tuple[Path, tuple | None]]]
 
 
 def _fingerprint(version_dir: Path) -> tuple | None:
@@ -197,6 +194,7 @@ class ModelRepository:
         self._models: dict[str, dict[int, _Slot]] = {}
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -215,7 +213,7 @@ class ModelRepository:
         async with self._lock:
             models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
             self._models = {}
-        await asyncio.gather(*(model.retire() for model in models))
+        await asyncio.gather(*(model.retire() for model in models), *self._retiring)
         self.started = False
 
     async def _watch(self) -> None:
@@ -270,10 +268,10 @@ class ModelRepository:
     async def refresh(self, only: str | None = None) -> None:
         async with self._lock:
             scan = await asyncio.to_thread(self._scan, only)
-            names = [only] if only else sorted(set(self._models) | set(scan.models))
+            names = [only] if only else sorted(set(self._models) | set(scan))
             retired: list[ServedModel] = []
             for name in names:
-                on_disk = scan.models.get(name)
+                on_disk = scan.get(name)
                 if on_disk is None:
                     if name in self._models:
                         logger.info("model %s left the repository", name, extra={"model": name})
@@ -285,10 +283,12 @@ class ModelRepository:
             logger.info("retiring %s version %d", model.name, model.version, extra={"model": model.name, "version": model.version})
             if self.metrics:
                 self.metrics.forget_model(model.name, model.version)
-            asyncio.create_task(model.retire())
+            task = asyncio.create_task(model.retire())
+            self._retiring.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._retiring.discard)
 
-    def _scan(self, only: str | None) -> _Scan:
-        scan = _Scan()
+    def _scan(self, only: str | None) -> _OnDisk:
+        scan: _OnDisk = {}
         model_dirs = [self.root / only] if only else sorted(self.root.iterdir())
         for model_dir in model_dirs:
             if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
@@ -297,7 +297,7 @@ class ModelRepository:
             for version_dir in model_dir.iterdir():  # '.tmp-*' staging directories do not match
                 if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir():
                     versions[int(version_dir.name)] = (version_dir, _fingerprint(version_dir))
-            scan.models[model_dir.name] = versions
+            scan[model_dir.name] = versions
         return scan
 
     async def _sync_model(self, name: str, on_disk: dict[int, tuple[Path, tuple | None]]) -> list[ServedModel]:
