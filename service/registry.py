@@ -133,10 +133,11 @@ _OnDisk = dict[str, dict[int, tuple[Path, tuple | None]]]
 def _fingerprint(version_dir: Path) -> tuple | None:
     """Changes whenever the directory is replaced or its files are rewritten; None if a file is missing."""
     try:
-        card, onnx_file = (version_dir / "model.json").stat(), (version_dir / "model.onnx").stat()
+        directory, card = version_dir.stat(), (version_dir / "model.json").stat()
+        onnx_file = (version_dir / "model.onnx").stat()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return (version_dir.stat().st_ino, card.st_mtime_ns, card.st_size, onnx_file.st_mtime_ns, onnx_file.st_size)
+    return (directory.st_ino, card.st_mtime_ns, card.st_size, onnx_file.st_mtime_ns, onnx_file.st_size)
 
 
 def read_card(version_dir: Path, name: str, version: int) -> tuple[dict, bytes]:
@@ -281,7 +282,8 @@ class ModelRepository:
                 retired += await self._sync_model(name, on_disk)
         for model in retired:
             logger.info("retiring %s version %d", model.name, model.version, extra={"model": model.name, "version": model.version})
-            if self.metrics:
+            replacement = self._models.get(model.name, {}).get(model.version)
+            if self.metrics and not (replacement and replacement.model):  # a reloaded version keeps its gauge
                 self.metrics.forget_model(model.name, model.version)
             task = asyncio.create_task(model.retire())
             self._retiring.add(task)  # held until done: the loop keeps only weak references to tasks
@@ -293,10 +295,14 @@ class ModelRepository:
         for model_dir in model_dirs:
             if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
                 continue
-            versions = {}
-            for version_dir in model_dir.iterdir():  # '.tmp-*' staging directories do not match
-                if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir():
-                    versions[int(version_dir.name)] = (version_dir, _fingerprint(version_dir))
+            try:
+                versions = {
+                    int(version_dir.name): (version_dir, _fingerprint(version_dir))
+                    for version_dir in model_dir.iterdir()  # '.tmp-*' staging directories do not match
+                    if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir()
+                }
+            except FileNotFoundError:  # removed while we looked: gone
+                continue
             scan[model_dir.name] = versions
         return scan
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.observability import Metrics
 from service.registry import LOADING, READY, UNAVAILABLE, ModelRepository
 from tests.onnx_models import make_card, make_classifier, reference_probabilities, write_version
 from tests.service.conftest import make_settings
@@ -206,14 +207,25 @@ def test_a_request_holding_a_removed_version_finishes_on_it(tmp_path, batching):
 def test_a_replaced_version_directory_is_reloaded(tmp_path):
     write_version(tmp_path, "digits", 1, seed=1)
 
+    metrics = Metrics()
+
+    def provider_gauge() -> float | None:
+        return metrics.registry.get_sample_value(
+            "pixelserve_model_provider_info", {"model": "digits", "version": "1", "provider": "CPUExecutionProvider"}
+        )
+
     async def scenario():
-        repository = ModelRepository(make_settings(tmp_path))
+        repository = ModelRepository(make_settings(tmp_path), metrics)
         await repository.start()
         try:
             shutil.rmtree(tmp_path / "digits" / "1")
             write_version(tmp_path, "digits", 1, seed=7)
             await repository.reload("digits")
             np.testing.assert_allclose(await repository.get("digits").predict(X), reference_probabilities(X, seed=7), atol=1e-5)
+            assert provider_gauge() == 1
+            shutil.rmtree(tmp_path / "digits" / "1")
+            await repository.reload("digits")
+            assert provider_gauge() is None
             shutil.rmtree(tmp_path / "digits")
             with pytest.raises(ModelNotFound):
                 await repository.reload("digits")
