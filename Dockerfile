@@ -61,7 +61,7 @@ COPY training training
 # The shipped repository too: whichever image first mounts an empty models volume fills it.
 COPY --chown=pixelserve:pixelserve models models
 RUN mkdir data && chown pixelserve:pixelserve data
-ENV MPLCONFIGDIR=/tmp/matplotlib
+ENV HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib
 USER pixelserve:pixelserve
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]
@@ -71,9 +71,12 @@ FROM python-base AS serve
 COPY --from=serve-builder /opt/venv /opt/venv
 # Owned by the service user so that a training container (same uid) can add versions to the volume.
 COPY --chown=pixelserve:pixelserve models /models
+# HOME=/tmp: ONNX Runtime keeps a small cache file under $HOME; /tmp stays writable when the root
+# filesystem is mounted read-only (compose and Kubernetes give it a tmpfs / emptyDir).
 ENV PIXELSERVE_MODEL_REPOSITORY=/models \
     PIXELSERVE_HOST=0.0.0.0 \
-    PIXELSERVE_PORT=8000
+    PIXELSERVE_PORT=8000 \
+    HOME=/tmp
 WORKDIR /app
 USER pixelserve:pixelserve
 EXPOSE 8000

@@ -67,6 +67,7 @@ def test_gpu_override_reserves_an_nvidia_gpu_for_the_api():
     [device] = api["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and int(device["count"]) >= 1
     assert api["build"]["args"] == {"ORT_PACKAGE": "onnxruntime-gpu", "ORT_EXTRAS": "cuda,cudnn"}
+    assert with_defaults(api["environment"]["PIXELSERVE_PROVIDERS"]) == "cuda,cpu"
     # The override replaces the image tag: a CPU and a GPU build never share one.
     assert api["image"] != load(COMPOSE)["services"]["api"]["image"]
 
@@ -120,9 +121,10 @@ def test_environment_shows_every_setting_with_its_real_default(monkeypatch):
         if value is not None and key != "PIXELSERVE_MODEL_REPOSITORY":
             monkeypatch.setenv(key, str(with_defaults(value)))
     shown_defaults = Settings(_env_file=None)
-    for name in fields:
-        if name != "model_repository":
-            assert getattr(shown_defaults, name) == getattr(defaults, name), name
+    for name in set(fields) - {"model_repository", "providers"}:
+        assert getattr(shown_defaults, name) == getattr(defaults, name), name
+    # The api image has the CPU-only ONNX Runtime: it asks for the CPU only, the GPU override for CUDA first.
+    assert shown_defaults.providers == ["CPUExecutionProvider"]
 
 
 def test_cpu_limit_fits_the_onnx_runtime_threads():

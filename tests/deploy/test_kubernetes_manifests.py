@@ -132,9 +132,12 @@ def test_configmap_holds_real_settings_at_their_defaults(monkeypatch):
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     configured = Settings(_env_file=None)
-    for name in names - {"model_repository"}:
+    for name in names - {"model_repository", "providers"}:
         assert getattr(configured, name) == getattr(defaults, name), name
     assert str(configured.model_repository) == "/models"
+    assert configured.providers == ["CPUExecutionProvider"], "the CPU image has no CUDA provider"
+    [gpu] = pod_containers(resources()[("Deployment", "pixelserve-gpu")])
+    assert {"name": "PIXELSERVE_PROVIDERS", "value": "cuda,cpu"} in gpu["env"]
 
 
 # ---------------------------------------------------------------- KServe

@@ -89,7 +89,9 @@ def container_check() -> subprocess.CompletedProcess:
         argv += ["--env", f"{key}={value}"]
     started = time.monotonic()
     result = subprocess.run([*argv, str(ROOT)], capture_output=True, text=True, timeout=840)
-    print(f"container-check took {time.monotonic() - started:.1f} s")
+    # Its per-phase timings (base image, build, start -> 200, total), for the test log.
+    print(f"container-check: {time.monotonic() - started:.1f} s")
+    print("\n".join(line for line in result.stdout.splitlines() if " : " in line))
     return result
 
 
@@ -219,3 +221,12 @@ def test_image_serves_its_shipped_models_without_torch(running_image):
     probe = running_image.run("python", "-c", "import importlib.util, os, sys; "
                               "sys.exit(importlib.util.find_spec('torch') is not None or os.getuid() == 0)")
     assert probe.returncode == 0, "the serving image must hold no torch and run as a non-root user"
+
+
+def test_running_image_logs_structured_json(running_image):
+    httpx.get(f"{running_image.url}/v1/models", timeout=10)
+    lines = [line for line in running_image.log_path.read_text().splitlines() if line.strip()]
+    assert lines, "the service logged nothing"
+    for line in lines:
+        record = json.loads(line)  # one JSON object per line, nothing else (no stray library output)
+        assert {"time", "level", "message"} <= set(record), line
