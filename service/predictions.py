@@ -28,16 +28,16 @@ def pixels_to_batch(instances: list) -> np.ndarray:
         with np.errstate(over="ignore"):  # numbers beyond float32 become infinity, rejected below
             array = np.asarray(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
-        return np.concatenate([_one_pixel_instance(i, item) for i, item in enumerate(instances)])
+        return np.concatenate([pixel_instance(i, item) for i, item in enumerate(instances)])
     if array.shape[1:] not in _BATCH_SHAPES:
         if array.ndim >= 2:
             # Uniform but wrong: say so for the first instance.
             raise InvalidInput(f"instance 0 has shape {list(array.shape[1:])}; {INSTANCE_FORMS}")
-        return np.concatenate([_one_pixel_instance(i, item) for i, item in enumerate(instances)])
+        return np.concatenate([pixel_instance(i, item) for i, item in enumerate(instances)])
     return check_pixels(array.reshape(len(array), 1, 28, 28), "instances")
 
 
-def _one_pixel_instance(index: int, item: object) -> np.ndarray:
+def pixel_instance(index: int, item: object) -> np.ndarray:
     """Convert one instance on its own, to say exactly which one is wrong and how."""
     if not isinstance(item, list):
         raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {INSTANCE_FORMS}")

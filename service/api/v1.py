@@ -24,6 +24,7 @@ from service.predictions import (
     decode_base64_picture,
     format_predictions,
     pictures_to_batch,
+    pixel_instance,
     pixels_to_batch,
 )
 from service.registry import ModelDescription, ModelRepository, ServedModel
@@ -145,7 +146,7 @@ async def predict(request: Request, name: ModelName) -> Response:
             numeric = [i for i in range(len(instances)) if i not in picture_set]
             batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
             batch[pictures] = decoded
-            batch[numeric] = pixels_to_batch([instances[i] for i in numeric])
+            batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
     return await _answer(request, served, batch, top_k)
 
 
@@ -173,13 +174,16 @@ async def predict_image(
         if error.status_code == 413:
             raise
         raise InvalidInput(f"{error.detail} (at most {settings.max_instances} pictures per request); {UPLOAD_FORMS}") from None
-    uploads = form.getlist("file") + form.getlist("files")
-    if any(not isinstance(u, UploadFile) for u in uploads):
-        raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
-    _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
-    top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
-    served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
-    data = [await upload.read() for upload in uploads]
+    try:
+        uploads = form.getlist("file") + form.getlist("files")
+        if any(not isinstance(u, UploadFile) for u in uploads):
+            raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
+        _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
+        top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
+        served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
+        data = [await upload.read() for upload in uploads]
+    finally:
+        await form.close()  # uploads spill to temporary files past 1 MB
     batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
     return await _answer(request, served, batch, top_k)
 

@@ -123,6 +123,11 @@ def test_predict_keeps_input_order_with_mixed_layouts_and_pictures(client):
     np.testing.assert_allclose(probabilities_of(answer), expected, atol=TOLERANCE)
 
 
+def test_errors_in_mixed_instances_name_the_instance_by_its_place(client):
+    body = {"instances": [{"image_base64": base64.b64encode(png_bytes()).decode()}, [0.5] * 784, [0.5] * 10]}
+    assert "instance 2 has shape [10]" in error_of(client.post("/v1/models/digits/predict", json=body), 422, "invalid_input")
+
+
 def test_predict_top_k_and_version(client):
     x = pixels(1, seed=3)
     answer = client.post("/v1/models/digits/predict", json={"instances": x.reshape(1, 784).tolist(), "top_k": 5, "version": 1}).json()
