@@ -1,0 +1,286 @@
+"""Serving benchmark: every server on loopback, driven by wrk, in one run.
+
+    .venv/bin/python bench/serving.py                 # the full run (about 5 minutes)
+    .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --duration 3   # a quick look
+
+Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
+MNIST digit per request) for: this service with batching on and off, each over v1 JSON, v2 JSON
+and v2 binary; a naive FastAPI + ONNX Runtime app; the same with PyTorch eager; and the ceiling,
+a raw ASGI app that only parses the JSON body into numpy. Every server is first checked to answer
+the right probabilities (ONNX Runtime's, computed here) and is then warmed up before being timed.
+Writes bench/results/serving.json, serving.md and serving.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from serving_bodies import Body, decode_answer, make_bodies, test_digit
+from serving_report import check_targets, write_markdown, write_plot
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINES = ROOT / "bench" / "baselines"
+LUA = ROOT / "bench" / "wrk" / "post.lua"
+PROTOCOLS = ("v1-json", "v2-json", "v2-binary")
+
+
+@dataclass
+class Server:
+    key: str
+    label: str
+    command: list[str]
+    env: dict[str, str]
+    paths: dict[str, str]  # protocol -> URL path
+    workers: int
+
+
+@dataclass
+class Point:
+    connections: int
+    requests: int
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+
+
+@dataclass
+class Series:
+    server: str
+    label: str
+    protocol: str
+    workers: int
+    points: list[Point] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def servers(model_dir: Path, repository: Path, service_env: dict[str, str], service_workers: int) -> list[Server]:
+    python = sys.executable
+    name = model_dir.parent.name
+    service_paths = {
+        "v1-json": f"/v1/models/{name}/predict",
+        "v2-json": f"/v2/models/{name}/infer",
+        "v2-binary": f"/v2/models/{name}/infer",
+    }
+    service_env = {"PIXELSERVE_MODEL_REPOSITORY": str(repository), "PIXELSERVE_LOG_LEVEL": "warning", **service_env}
+    uvicorn = [python, "-m", "uvicorn", "--app-dir", str(BASELINES), "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+    model_env = {"BENCH_MODEL": str(model_dir / "model.onnx")}
+    return [
+        Server("service-on", "pixelserve, batching on", [python, "-m", "service"], {**service_env, "PIXELSERVE_BATCHING": "true"},
+               service_paths, service_workers),
+        Server("service-off", "pixelserve, batching off", [python, "-m", "service"], {**service_env, "PIXELSERVE_BATCHING": "false"},
+               service_paths, service_workers),
+        Server("naive-ort", "naive FastAPI + ONNX Runtime", [*uvicorn, "--workers", "2", "naive_ort:app"], model_env,
+               {"v1-json": "/predict"}, 2),
+        Server("naive-torch", "naive FastAPI + PyTorch eager", [*uvicorn, "--workers", "2", "naive_torch:app"], model_env,
+               {"v1-json": "/predict"}, 2),
+        Server("ceiling", "ceiling: raw ASGI + orjson", [*uvicorn, "--workers", str(service_workers), "ceiling:app"], {},
+               {"v1-json": "/predict"}, service_workers),
+    ]
+
+
+class Running:
+    """A server process on a free loopback port, stopped (its whole process group) on exit."""
+
+    def __init__(self, server: Server, log_dir: Path) -> None:
+        self.server = server
+        self.port = free_port()
+        self.log = log_dir / f"{server.key}.log"
+        command = [*server.command, "--port", str(self.port)]
+        if server.command[1:3] == ["-m", "service"]:
+            command += ["--host", "127.0.0.1", "--workers", str(server.workers)]
+        env = {**os.environ, **server.env, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def url(self, protocol: str) -> str:
+        return f"http://127.0.0.1:{self.port}{self.server.paths[protocol]}"
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def post(client: httpx.Client, url: str, body: Body) -> httpx.Response:
+    headers = {"Content-Type": body.content_type}
+    if body.header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(body.header_length)
+    return client.post(url, content=body.content, headers=headers)
+
+
+def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarray, classes: list[str]) -> None:
+    """Wait until the server answers, then insist on the right probabilities for every protocol."""
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=10) as client:
+        for protocol in running.server.paths:
+            while True:
+                if running.process.poll() is not None:
+                    raise SystemExit(f"{running.server.label} exited; its log:\n{running.log.read_text()[-3000:]}")
+                try:
+                    response = post(client, running.url(protocol), bodies[protocol])
+                    if response.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{running.server.label} did not answer {protocol}; its log:\n{running.log.read_text()[-3000:]}")
+                time.sleep(0.25)
+            answered = decode_answer(protocol, {k.lower(): v for k, v in response.headers.items()}, response.content, classes)
+            want = np.full((1, 10), 0.1) if running.server.key == "ceiling" else expected
+            if answered.shape != want.shape or not np.allclose(answered, want, atol=1e-4):
+                raise SystemExit(f"{running.server.label} {protocol} answered {answered.round(5).tolist()}, expected {want.round(5).tolist()}")
+
+
+def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: float) -> Point:
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": body.content_type,
+           "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length)}
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "5s", "--latency", "-s", str(LUA), url]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    errors = {k: v for k, v in raw["errors"].items() if v}
+    return Point(
+        connections=connections,
+        requests=raw["requests"],
+        requests_per_s=round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        p50_ms=raw["p50_us"] / 1000, p90_ms=raw["p90_us"] / 1000, p99_ms=raw["p99_us"] / 1000, max_ms=raw["max_us"] / 1000,
+        errors=errors,
+    )
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    versions = {}
+    for package in ("uvicorn", "uvloop", "httptools", "fastapi", "starlette", "pydantic", "orjson", "numpy", "onnxruntime-gpu", "torch", "onnx2torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "wrk": wrk_version, "packages": versions}
+
+
+def latest_version(repository: Path, name: str) -> Path:
+    versions = [p for p in (repository / name).iterdir() if p.name.isdigit() and p.is_dir()]
+    if not versions:
+        raise SystemExit(f"no versions of {name} in {repository}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository (default models/)")
+    parser.add_argument("--model", default="mnist-convnet", help="model to serve (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measured point (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each series is timed (default %(default)s)")
+    parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts (default %(default)s)")
+    parser.add_argument("--only", help="comma-separated series to run, as server[:protocol], e.g. service-on:v1-json,ceiling")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PIXELSERVE_* variable for the service (repeatable), e.g. PIXELSERVE_MAX_DELAY_MS=0")
+    parser.add_argument("--service-workers", type=int, default=1,
+                        help="uvicorn workers for the service and the ceiling (default %(default)s, the service's default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+
+    repository = args.repository.resolve()
+    model_dir = latest_version(repository, args.model)
+    card = json.loads((model_dir / "model.json").read_text())
+    connections = [int(c) for c in args.connections.split(",")]
+    service_env = dict(item.split("=", 1) for item in args.set)
+    wanted = {tuple(item.split(":", 1)) if ":" in item else (item, None) for item in args.only.split(",")} if args.only else None
+
+    image = test_digit()
+    bodies = make_bodies(image)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    expected = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]).run(None, {"input": image})[0]
+
+    started = time.time()
+    load_before = os.getloadavg()
+    results: list[Series] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        scratch_dir = Path(scratch)
+        for protocol, body in bodies.items():
+            (scratch_dir / protocol).write_bytes(body.content)
+        for server in servers(model_dir, repository, service_env, args.service_workers):
+            protocols = [p for p in server.paths if wanted is None or (server.key, p) in wanted or (server.key, None) in wanted]
+            if not protocols:
+                continue
+            with Running(server, scratch_dir) as running:
+                check_answers(running, bodies, expected, card["classes"])
+                for protocol in protocols:
+                    series = Series(server.key, server.label, protocol, server.workers)
+                    body_file = scratch_dir / protocol
+                    wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup)
+                    for count in connections:
+                        point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration)
+                        series.points.append(point)
+                        print(f"{server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
+                              f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  {point.errors or ''}", flush=True)
+                    results.append(series)
+
+    report = {
+        "command": " ".join([os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable,
+                             "bench/serving.py", *(sys.argv[1:] if argv is None else argv)]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_time_s": round(time.time() - started, 1),
+        "machine": {**machine(), "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "model": {"name": card["name"], "version": card["version"], "sha256": card["onnx"]["sha256"],
+                  "architecture": card.get("architecture", {}).get("description")},
+        "request": "one MNIST test digit per request (784 float pixels in [0, 1]); wrk -t1 --latency",
+        "duration_s": args.duration, "warmup_s": args.warmup, "connections": connections,
+        "service_settings": {**service_env, "workers": args.service_workers},
+        "series": [asdict(s) for s in results],
+    }
+    report["targets"] = check_targets(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.out / "serving.json", json.dumps(report, indent=2) + "\n")
+    markdown = write_markdown(report)
+    write_atomically(args.out / "serving.md", markdown)
+    write_plot(report, args.out / "serving.png")
+    print()
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
