@@ -25,6 +25,7 @@ HELD_OUT = {
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"), 0),
 }
 SAMPLE = 300  # sent 100 per request, under the default limit of 256
+UPLOADS = 50
 
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="models/ holds no trained model yet")
 
@@ -81,7 +82,7 @@ def test_shipped_model_classifies_uploaded_pictures(shipped_client, version_dir)
     card = json.loads((version_dir / "model.json").read_text())
     images, labels = held_out(card["training"]["dataset"])
     files = []
-    for i, image in enumerate(images[:20]):
+    for i, image in enumerate(images[:UPLOADS]):
         picture = Image.fromarray(255 - image).resize((112, 112), Image.Resampling.BICUBIC)  # dark ink on light paper, larger
         buffer = io.BytesIO()
         picture.save(buffer, "PNG")
@@ -89,4 +90,5 @@ def test_shipped_model_classifies_uploaded_pictures(shipped_client, version_dir)
     response = shipped_client.post(f"/v1/models/{card['name']}/predict/image", files=files, params={"version": card["version"]})
     assert response.status_code == 200, response.text
     predicted = [card["classes"].index(p["label"]) for p in response.json()["predictions"]]
-    assert np.mean(np.array(predicted) == labels[:20]) >= 0.75
+    # Redrawn dark-on-light at 4x, the pictures lose a little against the card's accuracy on the raw images.
+    assert np.mean(np.array(predicted) == labels[:UPLOADS]) >= card["metrics"]["test_accuracy"] - 0.1
