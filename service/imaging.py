@@ -4,8 +4,8 @@ Every picture becomes a float32 [1, 28, 28] array in [0, 1], white ink on black:
   1. decode (accepted formats only, pixel count checked from the header before decoding, first frame,
      EXIF orientation), flatten transparency onto a backdrop that contrasts with what is drawn;
   2. grayscale, reduced to a working size;
-  3. fit the paper (a smooth surface, robust to the ink) and subtract it, so uneven light goes away;
-     the side the ink lies on (darker or lighter than the paper) sets the polarity;
+  3. fit the paper (a smooth surface, robust to the ink) and measure the ink against it, so uneven
+     light goes away; the side the ink lies on (darker or lighter than the paper) sets the polarity;
   4. stretch contrast above the paper's noise level so the ink reads as full white on black;
   5. frame it: "mnist-digit" crops to the ink, fits it into 20x20 keeping its aspect and places it
      in 28x28 with its center of mass at (14, 14), as MNIST was made; "fashion-fit" crops to the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput
@@ -30,11 +31,15 @@ SIDE = 28  # the model's input is SIDE x SIDE
 DIGIT_BOX = 20  # MNIST digits fill a 20x20 box inside the 28x28 field
 WORK_SIDE = 512  # larger pictures are reduced to this first: ample detail for a 28x28 result, bounded cost
 NOISE_LEVELS = 4.0  # ink must stand this many noise standard deviations away from the paper
-MIN_CONTRAST = 0.06  # below this (in [0, 1] intensity) between ink and paper, nothing is drawn
+MIN_CONTRAST = 0.06  # ink fainter than this against the paper (dark ink: as a share of it) is nothing drawn
+DARKEST_PAPER = 0.05  # dark ink is measured as a share of the paper's brightness, which never reads below this
 GREY_LEVEL = 1 / 255  # an 8-bit picture cannot tell differences under half of this from noise
+# Pen strokes thinner than THIN_STROKE of the digit's size (a ballpoint on paper, say) are thickened to
+# STROKE: MNIST's strokes are 10-20 % of its 20-pixel box, and a model trained on them expects as much.
+THIN_STROKE, STROKE = 0.08, 0.12
 SPECK_FREE_SIDE = 4 * SIDE  # in pictures at least this big, specks under 3 pixels are noise, not ink
-# Which ink level becomes full white: digits are pen strokes (MNIST's are saturated), so the typical
-# ink level; fashion items keep their shading, so only the brightest part saturates.
+# Which ink level becomes full white (a percentile of the strongly inked pixels): digits are pen strokes,
+# saturated through their core as in MNIST; fashion items keep their shading, only their brightest part saturates.
 WHITE_PERCENTILE = {"mnist-digit": 90.0, "fashion-fit": 99.0}
 # Where the box around the ink ends: a pen stroke where it is half as bright as its core (blur and halo
 # do not count); a fashion item wherever any of it shows, its faint parts included.
@@ -59,7 +64,7 @@ def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     top, bottom, left, right = _ink_box(ink, EDGE_LEVEL[method])
     patch = ink[top:bottom, left:right]
     if method == "mnist-digit":
-        framed = _place_by_mass(_fit(patch, DIGIT_BOX))
+        framed = _place_by_mass(_fit(_thickened(patch), DIGIT_BOX))
     else:
         framed = _place_centred(_fit(patch, SIDE))
     return framed[np.newaxis].astype(np.float32)
@@ -129,9 +134,16 @@ def _reduced(image: Image.Image) -> Image.Image:
 
 def _grayscale(image: Image.Image) -> np.ndarray:
     """Intensity in [0, 1] (float32, working size), transparency flattened onto a contrasting backdrop."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float pictures
-        peak = 1.0 if image.mode == "F" else 65535.0
-        return np.clip(np.asarray(_reduced(image.convert("F")), dtype=np.float32) / peak, 0.0, 1.0)
+    if image.mode == "LAB":  # CIELab TIFF: its lightness is the gray picture
+        image = image.getchannel("L")
+    if image.mode.startswith("I;16"):
+        return np.asarray(_reduced(image.convert("F")), dtype=np.float32) / 65535.0
+    if image.mode in ("I", "F"):  # 32-bit integer or float: the smallest usual range that holds the values
+        values = np.asarray(_reduced(image.convert("F")), dtype=np.float32)
+        peak = next((r for r in (1.0, 255.0, 65535.0) if values.max() <= r), float(values.max()))
+        return np.clip(values / peak, 0.0, 1.0)
+    if image.mode == "La":  # premultiplied alpha, which Pillow converts only to its plain form
+        image = image.convert("LA")
     transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if not transparent:
         return np.asarray(_reduced(image.convert("L")), dtype=np.float32) / 255.0
@@ -201,7 +213,7 @@ def _ink_on_black(gray: np.ndarray) -> tuple[np.ndarray, float]:
         return np.clip(residual, 0.0, None), sigma
     # Dark ink on light paper: light falls on both, so what the ink takes away is measured as a share
     # of the paper's own brightness, which evens out a picture lit more on one side than the other.
-    lit = np.maximum(surface, MIN_CONTRAST)
+    lit = np.maximum(surface, DARKEST_PAPER)
     return np.clip(-residual / lit, 0.0, None), sigma / float(np.median(lit))
 
 
@@ -254,6 +266,25 @@ def _ink_box(ink: np.ndarray, edge_level: float) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _stroke_width(core: np.ndarray) -> float:
+    """Mean width of the strokes in a mask: twice the area over the boundary (a stroke has two sides)."""
+    padded = np.pad(core, 1)
+    inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return 2.0 * core.sum() / max(int((core & ~inner).sum()), 1)
+
+
+def _thickened(patch: np.ndarray) -> np.ndarray:
+    """The digit with strokes widened to STROKE of its size when they are thinner than THIN_STROKE."""
+    size = max(patch.shape)
+    width = _stroke_width(patch > 0.5)
+    grow = round((STROKE * size - width) / 2)
+    if width >= THIN_STROKE * size or grow < 1:
+        return patch
+    window = 2 * grow + 1  # a grey-level dilation, one axis at a time; the patch grows by `grow` a side
+    widened = sliding_window_view(np.pad(patch, grow), window, axis=0).max(axis=-1)
+    return sliding_window_view(widened, window, axis=1).max(axis=-1)
 
 
 def _fit(patch: np.ndarray, box: int) -> np.ndarray:
