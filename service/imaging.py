@@ -198,7 +198,7 @@ def _paper(gray: np.ndarray) -> tuple[np.ndarray, float]:
         agrees = np.abs(residual) <= 3.0 * max(sigma, GREY_LEVEL / 2)
         if not agrees.any():
             break
-    surface = sum(c * t for c, t in zip(coefficients, quadratic(np.arange(height), np.arange(width))))
+    surface = sum(c * t for c, t in zip(coefficients, quadratic(np.arange(height), np.arange(width)), strict=True))
     return np.broadcast_to(surface, (height, width)).astype(np.float32), sigma
 
 
@@ -235,7 +235,9 @@ def _stretch(ink: np.ndarray, sigma: float, method: str) -> np.ndarray:
     floor = max(NOISE_LEVELS * sigma, GREY_LEVEL / 2)
     above = ink[ink > floor]
     if above.size == 0:
-        raise InvalidImage("no ink found: the picture is blank; send a digit or object that stands out from its background")
+        raise InvalidImage(
+            "no ink found: the picture is blank; send a digit or object that stands out from its background"
+        )
     strong = above[above > _otsu(above)] if np.ptp(above) > 0 else above
     white = float(np.percentile(strong if strong.size else above, WHITE_PERCENTILE[method]))
     if white < max(floor + MIN_CONTRAST, 2 * floor):  # the ink must stand clear of the noise, too

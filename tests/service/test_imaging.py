@@ -36,12 +36,6 @@ def read_idx_images(path: Path, count: int, start: int = 0) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(count, 28, 28)
 
 
-def read_idx_labels(images_path: Path, count: int, start: int = 0) -> np.ndarray:
-    with gzip.open(str(images_path).replace("images-idx3", "labels-idx1")) as stream:
-        stream.read(8 + start)
-        return np.frombuffer(stream.read(count), dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return read_idx_images(MNIST_IMAGES, 300, start=8000)  # the held-out end of the file
@@ -317,7 +311,7 @@ def test_mnist_digits_pass_through_unchanged(digits):
     raw = digits.astype(np.float32) / 255
     unchanged = np.abs(seen - raw).max(axis=(1, 2)) < 0.02
     assert unchanged.mean() >= 0.97, f"only {unchanged.sum()} of {len(digits)} digits pass through unchanged"
-    assert min(aligned_correlation(s, r) for s, r in zip(seen, raw)) > 0.9
+    assert min(aligned_correlation(s, r) for s, r in zip(seen, raw, strict=True)) > 0.9
 
 
 def test_the_digit_is_framed_as_mnist_frames_it():
@@ -387,7 +381,9 @@ def test_the_digit_model_labels_photos_like_clean_digits(digits):
     rng = np.random.default_rng(1)
     chosen = digits[:50]
     clean = np.stack([imaging.to_model_input(encode(d), "mnist-digit", max_pixels=MAX_PIXELS) for d in chosen])
-    photos = np.stack([imaging.to_model_input(photograph(d, rng), "mnist-digit", max_pixels=MAX_PIXELS) for d in chosen])
+    photos = np.stack(
+        [imaging.to_model_input(photograph(d, rng), "mnist-digit", max_pixels=MAX_PIXELS) for d in chosen]
+    )
     raw = chosen[:, None].astype(np.float32) / 255
     assert (classify(clean) == classify(raw)).all(), "clean pictures must be served exactly as raw pixel arrays"
     disagreements = int((classify(photos) != classify(clean)).sum())
@@ -398,7 +394,9 @@ def test_the_fashion_model_labels_product_shots_like_clean_items(clothes):
     classify = shipped_model("fashion-convnet")
     rng = np.random.default_rng(1)
     clean = np.stack([imaging.to_model_input(encode(c), "fashion-fit", max_pixels=MAX_PIXELS) for c in clothes])
-    shots = np.stack([imaging.to_model_input(product_shot(c, rng), "fashion-fit", max_pixels=MAX_PIXELS) for c in clothes])
+    shots = np.stack(
+        [imaging.to_model_input(product_shot(c, rng), "fashion-fit", max_pixels=MAX_PIXELS) for c in clothes]
+    )
     disagreements = int((classify(shots) != classify(clean)).sum())
     # Shirt, T-shirt, pullover and coat are close calls for any classifier: resampling flips a few borderline items.
     assert disagreements <= 3, f"{disagreements} of 50 product shots were labelled unlike their clean picture"
@@ -428,11 +426,10 @@ def random_pictures(draw):
     picture = Image.new("RGBA", (width, height), draw(colour))
     pen = ImageDraw.Draw(picture)
     for _ in range(draw(st.integers(0, 4))):
-        box = sorted(draw(st.tuples(st.integers(0, width), st.integers(0, width)))), sorted(
-            draw(st.tuples(st.integers(0, height), st.integers(0, height)))
-        )
+        xs = sorted(draw(st.tuples(st.integers(0, width), st.integers(0, width))))
+        ys = sorted(draw(st.tuples(st.integers(0, height), st.integers(0, height))))
         shape = draw(st.sampled_from(["rectangle", "line", "ellipse"]))
-        corners = [box[0][0], box[1][0], box[0][1], box[1][1]]
+        corners = [xs[0], ys[0], xs[1], ys[1]]
         getattr(pen, shape)(corners, fill=draw(colour), width=draw(st.integers(1, 12)))
     format = draw(st.sampled_from(sorted(FORMATS_FOR_MODE)))
     return encode(picture.convert(FORMATS_FOR_MODE[format]), format)
