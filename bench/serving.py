@@ -59,6 +59,7 @@ class Point:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    server_cpu_ms_per_request: float  # CPU time of every server process, per answered request
     errors: dict[str, int]
 
 
@@ -162,11 +163,26 @@ def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarra
                 raise SystemExit(f"{running.server.label} {protocol} answered {answered.round(5).tolist()}, expected {want.round(5).tolist()}")
 
 
-def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: float) -> Point:
+def group_cpu_seconds(process_group: int) -> float:
+    """User + system CPU time of every live process in a process group (a server and its workers)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == process_group:  # fields after the name: state, ppid, pgrp, ...
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: int, process_group: int) -> Point:
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": body.content_type,
            "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length)}
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "5s", "--latency", "-s", str(LUA), url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "--latency", "-s", str(LUA), url]
+    cpu_before = group_cpu_seconds(process_group)
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    cpu_seconds = group_cpu_seconds(process_group) - cpu_before
     line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
     raw = json.loads(line.removeprefix("BENCH_JSON "))
     errors = {k: v for k, v in raw["errors"].items() if v}
@@ -175,6 +191,7 @@ def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: flo
         requests=raw["requests"],
         requests_per_s=round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
         p50_ms=raw["p50_us"] / 1000, p90_ms=raw["p90_us"] / 1000, p99_ms=raw["p99_us"] / 1000, max_ms=raw["max_us"] / 1000,
+        server_cpu_ms_per_request=round(1000 * cpu_seconds / max(raw["requests"], 1), 3),
         errors=errors,
     )
 
@@ -209,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository (default models/)")
     parser.add_argument("--model", default="mnist-convnet", help="model to serve (default %(default)s)")
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measured point (default %(default)s)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each series is timed (default %(default)s)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per measured point (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each series is timed (default %(default)s)")
     parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts (default %(default)s)")
     parser.add_argument("--only", help="comma-separated series to run, as server[:protocol], e.g. service-on:v1-json,ceiling")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -249,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                 for protocol in protocols:
                     series = Series(server.key, server.label, protocol, server.workers)
                     body_file = scratch_dir / protocol
-                    wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup)
+                    group = running.process.pid
+                    wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup, group)
                     for count in connections:
-                        point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration)
+                        point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration, group)
                         series.points.append(point)
                         print(f"{server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
-                              f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  {point.errors or ''}", flush=True)
+                              f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
                     results.append(series)
 
     report = {

@@ -58,8 +58,9 @@ def write_markdown(report: dict) -> str:
         f"load average before {machine['load_average_before'][0]}, after {machine['load_average_after'][0]}.",
         f"Command: `{report['command']}` ({report['wall_time_s']:.0f} s).",
         "",
-        "| server | workers | " + " | ".join(f"{c} conn: req/s | p50 ms | p99 ms" for c in connections) + " |",
-        "|---|---:|" + "---:|---:|---:|" * len(connections),
+        "| server | workers | " + " | ".join(f"{c} conn: req/s | p50 ms | p99 ms" for c in connections)
+        + f" | server CPU ms/request at {connections[-1]} conn |",
+        "|---|---:|" + "---:|---:|---:|" * len(connections) + "---:|",
     ]
     for series in report["series"]:
         cells = []
@@ -70,6 +71,8 @@ def write_markdown(report: dict) -> str:
                 continue
             flag = " (errors)" if point["errors"] else ""
             cells += [f"{point['requests_per_s']:,.0f}{flag}", f"{point['p50_ms']:.2f}", f"{point['p99_ms']:.2f}"]
+        last = next((p for p in series["points"] if p["connections"] == connections[-1]), None)
+        cells.append(f"{last['server_cpu_ms_per_request']:.3f}" if last else "")
         lines.append(f"| {_label(series)} | {series['workers']} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     for target in report["targets"]:
