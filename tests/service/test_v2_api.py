@@ -222,14 +222,18 @@ def test_compressed_bodies_are_refused_clearly(client):
 
 
 def test_infer_is_documented_in_openapi(client):
-    paths = client.get("/openapi.json").json()["paths"]
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    assert {"APIKeyHeader", "HTTPBearer"} <= set(document["components"]["securitySchemes"])
     for path in ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"]:
         operation = paths[path]["post"]
         assert set(operation["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
         assert "Inference-Header-Content-Length" in [p["name"] for p in operation["parameters"]]
         assert operation["requestBody"]["content"]["application/json"]["examples"]
+        assert operation["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}]
     for path in ["/v2", "/v2/models/{name}", "/v2/models/{name}/versions/{version}/ready"]:
         assert "get" in paths[path]
+        assert "security" not in paths[path]["get"]
 
 
 def test_an_api_key_guards_infer_but_not_metadata_or_readiness(repository):
