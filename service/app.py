@@ -14,6 +14,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -184,7 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Runs after the server stopped taking requests and finished those in flight.
             await repository.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts and styles served by this app, not a CDN: they work offline.
+    app = FastAPIOffline(
         title="pixelserve",
         version=__version__,
         description=DESCRIPTION,
