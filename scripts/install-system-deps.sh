@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests and training need: Fashion-MNIST, Chromium for the browser tests,
-# wrk for the benchmark, buildah/podman/debootstrap for the container build check.
+# wrk for the benchmark, buildah/podman/debootstrap for the container build check, docker-compose
+# to validate the compose file against the Compose specification.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium wrk buildah podman debootstrap curl)
+packages=(dataset-fashion-mnist chromium wrk buildah podman debootstrap curl docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
