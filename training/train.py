@@ -70,12 +70,13 @@ def augment(batch: torch.Tensor, shift: int, hflip: bool, generator: torch.Gener
     """Shift each image by a random (dy, dx) in [-shift, shift] (zero fill), optionally mirror it."""
     n, _, height, width = batch.shape
     if shift > 0:
-        padded = F.pad(batch, (shift, shift, shift, shift))
+        # Crop a random HxW window from each zero-padded image, as one gather over flattened pixels.
+        padded_width = width + 2 * shift
+        padded = F.pad(batch, (shift, shift, shift, shift)).reshape(n, -1)
+        window = (torch.arange(height)[:, None] * padded_width + torch.arange(width)).reshape(1, -1)
         dy = torch.randint(0, 2 * shift + 1, (n, 1), generator=generator)
         dx = torch.randint(0, 2 * shift + 1, (n, 1), generator=generator)
-        rows = (dy + torch.arange(height))[:, :, None]  # [n, H, 1]
-        cols = (dx + torch.arange(width))[:, None, :]  # [n, 1, W]
-        batch = padded[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
+        batch = padded.gather(1, window + dy * padded_width + dx).reshape(n, 1, height, width)
     if hflip:
         flip = torch.rand(n, generator=generator) < 0.5
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
