@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
-from service.errors import ServiceError
+from service.errors import PayloadTooLarge, ServiceError
 from service.observability import Metrics, configure_logging, request_id_var
 from service.registry import ModelRepository
 
@@ -53,6 +53,42 @@ def error_response(path: str, status_code: int, code: str, message: str, headers
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers)
 
 
+def prefers_html(accept: str) -> bool:
+    """Whether text/html is the first media type of the highest quality in an Accept header."""
+    best, best_quality = "", -1.0
+    for entry in accept.split(","):
+        media_type, *parameters = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, number = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(number)
+                except ValueError:
+                    quality = 0.0
+        if quality > best_quality:
+            best, best_quality = media_type.lower(), quality
+    return best == "text/html"
+
+
+def wants_page(scope: Scope) -> bool:
+    """A request from the web page's no-JavaScript form (it posts to /), or from a browser asking for HTML first."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    if scope["method"] == "POST" and path == "/":
+        return True
+    return any(key == b"accept" and prefers_html(value.decode("latin-1")) for key, value in scope["headers"])
+
+
+def too_large_page(scope: Scope, message: str) -> Response | None:
+    """The web page with its error block for a body over the limit, when the page is served and wanted."""
+    render_page = scope["app"].state.render_web_page
+    if render_page is None or not wants_page(scope):
+        return None
+    return render_page(Request(scope), error=PayloadTooLarge(message), status_code=413)
+
+
 def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> Response:
@@ -71,6 +107,9 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
             message = f"no endpoint at {request.method} {request.url.path}; see /docs for the API"
         elif error.status_code == 413:
             message = f"the request body is larger than the {settings.max_body_bytes} bytes accepted"
+            page = too_large_page(request.scope, message)
+            if page is not None:
+                return page
         elif error.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path} (allowed: {(error.headers or {}).get('Allow', 'see /docs')})"
         else:
@@ -128,10 +167,8 @@ class RequestContextMiddleware:
 
         try:
             if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
-                response = error_response(
-                    scope["path"], 413, "payload_too_large",
-                    f"the request body ({int(content_length)} bytes) is larger than the {self.max_body_bytes} bytes accepted",
-                )
+                message = f"the request body ({int(content_length)} bytes) is larger than the {self.max_body_bytes} bytes accepted"
+                response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_within_limit, send_with_id)
@@ -198,12 +235,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, settings)
     _document_api_key(app)
 
+    app.state.render_web_page = None
     for module_name in REQUIRED_ROUTERS + OPTIONAL_ROUTERS:
         # The v2 and web modules are optional parts of the package: the app serves without them.
         if module_name in OPTIONAL_ROUTERS and importlib.util.find_spec(module_name) is None:
             logger.warning("%s is not installed; its endpoints are not served", module_name)
             continue
-        app.include_router(importlib.import_module(module_name).router)
+        module = importlib.import_module(module_name)
+        app.include_router(module.router)
+        if module_name == "service.api.web":
+            # A body over the limit from the page's form gets the page back, with its error block.
+            app.state.render_web_page = module.render_page
 
     if settings.cors_origins:
         app.add_middleware(

@@ -213,6 +213,23 @@ def test_no_javascript_form_reports_bad_input_in_the_page(browser, server, artif
     context.close()
 
 
+def test_no_javascript_upload_of_an_oversized_file_shows_the_error_in_the_page(browser, server, artifacts):
+    context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.set_input_files("#file", file_payload("big.png", b"\0" * (server.max_body_bytes + 1)))
+    with page.expect_navigation() as navigation:
+        page.click("#predict-button")
+    assert navigation.value.status == 413
+    assert page.locator("#error").is_visible()
+    assert "too large" in page.locator("#error-title").inner_text()
+    assert f"{server.max_body_bytes} bytes accepted" in page.locator("#error-message").inner_text()
+    assert page.locator("#result").is_hidden()
+    assert page.locator("#predict-form").is_visible()  # the page still works: choose a smaller file
+    page.screenshot(path=artifacts / "no-js-oversized-file.png", full_page=True)
+    context.close()
+
+
 def test_drawn_and_dropped_digits_are_recognised_without_reload(browser, server, artifacts):
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
