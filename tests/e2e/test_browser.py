@@ -169,6 +169,26 @@ def test_page_loads_accessible_and_makes_no_outside_request(browser, server, art
     context.close()
 
 
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .info .title"), ("/redoc", ".api-info h1")])
+def test_api_documentation_renders_without_outside_requests(browser, server, artifacts, path, rendered):
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    # ReDoc always asks for its maker's logo from a CDN; the page's Content-Security-Policy stops it in the browser.
+    stopped_by_policy: set[str] = set()
+    page.on("requestfailed", lambda request: stopped_by_policy.add(request.url) if request.failure == "csp" else None)
+    response = page.goto(server.url + path)
+    assert response.status == 200
+    expect(page.locator(rendered).first).to_contain_text("pixelserve")
+    expect(page.get_by_text("/v1/models/{name}/predict").first).to_be_attached()
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=artifacts / f"api-docs{path.replace('/', '-')}.png")
+    outside = [url for url in requested if not url.startswith((server.url + "/", "data:", "blob:")) and url not in stopped_by_policy]
+    assert outside == [], f"requests outside the server: {outside}"
+    context.close()
+
+
 def test_form_upload_without_javascript_shows_the_right_label(browser, server, artifacts):
     context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
     page = context.new_page()
