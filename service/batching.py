@@ -200,7 +200,7 @@ class DynamicBatcher(_ThreadRunner):
         if batch[0].enqueued_at - self._last_run_finished_at < self._max_delay_s:
             # The previous run served that many clients a moment ago: expect them back.
             expected = max(expected, self._last_run_requests)
-        while len(batch) < expected and images < self._max_batch_size:
+        while len(batch) < expected and images < self._max_batch_size and not self._closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
