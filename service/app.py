@@ -24,6 +24,7 @@ from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
+from service.hot_paths import HotPathMiddleware, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.registry import ModelRepository
 
@@ -260,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _document_api_key(app)
 
     app.state.render_web_page = None
+    hot = []
     for module_name in REQUIRED_ROUTERS + OPTIONAL_ROUTERS:
         # The v2 and web modules are optional parts of the package: the app serves without them.
         if module_name in OPTIONAL_ROUTERS and importlib.util.find_spec(module_name) is None:
@@ -267,10 +269,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             continue
         module = importlib.import_module(module_name)
         app.include_router(module.router)
+        hot += hot_routes(module.router.routes)
         if module_name == "service.api.web":
             # A body over the limit from the page's form gets the page back, with its error block.
             app.state.render_web_page = module.render_page
 
+    # Innermost of our middleware: v1 predict and v2 infer skip FastAPI's routing (see service.hot_paths).
+    app.add_middleware(HotPathMiddleware, routes=hot, exception_handlers=app.exception_handlers)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
