@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The shipped model repository sits beside the package in a checkout.
@@ -23,6 +23,15 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class ModelBatching(BaseModel):
+    """Batching for one model; a field left out takes the global setting."""
+
+    model_config = ConfigDict(extra="forbid")
+    batching: bool | None = None
+    max_batch_size: int | None = Field(None, ge=1)
+    max_delay_ms: float | None = Field(None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -42,6 +51,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="Most images in one coalesced run")
     max_delay_ms: float = Field(2.0, ge=0, description="Longest a request waits for others to join its batch")
     max_queue: int = Field(2048, ge=1, description="Images waiting per model version before answering 503")
+    model_batching: dict[str, ModelBatching] = Field(
+        default_factory=dict,
+        description='Per-model batching over the global settings, as JSON: {"mnist-convnet": {"max_batch_size": 16, "max_delay_ms": 1}}',
+    )
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
     max_image_pixels: int = Field(40_000_000, ge=784, description="Largest decoded picture, in pixels (413 above)")
@@ -53,6 +66,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs or plain text")
     watch_interval_s: float = Field(2.0, ge=0, description="Seconds between scans of the repository for new versions (0 = off)")
+
+    def batching_for(self, model: str) -> ModelBatching:
+        """The batching one model runs with: its own settings where given, else the global ones."""
+        own = self.model_batching.get(model, ModelBatching())
+        return ModelBatching(
+            batching=self.batching if own.batching is None else own.batching,
+            max_batch_size=own.max_batch_size or self.max_batch_size,
+            max_delay_ms=self.max_delay_ms if own.max_delay_ms is None else own.max_delay_ms,
+        )
 
     @field_validator("providers", mode="before")
     @classmethod

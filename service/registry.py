@@ -64,11 +64,12 @@ class ServedModel:
         raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name)
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
         runtime.warm_up(raw_infer, len(self.classes))
-        if settings.batching:
+        batching = settings.batching_for(name)
+        if batching.batching:
             self._runner = DynamicBatcher(
                 self.infer,
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_delay_ms / 1000.0,
+                max_batch_size=batching.max_batch_size,
+                max_delay_s=batching.max_delay_ms / 1000.0,
                 max_queue=settings.max_queue,
             )
         else:

@@ -261,3 +261,36 @@ def test_a_runner_serves_requests_from_several_event_loops():
     for request_id in range(3):  # each asyncio.run is a fresh event loop, as in test clients
         assert_own_result(request_id, 1, asyncio.run(runner.submit(images_for(request_id))))
     asyncio.run(runner.close())
+
+
+def test_batching_is_configured_per_model_over_the_global_settings(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+    from tests.onnx_models import write_version
+
+    monkeypatch.setenv("PIXELSERVE_MODEL_BATCHING", '{"digits": {"batching": false}, "fashion": {"max_batch_size": 8}}')
+    settings = Settings(model_repository=tmp_path, providers=["cpu"], watch_interval_s=0, max_delay_ms=3)
+    assert settings.batching_for("fashion").model_dump() == {"batching": True, "max_batch_size": 8, "max_delay_ms": 3}
+    assert settings.batching_for("other").model_dump() == {"batching": True, "max_batch_size": 64, "max_delay_ms": 3}
+
+    write_version(tmp_path, "digits", 1)
+    write_version(tmp_path, "fashion", 1, task="fashion")
+    with TestClient(create_app(settings)) as client:
+        repository = client.app.state.repository
+        assert isinstance(repository.get("digits")._runner, DirectRunner)
+        fashion = repository.get("fashion")._runner
+        assert isinstance(fashion, DynamicBatcher) and fashion._max_batch_size == 8 and fashion._max_delay_s == 0.003
+        answer = client.post("/v1/models/digits/predict", json={"instances": [[0.5] * 784]})
+        assert answer.status_code == 200
+
+
+def test_a_malformed_per_model_setting_is_refused(monkeypatch):
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    monkeypatch.setenv("PIXELSERVE_MODEL_BATCHING", '{"digits": {"max_batch_size": 0}}')
+    with pytest.raises(ValidationError):
+        Settings()
