@@ -158,20 +158,11 @@ def _grayscale(image: Image.Image) -> np.ndarray:
     return gray * alpha + backdrop * (1.0 - alpha)
 
 
-def _noise_sigma(residual: np.ndarray, trusted: np.ndarray) -> float:
-    """Standard deviation of the noise on the trusted pixels of a 2-D residual, blind to the ink's outliers.
-
-    The larger of two robust estimates: the spread around the median (MAD), and the spread between
-    horizontal neighbours, which still sees the noise when paper clipped at pure white (or black) makes
-    most pixels tie at the same value.
-    """
-    values = residual[trusted]
+def _robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation: blind to the ink's outliers."""
     if values.size == 0:
         return 0.0
-    around_median = 1.4826 * np.median(np.abs(values - np.median(values)))
-    steps = np.abs(np.diff(residual, axis=1))[trusted[:, 1:] & trusted[:, :-1]]
-    between_neighbours = 1.4826 * np.median(steps) / np.sqrt(2) if steps.size else 0.0
-    return float(max(around_median, between_neighbours))
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def _paper(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -191,18 +182,19 @@ def _paper(gray: np.ndarray) -> tuple[np.ndarray, float]:
         return [np.ones((1, 1)), x, y, x * x, x * y, y * y]
 
     terms = np.stack([np.broadcast_to(t, (rows.size, cols.size)).ravel() for t in quadratic(rows, cols)], axis=-1)
-    values = gray[np.ix_(rows, cols)].astype(np.float64)
+    values = gray[np.ix_(rows, cols)].ravel().astype(np.float64)
     ring = max(1, min(rows.size, cols.size) // 20)
-    border = np.ones(values.shape, dtype=bool)
+    border = np.ones((rows.size, cols.size), dtype=bool)
     border[ring:-ring, ring:-ring] = False
+    border = border.ravel()
     # Start from the border pixels close to its median: an object touching the edge does not count.
-    sigma = _noise_sigma(values, border)
+    sigma = _robust_sigma(values[border])
     agrees = border & (np.abs(values - np.median(values[border])) <= 3.0 * max(sigma, GREY_LEVEL / 2))
     for _ in range(4):
-        trusted = terms[agrees.ravel()]  # least squares via the 6x6 normal equations: fast, well posed on [-1, 1]
+        trusted = terms[agrees]  # least squares through the 6x6 normal equations: fast, and well posed on [-1, 1]
         coefficients = np.linalg.lstsq(trusted.T @ trusted, trusted.T @ values[agrees], rcond=None)[0]
-        residual = values - (terms @ coefficients).reshape(values.shape)
-        sigma = _noise_sigma(residual, agrees)
+        residual = values - terms @ coefficients
+        sigma = _robust_sigma(residual[agrees])
         # Half a grey level at least: a clean synthetic picture has exactly zero noise.
         agrees = np.abs(residual) <= 3.0 * max(sigma, GREY_LEVEL / 2)
         if not agrees.any():
