@@ -7,9 +7,10 @@ Every picture becomes a float32 [1, 28, 28] array in [0, 1], white ink on black:
   3. fit the paper (a smooth surface, robust to the ink) and measure the ink against it, so uneven
      light goes away; the side the ink lies on (darker or lighter than the paper) sets the polarity;
   4. stretch contrast above the paper's noise level so the ink reads as full white on black;
-  5. frame it: "mnist-digit" crops to the ink, fits it into 20x20 keeping its aspect and places it
-     in 28x28 with its center of mass at (14, 14), as MNIST was made; "fashion-fit" crops to the
-     object and scales its longest side to 28, centred, as Fashion-MNIST was made.
+  5. frame it: "mnist-digit" crops to the ink, widens strokes far thinner than MNIST's (a ballpoint),
+     fits it into 20x20 keeping its aspect and places it in 28x28 with its center of mass at (14, 14),
+     as MNIST was made; "fashion-fit" crops to the object and scales its longest side to 28, centred,
+     as Fashion-MNIST was made.
 A 28x28 picture already in the MNIST convention passes through unchanged (up to rounding).
 """
 
