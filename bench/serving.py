@@ -199,7 +199,7 @@ def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: int
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     versions = {}
-    for package in ("uvicorn", "uvloop", "httptools", "fastapi", "starlette", "pydantic", "orjson", "numpy", "onnxruntime-gpu", "torch", "onnx2torch"):
+    for package in ("uvicorn", "uvloop", "httptools", "fastapi", "starlette", "pydantic", "orjson", "numpy", "onnxruntime-gpu", "torch"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
