@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.data import DATASETS, DatasetNotFound, get_spec, resolve_data_dir, download_dataset
+from training.data import DATASETS, DatasetNotFound, download_dataset, get_spec, resolve_data_dir
 from training.download import DownloadError
 from training.export import ExportRefused
 from training.idx import IdxError
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
     opt.add_argument("--patience", type=int, default=defaults.patience,
-                     help="stop after this many epochs without a better validation accuracy")
+                     help="stop after this many epochs without a better validation accuracy "
+                     "(with onecycle, counted from the end of its 30%% warm-up)")
     opt.add_argument("--seed", type=int, default=defaults.seed, help="random seed (split, init, order)")
     opt.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for PyTorch")
 
@@ -154,7 +155,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     if not (args.model / "model.json").is_file():
-        raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+        raise SystemExit(
+            f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1"
+        )
     result = evaluate_published(args.model, args.data_dir, download=args.download)
     print(json.dumps(result, indent=2))
     return 0 if result["agrees_with_card"] else 1

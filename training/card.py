@@ -99,7 +99,7 @@ def build_card(
             "library_versions": library_versions(),
         },
         "onnx": {"file": "model.onnx", "opset": opset},
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -144,6 +145,9 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config, steps_per_epoch * config.epochs)
 
+    # One-cycle spends its first 30% raising the learning rate; validation accuracy may stall
+    # there without meaning anything, so patience counts only from the end of that warm-up.
+    warmup_epochs = math.ceil(0.3 * config.epochs) if config.schedule == "onecycle" else 0
     history: list[EpochStats] = []
     best_state, best_epoch, best_accuracy = copy.deepcopy(model.state_dict()), 0, -1.0
     train_seconds, start = 0.0, time.perf_counter()
@@ -186,14 +190,16 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
             seconds=seconds,
         )
         history.append(stats)
-        tqdm.write(
+        print(
             f"epoch {epoch}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} | "
-            f"val loss {val_loss:.4f} val acc {val_accuracy:.4f} | {stats.images_per_s:.0f} img/s, {seconds:.1f}s"
+            f"val loss {val_loss:.4f} val acc {val_accuracy:.4f} | {stats.images_per_s:.0f} img/s, {seconds:.1f}s",
+            file=sys.stderr,
+            flush=True,
         )
         if val_accuracy > best_accuracy:
             best_state, best_epoch, best_accuracy = copy.deepcopy(model.state_dict()), epoch, val_accuracy
-        elif epoch - best_epoch >= config.patience:
-            tqdm.write(f"early stop: no better validation accuracy since epoch {best_epoch}")
+        elif epoch - max(best_epoch, warmup_epochs) >= config.patience:
+            print(f"early stop: no better validation accuracy since epoch {best_epoch}", file=sys.stderr, flush=True)
             break
     model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format)

@@ -29,3 +29,17 @@ def full_dataset_dir(tmp_path_factory) -> Path:
     write_idx(directory / TEST_IMAGES, test_x)
     write_idx(directory / TEST_LABELS, test_y)
     return directory
+
+
+@pytest.fixture(scope="session")
+def published_model(tmp_path_factory, mnist_t10k_dir) -> Path:
+    """A softmax regression trained for one epoch and published the way the CLI does it."""
+    from training.pipeline import train_and_publish
+    from training.train import TrainConfig
+
+    models_dir = tmp_path_factory.mktemp("models")
+    version_dir, _ = train_and_publish(
+        dataset="mnist", arch="softmax", name="digits-softmax", models_dir=models_dir,
+        config=TrainConfig(epochs=1, threads=1), data_dir=mnist_t10k_dir, limit_train=2000, progress=False,
+    )
+    return version_dir

@@ -52,12 +52,16 @@ def test_augment_shifts_with_zero_fill_and_mirrors():
     assert columns == {10, 17}
 
 
+# Narrower than the shipped models, to keep the test quick; the layer structure is the same.
+SMALL_OPTIONS = {"mlp": {"hidden": (64,)}, "convnet": {"channels": (8, 16), "hidden": (32,)}}
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_each_architecture_learns_a_small_slice(arch, full_dataset_dir):
     splits = load_splits("mnist", full_dataset_dir, seed=0)
-    splits.train_images, splits.train_labels = splits.train_images[:1500], splits.train_labels[:1500]
-    model = build_model(arch)
-    config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, patience=3, seed=0)
+    splits.train_images, splits.train_labels = splits.train_images[:1200], splits.train_labels[:1200]
+    model = build_model(arch, **SMALL_OPTIONS.get(arch, {}))
+    config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, patience=3, seed=0, threads=1)
     result = fit(model, splits, config, progress=False)
     accuracy = (predict_probabilities(model, splits.test_images).argmax(1) == splits.test_labels).mean()
     assert accuracy > 0.6, f"{arch}: test accuracy {accuracy:.3f} (chance is 0.1)"
@@ -72,7 +76,8 @@ def test_early_stopping_restores_the_best_weights(full_dataset_dir):
     splits.train_images, splits.train_labels = splits.train_images[:500], splits.train_labels[:500]
     model = build_model("softmax")
     # A learning rate this large makes validation accuracy bounce; patience 1 stops at the first drop.
-    result = fit(model, splits, TrainConfig(epochs=30, lr=5.0, schedule="constant", patience=1), progress=False)
+    config = TrainConfig(epochs=30, lr=5.0, schedule="constant", patience=1, threads=1)
+    result = fit(model, splits, config, progress=False)
     best = max(result.history, key=lambda s: s.val_accuracy)
     assert result.best_epoch == best.epoch and len(result.history) < 30
     val_accuracy = (predict_probabilities(model, splits.val_images).argmax(1) == splits.val_labels).mean()

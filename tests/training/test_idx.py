@@ -75,7 +75,8 @@ def test_damaged_gzip_stream(tmp_path):
 
 def test_images_must_be_uint8_28x28(tmp_path):
     write_idx(tmp_path / "img", np.zeros((2, 27, 28), np.uint8))
-    with pytest.raises(IdxError, match=r"expected uint8 images of shape \[N, 28, 28\], found uint8 of shape \[2, 27, 28\]"):
+    expected = r"expected uint8 images of shape \[N, 28, 28\], found uint8 of shape \[2, 27, 28\]"
+    with pytest.raises(IdxError, match=expected):
         read_images(tmp_path / "img")
     write_idx(tmp_path / "img32", np.zeros((2, 28, 28), np.int32))
     with pytest.raises(IdxError, match="found int32"):

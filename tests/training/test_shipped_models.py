@@ -1,0 +1,78 @@
+"""The shipped model repository: every card agrees with its files and every model meets its bar."""
+
+import hashlib
+import json
+import re
+import tomllib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from training.card import CARD_METADATA_KEY
+from training.data import DATASETS, PROJECT_ROOT, TEST_IMAGES
+from training.pipeline import evaluate_published
+
+MODELS = PROJECT_ROOT / "models"
+# Test accuracy each shipped model must reach on its test split (never the validation split).
+BARS = {"fashion-convnet": 0.930, "fashion-mlp": 0.895, "mnist-convnet": 0.985, "mnist-mlp": 0.960}
+SHIPPED = sorted(p for p in MODELS.glob("*/*") if p.is_dir() and p.name.isdigit())
+MAX_TRAINING_S = 15 * 60
+
+
+def pinned_torch() -> str:
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    train_extra = project["optional-dependencies"]["train"]
+    (pin,) = [re.fullmatch(r"torch==(\S+)", d).group(1) for d in train_extra if d.startswith("torch==")]
+    return pin
+
+
+def test_every_shipped_model_is_there_once():
+    assert sorted(p.parent.name for p in SHIPPED) == sorted(BARS)
+    assert all(p.name == "1" for p in SHIPPED)
+    leftovers = [p for p in MODELS.glob("*/*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("version_dir", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_card_matches_files(version_dir):
+    card = json.loads((version_dir / "model.json").read_text())
+    onnx_path = version_dir / card["onnx"]["file"]
+    assert card["name"] == version_dir.parent.name and card["version"] == int(version_dir.name)
+    assert card["onnx"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert card["onnx"]["opset"] >= 17
+    proto = onnx.load(onnx_path)
+    onnx.checker.check_model(proto)
+    embedded = json.loads({p.key: p.value for p in proto.metadata_props}[CARD_METADATA_KEY])
+    assert embedded == {**card, "onnx": {k: v for k, v in card["onnx"].items() if k != "sha256"}}
+
+    spec = DATASETS[card["training"]["dataset"]]
+    assert card["task"] == spec.task and card["classes"] == list(spec.classes)
+    assert card["input"]["name"] == "input" and card["output"]["name"] == "probabilities"
+    assert card["preprocessing"]["method"] == {"digits": "mnist-digit", "fashion": "fashion-fit"}[card["task"]]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    (probabilities,) = session.run(None, {"input": np.random.rand(3, 1, 28, 28).astype(np.float32)})
+    assert probabilities.shape == (3, len(card["classes"]))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    assert card["metrics"]["test_accuracy"] >= BARS[card["name"]]
+    assert card["training"]["wall_time_s"] <= MAX_TRAINING_S
+    # Trained with the PyTorch release the project pins (a local build label such as +cpu aside).
+    assert card["training"]["library_versions"]["torch"].split("+")[0] == pinned_torch()
+    for plot in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (version_dir / plot).stat().st_size < 200_000
+
+
+@pytest.mark.parametrize("version_dir", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_accuracy_measured_again_matches_the_card(version_dir):
+    card = json.loads((version_dir / "model.json").read_text())
+    spec = DATASETS[card["training"]["dataset"]]
+    if not (spec.default_dir / TEST_IMAGES).exists():
+        pytest.skip(f"{spec.name} is not at {spec.default_dir} on this machine")
+    result = evaluate_published(version_dir)
+    assert result["test_split"] == card["metrics"]["test_split"]
+    assert result["test_accuracy"] >= BARS[card["name"]]
+    assert result["agrees_with_card"], result
