@@ -1,5 +1,6 @@
 """The training loop: mini-batch optimisation with a learning-rate schedule, light augmentation,
-early stopping on validation accuracy (best weights restored), and batch prediction."""
+early stopping on validation accuracy (best weights restored, ties broken by validation loss),
+and batch prediction."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
     # there without meaning anything, so patience counts only from the end of that warm-up.
     warmup_epochs = math.ceil(0.3 * config.epochs) if config.schedule == "onecycle" else 0
     history: list[EpochStats] = []
-    best_state, best_epoch, best_accuracy = copy.deepcopy(model.state_dict()), 0, -1.0
+    best_state, best_epoch, best_score = copy.deepcopy(model.state_dict()), 0, (-1.0, 0.0)
     train_seconds, start = 0.0, time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -196,9 +197,11 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
             file=sys.stderr,
             flush=True,
         )
-        if val_accuracy > best_accuracy:
-            best_state, best_epoch, best_accuracy = copy.deepcopy(model.state_dict()), epoch, val_accuracy
-        elif epoch - max(best_epoch, warmup_epochs) >= config.patience:
+        # Best = highest validation accuracy; a small validation set ties often, so loss breaks ties.
+        score = (val_accuracy, -val_loss)
+        if score > best_score:
+            best_state, best_epoch, best_score = copy.deepcopy(model.state_dict()), epoch, score
+        elif epoch - max(best_epoch, warmup_epochs) >= config.patience and epoch < config.epochs:
             print(f"early stop: no better validation accuracy since epoch {best_epoch}", file=sys.stderr, flush=True)
             break
     model.load_state_dict(best_state)
@@ -206,4 +209,4 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
     model.eval()
     wall = time.perf_counter() - start
     images = sum(s.images_per_s * s.seconds for s in history)
-    return TrainResult(history, best_epoch, best_accuracy, wall, images / train_seconds)
+    return TrainResult(history, best_epoch, best_score[0], wall, images / train_seconds)

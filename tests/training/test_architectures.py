@@ -78,7 +78,7 @@ def test_early_stopping_restores_the_best_weights(full_dataset_dir):
     # A learning rate this large makes validation accuracy bounce; patience 1 stops at the first drop.
     config = TrainConfig(epochs=30, lr=5.0, schedule="constant", patience=1, threads=1)
     result = fit(model, splits, config, progress=False)
-    best = max(result.history, key=lambda s: s.val_accuracy)
+    best = max(result.history, key=lambda s: (s.val_accuracy, -s.val_loss))
     assert result.best_epoch == best.epoch and len(result.history) < 30
     val_accuracy = (predict_probabilities(model, splits.val_images).argmax(1) == splits.val_labels).mean()
     assert val_accuracy == pytest.approx(best.val_accuracy)
