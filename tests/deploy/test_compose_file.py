@@ -17,7 +17,7 @@ import yaml
 
 from service.config import Settings
 
-from dockerfile_parsing import ROOT, dockerfile_stages
+from tests.deploy.dockerfile_parsing import ROOT, dockerfile_stages
 
 COMPOSE = ROOT / "docker-compose.yml"
 GPU_OVERRIDE = ROOT / "deploy" / "compose" / "gpu.yml"

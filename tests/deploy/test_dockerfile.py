@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from dockerfile_parsing import ROOT, dockerfile_stages, exec_form, instruction
+from tests.deploy.dockerfile_parsing import ROOT, dockerfile_stages, exec_form, instruction
 
 REQUIREMENTS_SCRIPT = ROOT / "deploy" / "pyproject_requirements.py"
 

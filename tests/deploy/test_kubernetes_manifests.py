@@ -21,7 +21,7 @@ from referencing import Registry, Resource
 
 from service.config import Settings
 
-from dockerfile_parsing import ROOT, dockerfile_stages, instruction
+from tests.deploy.dockerfile_parsing import ROOT, dockerfile_stages, instruction
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KSERVE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from synthetic_data import synthetic_images, write_idx
+from tests.training.synthetic_data import synthetic_images, write_idx
 
 from training.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from synthetic_data import idx_bytes, synthetic_images
+from tests.training.synthetic_data import idx_bytes, synthetic_images
 
 from training import data
 from training.__main__ import main

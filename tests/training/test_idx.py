@@ -2,7 +2,7 @@ import gzip
 
 import numpy as np
 import pytest
-from synthetic_data import idx_bytes, write_idx
+from tests.training.synthetic_data import idx_bytes, write_idx
 
 from training.idx import IdxError, read_idx, read_images, read_labels, read_pair
 

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from synthetic_data import synthetic_images
+from tests.training.synthetic_data import synthetic_images
 
 from training import pipeline
 from training.card import CARD_METADATA_KEY

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from synthetic_data import write_idx
+from tests.training.synthetic_data import write_idx
 
 from training.__main__ import main
 from training.data import PROJECT_ROOT, TEST_IMAGES, TEST_LABELS
