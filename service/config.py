@@ -35,7 +35,8 @@ class ModelBatching(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", env_file=".env", extra="ignore")
+    # An empty variable means "the default" (compose files list every setting as ${VAR:-default}).
+    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     model_repository: Path = Field(DEFAULT_REPOSITORY, description="Directory holding <name>/<version>/model.onnx")
     host: str = Field("127.0.0.1", description="Address to listen on")
