@@ -122,7 +122,9 @@ def keyed_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     yield from start_server(repository, artifacts / "server-keyed.log", {"PIXELSERVE_API_KEY": API_KEY})
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread until it stops,
+# which would break asyncio.run() in the test modules collected after this one.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
