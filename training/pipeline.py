@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from training.card import CARD_METADATA_KEY, build_card
 from training.data import load_splits
@@ -46,6 +47,7 @@ def train_and_publish(
         splits.train_labels = splits.train_labels[:limit_train]
         splits.split += f"; only the first {len(splits.train_labels)} training images used"
     classes = list(splits.dataset.classes)
+    torch.manual_seed(config.seed)  # the seed governs the initial weights too
     classifier = build_model(arch, len(classes), **arch_options)
     result = fit(classifier, splits, config, progress=progress)
 

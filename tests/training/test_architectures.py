@@ -1,9 +1,12 @@
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
 from training.data import load_splits
 from training.models import ARCHITECTURES, LeCun1989, build_model, count_parameters
+from training.pipeline import train_and_publish
 from training.train import TrainConfig, augment, fit, predict_probabilities
 
 
@@ -82,3 +85,19 @@ def test_early_stopping_restores_the_best_weights(full_dataset_dir):
     assert result.best_epoch == best.epoch and len(result.history) < 30
     val_accuracy = (predict_probabilities(model, splits.val_images).argmax(1) == splits.val_labels).mean()
     assert val_accuracy == pytest.approx(best.val_accuracy)
+
+
+def test_the_seed_governs_initial_weights_and_training(mnist_t10k_dir, tmp_path):
+    def weights(seed: int, name: str, process_state: int) -> list[np.ndarray]:
+        torch.manual_seed(process_state)  # whatever state the process is in must not matter
+        version_dir, _ = train_and_publish(
+            dataset="mnist", arch="mlp", name=name, models_dir=tmp_path, arch_options={"hidden": (16,)},
+            config=TrainConfig(epochs=1, seed=seed, threads=1), data_dir=mnist_t10k_dir, limit_train=300,
+            progress=False,
+        )
+        graph = onnx.load(version_dir / "model.onnx").graph
+        return [onnx.numpy_helper.to_array(t) for t in graph.initializer]
+
+    first, again, other = weights(0, "a", 1), weights(0, "b", 2), weights(1, "c", 1)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other, strict=True))
