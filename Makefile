@@ -30,5 +30,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[serve,train,dev,bench]'
 	touch $@ $(VENV)/.serve-installed
 
+train-shipped: $(VENV)/.dev-installed
+	PY=$(PY) scripts/train-shipped-models.sh
+
+bench: $(VENV)/.dev-installed
+	$(PY) bench/serving.py
+	$(PY) bench/train_models.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
