@@ -10,7 +10,7 @@ PY=${PY:-.venv/bin/python}
 MODELS_DIR=${MODELS_DIR:-models}
 
 declare -A RECIPES=(
-  [mnist-convnet]="--dataset mnist --arch convnet --channels 16,32 --epochs 30 --shift 2 --patience 10"
+  [mnist-convnet]="--dataset mnist --arch lenet5 --epochs 30 --shift 2 --patience 10"
   [mnist-mlp]="--dataset mnist --arch mlp --hidden 512,256 --dropout 0.3 --epochs 40 --shift 2 --patience 10"
   [fashion-mlp]="--dataset fashion-mnist --arch mlp --hidden 1024,512 --dropout 0.3 --lr 1e-3 --epochs 40 --hflip --patience 10"
   [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 24 --shift 1 --hflip --patience 6"

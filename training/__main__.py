@@ -76,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = train.add_argument_group("model")
     model.add_argument("--arch", default="convnet", choices=ARCHITECTURES,
-                       help="softmax regression, MLP, LeCun 1989 convnet, or the batch-norm convnet")
+                       help="softmax regression, MLP, LeCun 1989 convnet, LeNet-5, or the batch-norm convnet")
     model.add_argument("--hidden", type=int_list, default=None,
-                       help="hidden layer sizes, e.g. 256,128 (mlp; convnet uses the first as its dense layer)")
+                       help="hidden layer sizes, e.g. 256,128 (mlp and lenet5, default 256,128 and 120,84; "
+                       "convnet uses the first as its dense layer, default 128)")
     model.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP activation")
-    model.add_argument("--channels", type=int_list, default="16,32", help="convnet channels of its two stages")
-    model.add_argument("--dropout", type=float, default=None, help="dropout rate (mlp default 0.2, convnet 0.3)")
+    model.add_argument("--channels", type=int_list, default=None,
+                       help="channels of the two convolution stages (lenet5 default 6,16; convnet 16,32)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout rate (mlp default 0.2, lenet5 0.1, convnet 0.3)")
 
     defaults = TrainConfig()
     opt = train.add_argument_group("optimisation")
@@ -132,11 +134,12 @@ def run_train(args: argparse.Namespace) -> int:
     arch_options: dict = {}
     if args.arch == "mlp":
         arch_options = {"hidden": args.hidden or (256, 128), "activation": args.activation}
-    elif args.arch == "convnet":
-        if len(args.channels) != 2:
+    elif args.arch in ("lenet5", "convnet"):
+        if args.channels is not None and len(args.channels) != 2:
             raise SystemExit("error: --channels takes two sizes, e.g. 16,32")
-        arch_options = {"channels": args.channels, "hidden": args.hidden or (128,)}
-    if args.dropout is not None and args.arch in ("mlp", "convnet"):
+        arch_options = {"channels": args.channels or ((6, 16) if args.arch == "lenet5" else (16, 32)),
+                        "hidden": args.hidden or ((120, 84) if args.arch == "lenet5" else (128,))}
+    if args.dropout is not None and args.arch in ("mlp", "lenet5", "convnet"):
         arch_options["dropout"] = args.dropout
     version_dir, card = train_and_publish(
         dataset=args.dataset, arch=args.arch, name=args.name or f"{args.dataset}-{args.arch}",

@@ -91,6 +91,38 @@ class LeCun1989(nn.Module):
         return self.out(torch.tanh(self.h3(h2.flatten(1))))
 
 
+class LeNet5(nn.Module):
+    """The shape of LeNet-5 (LeCun et al. 1998): 5x5 feature maps and 2x2 pooling twice, then dense
+    layers of 120 and 84 units; with batch norm, ReLU and max pooling, as it is built today.
+    About a tenth of the batch-norm convnet's arithmetic, for a model that answers in microseconds."""
+
+    def __init__(
+        self, num_classes: int = 10, channels: tuple[int, int] = (6, 16), hidden: tuple[int, ...] = (120, 84),
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        c1, c2 = channels
+        self.normalize = Normalize()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5, padding=2, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(c1, c2, 5, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 5x5
+        )
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = c2 * 5 * 5
+        for size in hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(width, size), nn.ReLU(inplace=True)]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*layers)
+        sizes = "-".join(str(size) for size in hidden) or "none"
+        self.description = (
+            f"LeNet-5: 5x5 conv {c1} + pool, 5x5 conv {c2} + pool, batch norm, dense {sizes}, dropout {dropout}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
@@ -138,7 +170,7 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.classifier(input), dim=1)
 
 
-ARCHITECTURES = ("softmax", "mlp", "lecun1989", "convnet")
+ARCHITECTURES = ("softmax", "mlp", "lecun1989", "lenet5", "convnet")
 
 
 def build_model(
@@ -147,7 +179,7 @@ def build_model(
     *,
     hidden: tuple[int, ...] | None = None,
     activation: str = "relu",
-    channels: tuple[int, int] = (16, 32),
+    channels: tuple[int, int] | None = None,
     dropout: float | None = None,
 ) -> nn.Module:
     """Make an untrained classifier; options that an architecture has no use for are ignored."""
@@ -158,8 +190,11 @@ def build_model(
                    0.2 if dropout is None else dropout)
     if arch == "lecun1989":
         return LeCun1989(num_classes)
+    if arch == "lenet5":
+        return LeNet5(num_classes, channels or (6, 16), hidden if hidden is not None else (120, 84),
+                      0.1 if dropout is None else dropout)
     if arch == "convnet":
-        return ConvNet(num_classes, channels, (hidden or (128,))[0], 0.3 if dropout is None else dropout)
+        return ConvNet(num_classes, channels or (16, 32), (hidden or (128,))[0], 0.3 if dropout is None else dropout)
     raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
 
 
