@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_redoc_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
-from fastapi_offline import FastAPIOffline
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,7 +28,7 @@ from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
-from service.hot_paths import HotPathMiddleware, hot_routes
+from service.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.registry import ModelRepository
 
@@ -37,6 +41,9 @@ OPTIONAL_ROUTERS = ("service.api.v2", "service.api.web")
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DOCS_ASSETS = "/static-offline-docs"  # the Swagger UI and ReDoc files, shipped by fastapi-offline
+# Request ids made here: a random prefix per process and a counter (cheaper than a uuid4 per request).
+_ID_PREFIX = os.urandom(6).hex()  # 12 hex digits; with the 20-digit counter, 32 like a uuid4 in hex
+_id_counter = itertools.count(1)
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 DESCRIPTION = """
@@ -143,7 +150,7 @@ class RequestContextMiddleware:
             elif key == b"content-length":
                 content_length = value
         if request_id is None or not _CLIENT_REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = f"{_ID_PREFIX}{next(_id_counter):020x}"
         token = request_id_var.set(request_id)
         id_header = (b"x-request-id", request_id.encode())
         status = 500
@@ -170,12 +177,14 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if content_length is not None and content_length.isdigit() and int(content_length) > self.max_body_bytes:
-                message = f"the request body ({int(content_length)} bytes) is larger than the {self.max_body_bytes} bytes accepted"
+            declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+            if declared is not None and declared > self.max_body_bytes:
+                message = f"the request body ({declared} bytes) is larger than the {self.max_body_bytes} bytes accepted"
                 response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive_within_limit, send_with_id)
+                # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
+                await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if response_started:
@@ -211,9 +220,30 @@ def _document_api_key(app: FastAPI) -> None:
     app.openapi = openapi
 
 
-def _add_redoc(app: FastAPI) -> None:
-    """ReDoc at /redoc from the local files. ReDoc always shows its maker's logo from a CDN: the page's
-    Content-Security-Policy keeps it to this server, so it makes no outside request (the logo just hides)."""
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, their scripts and styles served by this app (the files
+    fastapi-offline ships), not a CDN: they work offline. ReDoc always shows its maker's logo from a CDN:
+    its page's Content-Security-Policy keeps it to this server, so it makes no outside request (the logo
+    just hides)."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="static-offline-docs")
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth2_redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
@@ -229,6 +259,21 @@ def _add_redoc(app: FastAPI) -> None:
         return page
 
 
+class ServiceApp(FastAPI):
+    """The FastAPI app, except that v1 predict and v2 infer skip Starlette's middleware stack and
+    FastAPI's router: `hot_entry` answers them (see service.hot_paths)."""
+
+    hot_paths: HotPaths | None = None
+    hot_entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_entry is not None and scope["type"] == "http" and self.hot_paths.match(scope):
+            scope["app"] = self
+            await self.hot_entry(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -238,22 +283,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await repository.start()
+        # Everything loaded so far (libraries, the app, the models) lives as long as the process: exclude it
+        # from garbage collection, whose full passes over it otherwise stall requests for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             # Runs after the server stopped taking requests and finished those in flight.
             await repository.stop()
 
-    # /docs and /redoc with their scripts and styles served by this app, not a CDN: they work offline.
-    app = FastAPIOffline(
+    app = ServiceApp(
         title="pixelserve",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # added by _add_docs, with local files
         redoc_url=None,
-        static_url=DOCS_ASSETS,
     )
-    _add_redoc(app)
+    _add_docs(app)
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
@@ -274,16 +322,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # A body over the limit from the page's form gets the page back, with its error block.
             app.state.render_web_page = module.render_page
 
-    # Innermost of our middleware: v1 predict and v2 infer skip FastAPI's routing (see service.hot_paths).
-    app.add_middleware(HotPathMiddleware, routes=hot, exception_handlers=app.exception_handlers)
+    cors = dict(allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
+                expose_headers=[REQUEST_ID_HEADER])
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER],
-        )
+        app.add_middleware(CORSMiddleware, **cors)
     # Added last, so it wraps everything else, CORS answers included.
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    # v1 predict and v2 infer: the same request context and CORS, around a direct call of the endpoint.
+    app.hot_paths = HotPaths(routes=hot, exception_handlers=app.exception_handlers)
+    hot_entry: ASGIApp = app.hot_paths
+    if settings.cors_origins:
+        hot_entry = CORSMiddleware(hot_entry, **cors)
+    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,19 +1,25 @@
-"""Runners that call one model version's blocking inference function off the event loop.
+"""Runners that feed one model version's blocking inference function with requests.
 
 `DynamicBatcher` coalesces concurrent requests into one ONNX Runtime run; `DirectRunner` runs
 every request on its own. Both offer `await submit(images) -> probabilities` and `await close()`.
 
-Each runner owns one inference thread. The thread, not the event loop, gathers queued requests,
-runs the model (ONNX Runtime releases the GIL) and hands results back to each request's loop in
-one callback per batch. This keeps the event loop free for HTTP work and makes a runner usable
-from any event loop.
+Coalescing without waiting: requests queue on the event loop that received them, and the first
+request of a loop iteration schedules a flush with `call_soon`. The flush therefore runs after
+every request that arrived in the same iteration has been parsed and queued, and takes them all
+(up to `max_batch_size` images) into one run. A lone request runs at once.
 
-When to wait for a batch to fill: a request never waits for others unless more are known to be
-coming. The runner's only such knowledge is recent traffic: when the previous run served k
-requests and finished a moment ago (less than `max_delay_s` before the oldest queued request
-arrived), k clients are active and likely to send again. The thread then waits, at most until
-`max_delay_s` after the oldest queued request arrived, for the batch to hold k requests. A lone
-request under no load, or from one sequential client, therefore runs at once.
+Where a run happens: on the event loop itself when its expected duration (from the runs measured
+so far) is at most `inline_below_s`, otherwise on the runner's inference thread, off the event
+loop (ONNX Runtime releases the GIL, so the loop keeps serving HTTP meanwhile). Handing a run to
+a thread costs about 100 µs of wake-ups, plus a wait for the GIL while the loop is busy: more than
+a small model's whole run. Runs that would hold the loop longer go to the thread; so does the first
+run, before anything is measured.
+
+Waiting for a batch to fill (`max_delay_s` > 0): a request never waits for others unless more are
+known to be coming. The runner's only such knowledge is recent traffic: when the previous run
+served k requests and finished less than `max_delay_s` before the oldest queued request arrived,
+k clients are active and likely to send again. The flush then waits, at most until `max_delay_s`
+after the oldest queued request arrived, for the batch to hold k requests.
 """
 
 from __future__ import annotations
@@ -23,47 +29,58 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.errors import Overloaded
 
 InferFn = Callable[[np.ndarray], np.ndarray]
+Result = tuple["_Request", np.ndarray | None, BaseException | None]
+
+# Weight of the newest run in the running estimate of seconds per image.
+ESTIMATE_WEIGHT = 0.2
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Request:
     images: np.ndarray
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_at: float
 
 
-class _ThreadRunner:
-    """A bounded queue of requests served in order by one dedicated inference thread."""
+class _Runner:
+    """Requests queued per event loop, run in batches on the loop or on one inference thread."""
 
-    def __init__(self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, name: str) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1 and max_delay_s >= 0")
+    def __init__(
+        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float, name: str
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or inline_below_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s and inline_below_s >= 0")
         self._infer_fn = infer_fn
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
         self._max_queue = max_queue
+        self._inline_below_s = inline_below_s
         self._name = name
+        # Touched only by the loop that owns each queue.
+        self._pending: dict[asyncio.AbstractEventLoop, deque[_Request]] = {}
+        self._flush_scheduled: set[asyncio.AbstractEventLoop] = set()
+        self._timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+        # Shared with the inference thread, under the lock.
         self._cond = threading.Condition()
-        self._queue: deque[_Request] = deque()
-        self._queued_images = 0
+        self._thread_batches: deque[list[_Request]] = deque()
+        self._queued_images = 0  # queued on a loop or for the thread, not yet running
         self._closing = False
         self._thread: threading.Thread | None = None
-        # Recent traffic, read by the batching policy (only touched under self._cond).
+        # Measured by every run (plain attribute writes; a slightly stale read is harmless).
+        self._seconds_per_image: float | None = None
         self._last_run_requests = 0
         self._last_run_finished_at = float("-inf")
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue images [n, ...] and return their output rows [n, C] once the model ran on them."""
         loop = asyncio.get_running_loop()
-        request = _Request(images, loop, loop.create_future())
         count = len(images)
         with self._cond:
             if self._closing:
@@ -71,104 +88,178 @@ class _ThreadRunner:
             # A request larger than the whole queue is still admitted when the queue is empty.
             if self._queued_images and self._queued_images + count > self._max_queue:
                 raise Overloaded(f"too many images waiting for this model (limit {self._max_queue}); retry shortly")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-                self._thread.start()
-            self._queue.append(request)
             self._queued_images += count
-            self._cond.notify()
-        # Cancelling the awaiting task cancels the future; the thread then drops the request.
+        request = _Request(images, loop.create_future(), time.monotonic())
+        queue = self._pending.get(loop)
+        if queue is None:
+            queue = self._pending[loop] = deque()
+        queue.append(request)
+        if loop not in self._flush_scheduled:
+            self._flush_scheduled.add(loop)
+            loop.call_soon(self._flush, loop)
+        elif loop in self._timers and len(queue) >= self._last_run_requests:
+            self._timers.pop(loop).cancel()  # the batch it waited for is complete: run it now
+            loop.call_soon(self._flush, loop)
+        # Cancelling the awaiting task cancels the future; the runner then drops the request.
         return await request.future
 
     async def close(self) -> None:
         """Stop accepting requests, finish every request already queued, then stop the thread."""
+        loop = asyncio.get_running_loop()
         with self._cond:
             self._closing = True
+        timer = self._timers.pop(loop, None)
+        if timer is not None:
+            timer.cancel()
+        while self._pending.get(loop):
+            self._flush(loop)
+        with self._cond:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             await asyncio.to_thread(thread.join)
 
-    # --- inference thread -------------------------------------------------------------------
+    # --- on the event loop ------------------------------------------------------------------
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the next batch from this loop's queue and run it here or hand it to the thread."""
+        self._flush_scheduled.discard(loop)
+        self._timers.pop(loop, None)
+        queue = self._pending.get(loop)
+        if not queue:
+            self._pending.pop(loop, None)
+            return
+        batch, images = self._take(queue)
+        if batch and self._wait_for_more(loop, queue, batch, images):
+            return
+        if queue:  # more than one batch queued: the rest goes next, after the loop's other work
+            self._flush_scheduled.add(loop)
+            loop.call_soon(self._flush, loop)
+        else:
+            del self._pending[loop]
+        if not batch:
+            return
+        estimate = self._seconds_per_image
+        if estimate is not None and estimate * images <= self._inline_below_s:
+            with self._cond:
+                self._queued_images -= images
+            _settle(self._run(batch))
+            return
+        with self._cond:
+            self._thread_batches.append(batch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _take(self, queue: deque[_Request]) -> tuple[list[_Request], int]:
+        """Move queued requests into a batch while they fit; the first request always fits.
+        Requests whose client went away are dropped here."""
+        batch: list[_Request] = []
+        images = dropped = 0
+        while queue:
+            request = queue[0]
+            count = len(request.images)
+            if batch and images + count > self._max_batch_size:
+                break
+            queue.popleft()
+            if request.future.cancelled():
+                dropped += count
+                continue
+            batch.append(request)
+            images += count
+        if dropped:
+            with self._cond:
+                self._queued_images -= dropped
+        return batch, images
+
+    def _wait_for_more(self, loop: asyncio.AbstractEventLoop, queue: deque[_Request], batch: list[_Request], images: int) -> bool:
+        """Put the batch back and flush again later, when recent traffic says more requests are coming."""
+        if self._max_delay_s <= 0 or images >= self._max_batch_size or self._closing:
+            return False
+        oldest = batch[0].enqueued_at
+        if len(batch) >= self._last_run_requests or oldest - self._last_run_finished_at >= self._max_delay_s:
+            return False
+        remaining = oldest + self._max_delay_s - time.monotonic()
+        if remaining <= 0:
+            return False
+        queue.extendleft(reversed(batch))
+        self._flush_scheduled.add(loop)
+        self._timers[loop] = loop.call_later(remaining, self._flush, loop)
+        return True
+
+    # --- on the inference thread ------------------------------------------------------------
 
     def _serve(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._thread_batches and not self._closing:
                     self._cond.wait()
-                if not self._queue:
+                if not self._thread_batches:
                     return
-                batch = self._collect()
+                batch = self._thread_batches.popleft()
+                self._queued_images -= sum(len(r.images) for r in batch)
             batch = [r for r in batch if not r.future.cancelled()]
             if batch:
-                self._deliver(self._run(batch))
-            with self._cond:
-                self._last_run_requests = len(batch)
-                self._last_run_finished_at = time.monotonic()
+                _deliver(self._run(batch))
 
-    def _collect(self) -> list[_Request]:
-        """Pop the next batch; called with the lock held and the queue not empty."""
-        batch: list[_Request] = []
-        self._take(batch, 0)
-        return batch
+    # --- either place -----------------------------------------------------------------------
 
-    def _take(self, batch: list[_Request], images: int) -> int:
-        """Move queued requests into the batch while they fit; the first request always fits."""
-        while self._queue:
-            request = self._queue[0]
-            count = len(request.images)
-            if batch and images + count > self._max_batch_size:
-                break
-            self._queue.popleft()
-            self._queued_images -= count
-            if request.future.cancelled():
-                continue
-            batch.append(request)
-            images += count
-        return images
-
-    def _run(self, batch: list[_Request]) -> list[tuple[_Request, np.ndarray | None, BaseException | None]]:
+    def _run(self, batch: list[_Request]) -> list[Result]:
         """Run the model once on the whole batch; if that fails, once per request, so that an
         error reaches exactly the requests that cause it."""
         if len(batch) == 1:
-            return [self._run_one(batch[0])]
-        try:
-            outputs = self._infer_fn(np.concatenate([r.images for r in batch]))
-            if len(outputs) != sum(len(r.images) for r in batch):
-                raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {sum(len(r.images) for r in batch)}")
-        except Exception:
-            return [self._run_one(r) for r in batch if not r.future.cancelled()]
-        results = []
-        offset = 0
-        for request in batch:
-            count = len(request.images)
-            results.append((request, outputs[offset : offset + count], None))
-            offset += count
+            results = [self._run_one(batch[0])]
+        else:
+            total = sum(len(r.images) for r in batch)
+            started = time.perf_counter()
+            try:
+                outputs = self._infer_fn(np.concatenate([r.images for r in batch]))
+                if len(outputs) != total:
+                    raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {total}")
+            except Exception:
+                results = [self._run_one(r) for r in batch if not r.future.cancelled()]
+            else:
+                self._measured(time.perf_counter() - started, total)
+                results, offset = [], 0
+                for request in batch:
+                    count = len(request.images)
+                    results.append((request, outputs[offset : offset + count], None))
+                    offset += count
+        self._last_run_requests = len(batch)
+        self._last_run_finished_at = time.monotonic()
         return results
 
-    def _run_one(self, request: _Request) -> tuple[_Request, np.ndarray | None, BaseException | None]:
+    def _run_one(self, request: _Request) -> Result:
+        started = time.perf_counter()
         try:
             outputs = self._infer_fn(request.images)
             if len(outputs) != len(request.images):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(request.images)} images")
         except Exception as error:  # handed to the awaiting request, raised there
             return request, None, error
+        self._measured(time.perf_counter() - started, len(request.images))
         return request, outputs, None
 
-    @staticmethod
-    def _deliver(results: list[tuple[_Request, np.ndarray | None, BaseException | None]]) -> None:
-        """Hand results back with one thread-safe callback per event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for result in results:
-            by_loop.setdefault(result[0].loop, []).append(result)
-        for loop, loop_results in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, loop_results)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
+    def _measured(self, seconds: float, images: int) -> None:
+        per_image = seconds / max(images, 1)
+        estimate = self._seconds_per_image
+        self._seconds_per_image = per_image if estimate is None else estimate + ESTIMATE_WEIGHT * (per_image - estimate)
 
 
-def _settle(results: list[tuple[_Request, np.ndarray | None, BaseException | None]]) -> None:
+def _deliver(results: list[Result]) -> None:
+    """From the inference thread: hand results back with one thread-safe callback per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
+    for result in results:
+        by_loop.setdefault(result[0].future.get_loop(), []).append(result)
+    for loop, loop_results in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, loop_results)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(results: list[Result]) -> None:
     for request, outputs, error in results:
         if request.future.done():  # cancelled while the model ran
             continue
@@ -178,39 +269,26 @@ def _settle(results: list[tuple[_Request, np.ndarray | None, BaseException | Non
             request.future.set_result(outputs)
 
 
-class DynamicBatcher(_ThreadRunner):
+class DynamicBatcher(_Runner):
     """Coalesces concurrent requests into one model run of at most `max_batch_size` images.
 
     A request's images stay together in one run (a request larger than `max_batch_size` runs
     alone). At most `max_queue` images wait; beyond that `submit` raises `Overloaded` (503).
     """
 
-    def __init__(self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int) -> None:
+    def __init__(
+        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float = 0.0
+    ) -> None:
         super().__init__(
-            infer_fn, max_batch_size=max_batch_size, max_delay_s=max_delay_s, max_queue=max_queue, name="batcher"
+            infer_fn, max_batch_size=max_batch_size, max_delay_s=max_delay_s, max_queue=max_queue,
+            inline_below_s=inline_below_s, name="batcher",
         )
 
-    def _collect(self) -> list[_Request]:
-        batch: list[_Request] = []
-        images = self._take(batch, 0)
-        if not batch:
-            return batch
-        deadline = batch[0].enqueued_at + self._max_delay_s
-        expected = len(batch)
-        if batch[0].enqueued_at - self._last_run_finished_at < self._max_delay_s:
-            # The previous run served that many clients a moment ago: expect them back.
-            expected = max(expected, self._last_run_requests)
-        while len(batch) < expected and images < self._max_batch_size and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._cond.wait(remaining)
-            images = self._take(batch, images)
-        return batch
 
+class DirectRunner(_Runner):
+    """Runs each request on its own (batching off), in arrival order."""
 
-class DirectRunner(_ThreadRunner):
-    """Runs each request on its own (batching off), in order, on one inference thread."""
-
-    def __init__(self, infer_fn: InferFn, *, max_queue: int = 2048) -> None:
-        super().__init__(infer_fn, max_batch_size=1, max_delay_s=0.0, max_queue=max_queue, name="runner")
+    def __init__(self, infer_fn: InferFn, *, max_queue: int = 2048, inline_below_s: float = 0.0) -> None:
+        super().__init__(
+            infer_fn, max_batch_size=1, max_delay_s=0.0, max_queue=max_queue, inline_below_s=inline_below_s, name="runner"
+        )

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         "previous one ran, which measured fastest on CPU; a wait pays where one run costs far more than one image (GPU)",
     )
     max_queue: int = Field(2048, ge=1, description="Images waiting per model version before answering 503")
+    inline_inference_ms: float = Field(
+        1.0, ge=0,
+        description="Runs expected to take at most this long run on the event loop itself; longer ones run on the "
+        "model's inference thread. Handing a run to a thread costs about 0.1 ms, more than a small model's whole run. "
+        "0: every run on the thread",
+    )
     model_batching: dict[str, ModelBatching] = Field(
         default_factory=dict,
         description='Per-model batching over the global settings, as JSON: {"mnist-convnet": {"max_batch_size": 16, "max_delay_ms": 1}}',

@@ -53,10 +53,20 @@ class Metrics:
             ["model", "version", "provider"], registry=self.registry,
         )
         self._provider_labels: dict[tuple[str, int], list[str]] = {}
+        # Labelled children, looked up once: labels() costs more than the update itself.
+        self._request_counters: dict[tuple[str, str, str, int], Counter] = {}
+        self._request_timers: dict[str, Histogram] = {}
 
     def observe_request(self, endpoint: str, model: str, version: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, version, endpoint, str(status)).inc()
-        self.request_seconds.labels(endpoint).observe(seconds)
+        key = (model, version, endpoint, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(model, version, endpoint, str(status))
+        counter.inc()
+        timer = self._request_timers.get(endpoint)
+        if timer is None:
+            timer = self._request_timers[endpoint] = self.request_seconds.labels(endpoint)
+        timer.observe(seconds)
 
     def timed_inference(
         self, infer: Callable[[np.ndarray], np.ndarray], model: str, version: int

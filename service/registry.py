@@ -71,9 +71,10 @@ class ServedModel:
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000.0,
                 max_queue=settings.max_queue,
+                inline_below_s=settings.inline_inference_ms / 1000.0,
             )
         else:
-            self._runner = DirectRunner(self.infer, max_queue=settings.max_queue)
+            self._runner = DirectRunner(self.infer, max_queue=settings.max_queue, inline_below_s=settings.inline_inference_ms / 1000.0)
         self._in_flight = 0
         self._retired = False
         self._idle: asyncio.Event | None = None
@@ -194,6 +195,7 @@ class ModelRepository:
         self.providers = runtime.ProviderResolver(settings.providers)
         self.started = False
         self._models: dict[str, dict[int, _Slot]] = {}
+        self._defaults: dict[str, ServedModel] = {}  # each model's highest ready version, kept with _models
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
@@ -214,7 +216,7 @@ class ModelRepository:
             await asyncio.gather(self._watch_task, return_exceptions=True)
         async with self._lock:
             models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
-            self._models = {}
+            self._models, self._defaults = {}, {}
         await asyncio.gather(*(model.retire() for model in models), *self._retiring)
         self.started = False
 
@@ -238,6 +240,10 @@ class ModelRepository:
         return ModelDescription(name, statuses, max(ready) if ready else None)
 
     def get(self, name: str, version: int | None = None) -> ServedModel:
+        if version is None:
+            served = self._defaults.get(name)  # the common case, answered without building a description
+            if served is not None:
+                return served
         versions = self._versions(name)
         if version is None:
             description = self.describe(name)
@@ -331,12 +337,16 @@ class ModelRepository:
 
     def _publish(self, name: str, versions: dict[int, _Slot] | None) -> None:
         """Swap in a new version table for one model (readers never see it half-built)."""
-        models = dict(self._models)
+        models, defaults = dict(self._models), dict(self._defaults)
+        defaults.pop(name, None)
         if versions is None:
             models.pop(name, None)
         else:
             models[name] = versions
-        self._models = models
+            ready = [v for v, slot in versions.items() if slot.model is not None]
+            if ready:
+                defaults[name] = versions[max(ready)].model
+        self._models, self._defaults = models, defaults
 
     def _load(self, name: str, version: int, version_dir: Path, fingerprint: tuple) -> _Slot:
         started = time.perf_counter()

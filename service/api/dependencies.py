@@ -46,6 +46,7 @@ async def require_api_key(
 
 
 def tag_request(request: Request, model: str, version: int | None = None) -> None:
-    """Label this request's metrics with the model (and version) it used."""
-    request.state.model = model
-    request.state.version = "" if version is None else str(version)
+    """Label this request's metrics with the model (and version) it used (read by the request-context middleware)."""
+    state = request.scope.setdefault("state", {})  # what request.state wraps, without building the wrapper
+    state["model"] = model
+    state["version"] = "" if version is None else str(version)

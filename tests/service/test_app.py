@@ -39,6 +39,7 @@ def test_request_id_is_echoed_or_generated(client):
     assert client.get("/v1/models", headers={"X-Request-ID": "trace-42"}).headers["x-request-id"] == "trace-42"
     generated = client.get("/v1/models").headers["x-request-id"]
     assert len(generated) == 32 and int(generated, 16) >= 0
+    assert client.get("/v1/models").headers["x-request-id"] != generated
     unsafe = client.get("/v1/models", headers={"X-Request-ID": "x" * 300}).headers["x-request-id"]
     assert unsafe != "x" * 300 and len(unsafe) == 32
     # Errors carry it too.

@@ -294,3 +294,37 @@ def test_a_malformed_per_model_setting_is_refused(monkeypatch):
     monkeypatch.setenv("PIXELSERVE_MODEL_BATCHING", '{"digits": {"max_batch_size": 0}}')
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_cheap_run_happens_on_the_event_loop_once_measured():
+    model = FakeModel()
+
+    async def scenario():
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
+        first = await runner.submit(images_for(0))  # nothing measured yet: the inference thread
+        threads_after_first = set(model.thread_names)
+        # Measured cheap now: concurrent requests coalesce into one run on the event loop's own thread.
+        results = await asyncio.gather(*(runner.submit(images_for(i, 2)) for i in range(1, 11)))
+        await runner.close()
+        return first, threads_after_first, results
+
+    first, threads_after_first, results = asyncio.run(scenario())
+    assert_own_result(0, 1, first)
+    assert threads_after_first == {"batcher"}
+    for request_id, result in enumerate(results, start=1):
+        assert_own_result(request_id, 2, result)
+    assert [len(b) for b in model.batches] == [1, 20]
+    assert model.thread_names == {"batcher", threading.current_thread().name}
+
+
+def test_a_run_expected_to_take_longer_than_the_inline_limit_stays_off_the_event_loop():
+    model = FakeModel(delay_s=0.004)
+
+    async def scenario():
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.002)
+        for i in range(5):
+            assert_own_result(i, 1, await runner.submit(images_for(i)))
+        await runner.close()
+
+    asyncio.run(scenario())
+    assert model.thread_names == {"batcher"}

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 import service.app
 from service.app import create_app
-from service.hot_paths import HotPathMiddleware
+from service.hot_paths import HotPaths
 from tests.service.conftest import make_settings
 
 IMAGE = np.linspace(0, 1, 784, dtype=np.float32)
@@ -58,13 +58,13 @@ def settings(repository):
 
 def test_hot_paths_answer_exactly_as_fastapi_routing_does(settings, monkeypatch):
     served = []
-    serve = HotPathMiddleware._serve
+    serve = HotPaths.__call__
 
-    async def counted(self, route, *args):
-        served.append(route.path)
-        await serve(self, route, *args)
+    async def counted(self, scope, *args):
+        served.append(scope["route"].path)
+        await serve(self, scope, *args)
 
-    monkeypatch.setattr(HotPathMiddleware, "_serve", counted)
+    monkeypatch.setattr(HotPaths, "__call__", counted)
     with TestClient(create_app(settings)) as client:
         direct = answers(client)
         metrics = client.get("/metrics").text
