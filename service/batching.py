@@ -13,7 +13,10 @@ so far) is at most `inline_below_s`, otherwise on the runner's inference thread,
 loop (ONNX Runtime releases the GIL, so the loop keeps serving HTTP meanwhile). Handing a run to
 a thread costs about 100 µs of wake-ups, plus a wait for the GIL while the loop is busy: more than
 a small model's whole run. Runs that would hold the loop longer go to the thread; so does the first
-run, before anything is measured.
+run, before anything is measured. Runs are timed with `clock`: for a model on CPU, the thread's CPU
+time (`time.thread_time`), which leaves out waiting for the GIL after a run on the thread (on a
+busy server that wait would make every threaded run look long, and keep the model on the thread);
+on a GPU, where a run waits for the device, the wall clock.
 
 Waiting for a batch to fill (`max_delay_s` > 0): a request never waits for others unless more are
 known to be coming. The runner's only such knowledge is recent traffic: when the previous run
@@ -53,7 +56,8 @@ class _Runner:
     """Requests queued per event loop, run in batches on the loop or on one inference thread."""
 
     def __init__(
-        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float, name: str
+        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float,
+        clock: Callable[[], float], name: str,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or inline_below_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s and inline_below_s >= 0")
@@ -62,6 +66,7 @@ class _Runner:
         self._max_delay_s = max_delay_s
         self._max_queue = max_queue
         self._inline_below_s = inline_below_s
+        self._clock = clock
         self._name = name
         # Touched only by the loop that owns each queue.
         self._pending: dict[asyncio.AbstractEventLoop, deque[_Request]] = {}
@@ -212,7 +217,7 @@ class _Runner:
             results = [self._run_one(batch[0])]
         else:
             total = sum(len(r.images) for r in batch)
-            started = time.perf_counter()
+            started = self._clock()
             try:
                 outputs = self._infer_fn(np.concatenate([r.images for r in batch]))
                 if len(outputs) != total:
@@ -220,7 +225,7 @@ class _Runner:
             except Exception:
                 results = [self._run_one(r) for r in batch if not r.future.cancelled()]
             else:
-                self._measured(time.perf_counter() - started, total)
+                self._measured(self._clock() - started, total)
                 results, offset = [], 0
                 for request in batch:
                     count = len(request.images)
@@ -231,14 +236,14 @@ class _Runner:
         return results
 
     def _run_one(self, request: _Request) -> Result:
-        started = time.perf_counter()
+        started = self._clock()
         try:
             outputs = self._infer_fn(request.images)
             if len(outputs) != len(request.images):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(request.images)} images")
         except Exception as error:  # handed to the awaiting request, raised there
             return request, None, error
-        self._measured(time.perf_counter() - started, len(request.images))
+        self._measured(self._clock() - started, len(request.images))
         return request, outputs, None
 
     def _measured(self, seconds: float, images: int) -> None:
@@ -277,18 +282,22 @@ class DynamicBatcher(_Runner):
     """
 
     def __init__(
-        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float = 0.0
+        self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__(
             infer_fn, max_batch_size=max_batch_size, max_delay_s=max_delay_s, max_queue=max_queue,
-            inline_below_s=inline_below_s, name="batcher",
+            inline_below_s=inline_below_s, clock=clock, name="batcher",
         )
 
 
 class DirectRunner(_Runner):
     """Runs each request on its own (batching off), in arrival order."""
 
-    def __init__(self, infer_fn: InferFn, *, max_queue: int = 2048, inline_below_s: float = 0.0) -> None:
+    def __init__(
+        self, infer_fn: InferFn, *, max_queue: int = 2048, inline_below_s: float = 0.0, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         super().__init__(
-            infer_fn, max_batch_size=1, max_delay_s=0.0, max_queue=max_queue, inline_below_s=inline_below_s, name="runner"
+            infer_fn, max_batch_size=1, max_delay_s=0.0, max_queue=max_queue, inline_below_s=inline_below_s, clock=clock,
+            name="runner",
         )

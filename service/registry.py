@@ -65,16 +65,20 @@ class ServedModel:
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
         runtime.warm_up(raw_infer, len(self.classes))
         batching = settings.batching_for(name)
+        # On CPU a run's duration is its thread's CPU time (which leaves out GIL waits); a GPU run waits for the device.
+        clock = time.thread_time if self.providers == [runtime.CPU] else time.perf_counter
+        inline_below_s = settings.inline_inference_ms / 1000.0
         if batching.batching:
             self._runner = DynamicBatcher(
                 self.infer,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000.0,
                 max_queue=settings.max_queue,
-                inline_below_s=settings.inline_inference_ms / 1000.0,
+                inline_below_s=inline_below_s,
+                clock=clock,
             )
         else:
-            self._runner = DirectRunner(self.infer, max_queue=settings.max_queue, inline_below_s=settings.inline_inference_ms / 1000.0)
+            self._runner = DirectRunner(self.infer, max_queue=settings.max_queue, inline_below_s=inline_below_s, clock=clock)
         self._in_flight = 0
         self._retired = False
         self._idle: asyncio.Event | None = None

@@ -282,6 +282,8 @@ def test_batching_is_configured_per_model_over_the_global_settings(tmp_path, mon
         assert isinstance(repository.get("digits")._runner, DirectRunner)
         fashion = repository.get("fashion")._runner
         assert isinstance(fashion, DynamicBatcher) and fashion._max_batch_size == 8 and fashion._max_delay_s == 0.003
+        assert fashion._clock is time.thread_time  # a CPU session: runs are timed by their CPU time
+        assert fashion._inline_below_s == settings.inline_inference_ms / 1000
         answer = client.post("/v1/models/digits/predict", json={"instances": [[0.5] * 784]})
         assert answer.status_code == 200
 
@@ -328,3 +330,16 @@ def test_a_run_expected_to_take_longer_than_the_inline_limit_stays_off_the_event
 
     asyncio.run(scenario())
     assert model.thread_names == {"batcher"}
+
+
+def test_with_the_thread_cpu_clock_time_spent_waiting_does_not_make_a_run_look_long():
+    model = FakeModel(delay_s=0.004)  # sleeping stands for waiting (for the GIL, for a lock): no CPU used
+
+    async def scenario():
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.002, clock=time.thread_time)
+        for i in range(3):
+            assert_own_result(i, 1, await runner.submit(images_for(i)))
+        await runner.close()
+
+    asyncio.run(scenario())
+    assert model.thread_names == {"batcher", threading.current_thread().name}
