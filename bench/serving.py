@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a PIXELSERVE_* variable for the service (repeatable), e.g. PIXELSERVE_MAX_DELAY_MS=0")
     parser.add_argument("--service-workers", type=int, default=1,
-                        help="uvicorn workers for the service and the ceiling (default %(default)s, the service's default)")
+                        help="worker processes of the service and the ceiling (default %(default)s; the service's own default is one per CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (default bench/results)")
     args = parser.parse_args(argv)
 

@@ -16,13 +16,11 @@ SETTING_OPTIONS = {
     "providers": "PIXELSERVE_PROVIDERS",
     "log_level": "PIXELSERVE_LOG_LEVEL",
     "log_format": "PIXELSERVE_LOG_FORMAT",
+    "workers": "PIXELSERVE_WORKERS",
 }
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
     from service.config import Settings
 
     # Options become environment variables, so that every worker process reads the same settings.
@@ -31,17 +29,26 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    common = dict(
-        host=settings.host,
-        port=settings.port,
+    uvicorn_options = dict(
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
     )
-    if args.workers > 1:
-        uvicorn.run("service.app:create_app", factory=True, workers=args.workers, **common)
-    else:
-        uvicorn.run(create_app(settings), **common)
+    if settings.workers > 1:
+        from service.observability import configure_logging
+        from service.workers import supervise
+
+        configure_logging(settings.log_level, settings.log_format)
+        return supervise(
+            "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+            uvicorn_options=uvicorn_options,
+        )
+
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options)
     return 0
 
 
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--providers", help="ONNX Runtime execution providers in order, comma-separated (cuda, cpu)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["json", "text"])
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--workers", type=int, help="worker processes, each with its own listening socket on the port (default: one per CPU)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests in flight on shutdown")
     return serve(parser.parse_args(argv))
 

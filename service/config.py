@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +19,24 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+# A container's CPU limit (cgroup v2): CPU time per period, "max 100000" (none) or "200000 100000" (2 CPUs).
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: those it may run on, capped by its cgroup's CPU quota (a container's CPU
+    limit, which the CPUs it may run on do not show)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def _split_commas(value: object) -> object:
@@ -40,7 +60,14 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(DEFAULT_REPOSITORY, description="Directory holding <name>/<version>/model.onnx")
     host: str = Field("127.0.0.1", description="Address to listen on")
-    port: int = Field(8000, ge=1, le=65535, description="Port to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: a free one, logged at start)")
+    workers: int = Field(
+        default_factory=available_cpus, ge=1,
+        description="Worker processes, each with its own listening socket on the port (SO_REUSEPORT: the kernel "
+        "spreads connections across them) and its own copy of every model. Default: one per CPU this process may "
+        "use (its CPU affinity, capped by a container's CPU limit), each running ONNX Runtime on 1 thread "
+        "(ort_intra_op_threads, ort_inter_op_threads), so that together they do not oversubscribe the cores",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description="ONNX Runtime execution providers in order of preference (comma-separated; cuda, cpu)",

@@ -1,12 +1,14 @@
 """Prometheus metrics and structured (JSON) logs carrying the request id.
 
 Each app owns its own `Metrics` (its own CollectorRegistry), so several apps can live in one
-process (tests) without clashing over metric names.
+process (tests) without clashing over metric names. With several worker processes (service/workers.py),
+PROMETHEUS_MULTIPROC_DIR is set: every worker's samples go to files there, and /metrics adds up all workers'.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +18,9 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# prometheus_client picks its multiprocess mode from this variable when imported, as here.
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 # Set by the request middleware, read by every log record emitted while the request is handled.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -45,12 +50,14 @@ class Metrics:
             ["model", "version"], buckets=BATCH_BUCKETS, registry=self.registry,
         )
         self.load_failures = Counter(
-            "pixelserve_model_load_failures_total", "Model versions that could not be loaded",
+            "pixelserve_model_load_failures_total", "Failed loads of a model version (each worker process loads every version itself)",
             ["model", "version"], registry=self.registry,
         )
+        # Across worker processes: 1 while any live worker runs the version on the provider (a dead worker's
+        # values are dropped when the supervisor marks it dead).
         self.providers = Gauge(
             "pixelserve_model_provider_info", "1 for each execution provider a loaded model version runs on",
-            ["model", "version", "provider"], registry=self.registry,
+            ["model", "version", "provider"], registry=self.registry, multiprocess_mode="livemax",
         )
         self._provider_labels: dict[tuple[str, int], list[str]] = {}
         # Labelled children, looked up once: labels() costs more than the update itself.
@@ -92,7 +99,11 @@ class Metrics:
 
     def forget_model(self, model: str, version: int) -> None:
         for provider in self._provider_labels.pop((model, version), []):
-            self.providers.remove(model, str(version), provider)
+            if MULTIPROCESS:
+                # A series cannot be removed from the workers' files: 0 says this worker no longer runs it.
+                self.providers.labels(model, str(version), provider).set(0)
+            else:
+                self.providers.remove(model, str(version), provider)
 
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.

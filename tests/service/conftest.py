@@ -66,7 +66,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("PIXELSERVE_")}
-        environment |= {"PIXELSERVE_WATCH_INTERVAL_S": "0", "PIXELSERVE_PROVIDERS": "cpu"} | (env or {})
+        # One worker process unless a test asks for more (`--workers`): the default is one per CPU.
+        environment |= {"PIXELSERVE_WATCH_INTERVAL_S": "0", "PIXELSERVE_PROVIDERS": "cpu", "PIXELSERVE_WORKERS": "1"} | (env or {})
         self.log_path = root.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
