@@ -32,10 +32,13 @@ def check_targets(report: dict) -> list[dict]:
     naive_ort = _point(report, "naive-ort", "v1-json", 64)
     naive_torch = _point(report, "naive-torch", "v1-json", 64)
     ceiling = {c: _point(report, "ceiling", "v1-json", c) for c in (1, 64)}
+    ceiling_workers = _point(report, "ceiling-workers", "v1-json", 64)
     return [
         _target("v1 JSON req/s at 64 connections >= 3x naive FastAPI + ONNX Runtime", _ratio(v1[64], naive_ort, "requests_per_s"), 3.0, unit="x"),
         _target("v1 JSON req/s at 64 connections >= 5x naive FastAPI + PyTorch", _ratio(v1[64], naive_torch, "requests_per_s"), 5.0, unit="x"),
-        _target("v1 JSON req/s at 64 connections >= 60% of the ceiling", _ratio(v1[64], ceiling[64], "requests_per_s"), 0.6, unit="x"),
+        _target("v1 JSON req/s at 64 connections >= 60% of the ceiling (one process)", _ratio(v1[64], ceiling[64], "requests_per_s"), 0.6, unit="x"),
+        _target("v1 JSON req/s at 64 connections >= 60% of the ceiling run with the service's workers",
+                _ratio(v1[64], ceiling_workers, "requests_per_s"), 0.6, unit="x"),
         _target("v1 JSON p99 at 64 connections <= 15 ms", v1[64]["p99_ms"] if v1[64] else None, 15.0, at_most=True, unit="ms"),
         _target("v1 JSON p50 at 1 connection <= 1.5x the ceiling's", _ratio(v1[1], ceiling[1], "p50_ms"), 1.5, at_most=True, unit="x"),
         _target("v2 binary req/s at 64 connections >= v1 JSON's", _ratio(v2_binary, v1[64], "requests_per_s"), 1.0, unit="x"),
@@ -98,7 +101,7 @@ def write_plot(report: dict, path: Path) -> None:
         points = [next((p for p in s["points"] if p["connections"] == count), None) for s in report["series"]]
         rates = [p["requests_per_s"] if p else 0 for p in points]
         colors = ["tab:blue" if s["server"] == "service-on" else "tab:cyan" if s["server"] == "service-off"
-                  else "tab:gray" if s["server"] == "ceiling" else "tab:red" for s in report["series"]]
+                  else "tab:gray" if s["server"].startswith("ceiling") else "tab:red" for s in report["series"]]
         bars = axis.barh(range(len(labels)), rates, color=colors)
         for bar, point in zip(bars, points):
             if point:
