@@ -4,11 +4,12 @@
     .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --duration 3   # a quick look
 
 Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
-MNIST digit per request) for: this service with batching on and off, each over v1 JSON, v2 JSON
-and v2 binary; a naive FastAPI + ONNX Runtime app; the same with PyTorch eager; and the ceiling,
-a raw ASGI app that only parses the JSON body into numpy. Every server is first checked to answer
-the right probabilities (ONNX Runtime's, computed here) and is then warmed up before being timed.
-Writes bench/results/serving.json, serving.md and serving.png.
+MNIST digit per request) for: this service at its default worker count with batching on and off,
+each over v1 JSON, v2 JSON and v2 binary; a naive FastAPI + ONNX Runtime app; the same with
+PyTorch eager; and the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
+one uvicorn process and again with as many SO_REUSEPORT workers as the service. Every server is
+first checked to answer the right probabilities (ONNX Runtime's, computed here) and is then warmed
+up before being timed. Writes bench/results/serving.json, serving.md and serving.png.
 """
 
 from __future__ import annotations
