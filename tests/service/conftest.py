@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -102,6 +103,23 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def predict_across_sigterm(port: int, process: subprocess.Popen) -> bytes:
+    """Send half of a predict request, SIGTERM the server, check that it waits, send the rest: the raw reply."""
+    body = b'{"instances": [[' + b", ".join([b"0.25"] * 784) + b"]]}"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        head = f"POST /v1/models/digits/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        connection.sendall(head.encode() + body[:100])
+        time.sleep(0.3)  # the request is now in flight, its body half sent
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None, "the server quit with a request in flight"
+        connection.sendall(body[100:])
+        reply = bytearray()
+        while chunk := connection.recv(65536):
+            reply += chunk
+    return bytes(reply)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from PIL import Image
 
 from service.imaging import to_model_input
 from tests.onnx_models import reference_probabilities, write_version
-from tests.service.conftest import PROJECT_ROOT, ServerProcess
+from tests.service.conftest import PROJECT_ROOT, ServerProcess, predict_across_sigterm
 
 
 def test_serves_v1_and_health_over_http(server):
@@ -88,20 +87,9 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
     process = ServerProcess(root)
     try:
         process.wait_ready()
-        body = orjson.dumps({"instances": [[0.25] * 784]})
-        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as connection:
-            head = f"POST /v1/models/digits/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            connection.sendall(head.encode() + body[:100])
-            time.sleep(0.3)  # the request is now in flight, its body half sent
-            process.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            assert process.process.poll() is None, "the server quit with a request in flight"
-            connection.sendall(body[100:])
-            reply = io.BytesIO()
-            while chunk := connection.recv(65536):
-                reply.write(chunk)
-        status_line, _, rest = reply.getvalue().partition(b"\r\n")
-        assert b" 200 " in status_line, reply.getvalue()[:500]
+        reply = predict_across_sigterm(process.port, process.process)
+        status_line, _, rest = reply.partition(b"\r\n")
+        assert b" 200 " in status_line, reply[:500]
         answer = orjson.loads(rest.partition(b"\r\n\r\n")[2])
         assert answer["model"] == "digits" and len(answer["predictions"]) == 1
         # uvicorn re-raises the signal once shut down, so the exit status says "terminated by SIGTERM".

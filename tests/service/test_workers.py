@@ -3,7 +3,6 @@ them, restarts, shutdown, and the ways it refuses to start."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import config
 from service.workers import reserve_port, reuseport_socket
 from tests.onnx_models import reference_probabilities, write_version
-from tests.service.conftest import PROJECT_ROOT, ServerProcess
+from tests.service.conftest import PROJECT_ROOT, ServerProcess, predict_across_sigterm
 
 PREDICT = "/v1/models/{name}/predict"
 
@@ -148,19 +147,8 @@ def test_sigterm_stops_every_worker_after_the_request_in_flight(tmp_path):
     try:
         workers = worker_pids(server.process.pid)
         directory = metrics_dir(next(iter(workers)))
-        body = orjson.dumps({"instances": [[0.25] * 784]})
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-            head = f"POST /v1/models/digits/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            connection.sendall(head.encode() + body[:100])
-            time.sleep(0.3)  # the request is now in flight, its body half sent
-            server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            assert server.process.poll() is None, "the supervisor quit with a request in flight"
-            connection.sendall(body[100:])
-            reply = io.BytesIO()
-            while chunk := connection.recv(65536):
-                reply.write(chunk)
-        assert reply.getvalue().startswith(b"HTTP/1.1 200 "), reply.getvalue()[:500]
+        reply = predict_across_sigterm(server.port, server.process)
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:500]
         assert server.process.wait(timeout=10) == 0
         assert not any(alive(pid) for pid in workers)
         assert not directory.exists()
