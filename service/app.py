@@ -31,6 +31,7 @@ from service.errors import PayloadTooLarge, ServiceError
 from service.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.registry import ModelRepository
+from service.workers import rescan_on_request
 
 logger = logging.getLogger("service.requests")
 
@@ -283,6 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await repository.start()
+        rescan_on_request(repository.refresh_soon)  # a reload asked of another worker process
         # Everything loaded so far (libraries, the app, the models) lives as long as the process: exclude it
         # from garbage collection, whose full passes over it otherwise stall requests for tens of milliseconds.
         gc.collect()

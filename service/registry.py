@@ -203,6 +203,7 @@ class ModelRepository:
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
+        self._rescans: set[asyncio.Task] = set()  # asked for by another worker process (refresh_soon)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -215,9 +216,10 @@ class ModelRepository:
             self._watch_task = asyncio.create_task(self._watch(), name="model-repository-watch")
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        scans = [task for task in (self._watch_task, *self._rescans) if task is not None]
+        for task in scans:
+            task.cancel()
+        await asyncio.gather(*scans, return_exceptions=True)
         async with self._lock:
             models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
             self._models, self._defaults = {}, {}
@@ -227,10 +229,21 @@ class ModelRepository:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
-            try:
-                await self.refresh()
-            except Exception:  # a scan that failed once (e.g. a directory vanishing mid-scan) is retried
-                logger.exception("scanning the model repository failed")
+            await self._refresh_logged()
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # a scan that failed once (e.g. a directory vanishing mid-scan) is retried
+            logger.exception("scanning the model repository failed")
+
+    def refresh_soon(self) -> None:
+        """Rescan the whole repository in the background (another worker process was asked to reload)."""
+        if not self.started:
+            return
+        task = asyncio.create_task(self._refresh_logged())
+        self._rescans.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._rescans.discard)
 
     # --- lookups (event loop, no awaits: they see one consistent table) -----------------------------
 

@@ -6,12 +6,17 @@ accepts first keeps the connection, and the split can be very uneven: 56 of 64 o
 The supervisor restarts a worker that dies, gives up on workers that cannot start, and on SIGTERM or
 SIGINT stops them all, letting them finish the requests in flight.
 
+A reload asked of one worker reaches them all: that worker sends the supervisor SIGUSR1, and the supervisor
+sends SIGUSR1 to every worker, each of which then rescans the model repository (`ask_workers_to_rescan`,
+`rescan_on_request`).
+
 Prometheus metrics use prometheus_client's multiprocess mode: each worker writes its samples to files in a
 directory made for this run (PROMETHEUS_MULTIPROC_DIR), and /metrics adds them up (service/api/metrics.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -19,6 +24,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -40,6 +46,22 @@ SPAWN = multiprocessing.get_context("spawn")
 STARTS_BEFORE_GIVING_UP = 3
 # How soon a stop signal is acted on: the wait for a worker's exit resumes after a signal handler runs.
 POLL_INTERVAL_S = 0.2
+# Set in the workers' environment: the process to ask for a rescan of every worker (none: a single process).
+SUPERVISOR_PID = "PIXELSERVE_SUPERVISOR_PID"
+RESCAN_SIGNAL = signal.SIGUSR1
+
+
+def ask_workers_to_rescan() -> None:
+    """From a worker: have every worker rescan the model repository (a no-op in a single process)."""
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor:
+        os.kill(int(supervisor), RESCAN_SIGNAL)
+
+
+def rescan_on_request(rescan: Callable[[], None]) -> None:
+    """In a worker's event loop: call `rescan` whenever the supervisor passes a rescan on."""
+    if SUPERVISOR_PID in os.environ:
+        asyncio.get_running_loop().add_signal_handler(RESCAN_SIGNAL, rescan)
 
 
 def reuseport_socket(family: socket.AddressFamily, address: tuple) -> socket.socket:
@@ -124,11 +146,20 @@ def supervise(app: str, *, factory: bool, host: str, port: int, workers: int, uv
     metrics_dir = tempfile.mkdtemp(prefix="pixelserve-metrics-")
     # Made for this run, so that no counter goes on from an earlier run's files.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[SUPERVISOR_PID] = str(os.getpid())
     stop_signals: list[int] = []
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: stop_signals.append(signum))
+    running: list[_Worker] = []
+
+    def pass_rescan_on(signum: int, frame: object) -> None:
+        for worker in running:
+            if worker.process.exitcode is None and worker.serving.is_set():
+                os.kill(worker.process.pid, RESCAN_SIGNAL)
+
+    signal.signal(RESCAN_SIGNAL, pass_rescan_on)
     logger.info("listening on %s with %d worker processes", _url(reservation), workers)
-    running = [_start_worker(app, factory, reservation, uvicorn_options) for _ in range(workers)]
+    running += [_start_worker(app, factory, reservation, uvicorn_options) for _ in range(workers)]
     try:
         while not stop_signals:
             wait([worker.process.sentinel for worker in running], timeout=POLL_INTERVAL_S)

@@ -28,6 +28,7 @@ from service.predictions import (
     pixels_to_batch,
 )
 from service.registry import ModelDescription, ModelRepository, ServedModel
+from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -196,5 +197,6 @@ async def predict_image(
 async def reload_model(request: Request, name: ModelName) -> Response:
     check_api_key(request)
     description = await _repository(request).reload(name)
+    ask_workers_to_rescan()  # the other worker processes, if any, rescan too
     tag_request(request, name, description.default_version)
     return _json(_summary(description))

@@ -211,3 +211,37 @@ def test_default_workers_follow_the_cpus_and_a_container_limit(monkeypatch, tmp_
     assert config.available_cpus() == 2
     monkeypatch.setattr(config, "CGROUP_CPU_MAX", tmp_path / "absent")
     assert config.available_cpus() == 4
+
+
+def test_a_reload_asked_of_one_worker_reaches_every_worker(tmp_path):
+    root = tmp_path / "models"
+    server = start_two_workers(root)  # the repository is not watched (PIXELSERVE_WATCH_INTERVAL_S=0)
+    try:
+        write_version(root, "digits", 2)
+        answer = httpx.post(f"{server.url}/v1/models/digits/reload")
+        assert answer.status_code == 200 and answer.json()["default_version"] == 2
+
+        def every_worker_serves_version_2() -> bool:
+            # Each request on a connection of its own: with 20 of them, both workers answer (all but 2 in 2**20 times).
+            return all(httpx.get(f"{server.url}/v1/models/digits").json()["default_version"] == 2 for _ in range(20))
+
+        wait_for(every_worker_serves_version_2, timeout_s=10)
+        assert server.process.poll() is None and len(worker_pids(server.process.pid)) == 2
+    finally:
+        server.stop()
+
+
+def test_a_worker_asks_the_supervisor_named_in_its_environment_and_a_single_process_asks_nobody(monkeypatch):
+    from service.workers import RESCAN_SIGNAL, SUPERVISOR_PID, ask_workers_to_rescan
+
+    received = []
+    previous = signal.signal(RESCAN_SIGNAL, lambda signum, frame: received.append(signum))
+    try:
+        monkeypatch.delenv(SUPERVISOR_PID, raising=False)
+        ask_workers_to_rescan()
+        monkeypatch.setenv(SUPERVISOR_PID, str(os.getpid()))  # this test process stands in for the supervisor
+        ask_workers_to_rescan()
+        wait_for(lambda: received, timeout_s=5)
+    finally:
+        signal.signal(RESCAN_SIGNAL, previous)
+    assert received == [RESCAN_SIGNAL]
