@@ -54,7 +54,8 @@ RESCAN_SIGNAL = signal.SIGUSR1
 def ask_workers_to_rescan() -> None:
     """From a worker: have every worker rescan the model repository (a no-op in a single process)."""
     supervisor = os.environ.get(SUPERVISOR_PID)
-    if supervisor:
+    # Only while the supervisor is this process's parent: had it died, its pid could name another process.
+    if supervisor and int(supervisor) == os.getppid():
         os.kill(int(supervisor), RESCAN_SIGNAL)
 
 

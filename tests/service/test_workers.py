@@ -231,17 +231,21 @@ def test_a_reload_asked_of_one_worker_reaches_every_worker(tmp_path):
         server.stop()
 
 
-def test_a_worker_asks_the_supervisor_named_in_its_environment_and_a_single_process_asks_nobody(monkeypatch):
-    from service.workers import RESCAN_SIGNAL, SUPERVISOR_PID, ask_workers_to_rescan
+def test_a_worker_asks_only_its_own_supervisor_and_a_single_process_asks_nobody(monkeypatch):
+    from service import workers
 
     received = []
-    previous = signal.signal(RESCAN_SIGNAL, lambda signum, frame: received.append(signum))
+    previous = signal.signal(workers.RESCAN_SIGNAL, lambda signum, frame: received.append(signum))
     try:
-        monkeypatch.delenv(SUPERVISOR_PID, raising=False)
-        ask_workers_to_rescan()
-        monkeypatch.setenv(SUPERVISOR_PID, str(os.getpid()))  # this test process stands in for the supervisor
-        ask_workers_to_rescan()
+        monkeypatch.delenv(workers.SUPERVISOR_PID, raising=False)
+        workers.ask_workers_to_rescan()  # a single process: nobody to ask
+        # This test process stands in for the supervisor, first as some other process, then as the parent.
+        monkeypatch.setenv(workers.SUPERVISOR_PID, str(os.getpid()))
+        workers.ask_workers_to_rescan()
+        monkeypatch.setattr(workers.os, "getppid", lambda: os.getpid())
+        workers.ask_workers_to_rescan()
         wait_for(lambda: received, timeout_s=5)
+        time.sleep(0.1)  # room for a second signal, were one sent
     finally:
-        signal.signal(RESCAN_SIGNAL, previous)
-    assert received == [RESCAN_SIGNAL]
+        signal.signal(workers.RESCAN_SIGNAL, previous)
+    assert received == [workers.RESCAN_SIGNAL]
