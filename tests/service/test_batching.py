@@ -343,3 +343,22 @@ def test_with_the_thread_cpu_clock_time_spent_waiting_does_not_make_a_run_look_l
 
     asyncio.run(scenario())
     assert model.thread_names == {"batcher", threading.current_thread().name}
+
+
+def test_a_failing_input_fails_only_its_own_request_when_runs_are_on_the_event_loop():
+    model = FakeModel()
+
+    async def scenario():
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
+        await runner.submit(images_for(0))  # measured: the next runs happen on the event loop
+        poisoned = images_for(2)
+        poisoned[0, 0, 5, 5] = POISON
+        results = await asyncio.gather(*(runner.submit(x) for x in (images_for(1), poisoned, images_for(3, 2))), return_exceptions=True)
+        await runner.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert_own_result(1, 1, results[0])
+    assert isinstance(results[1], ValueError) and "poisoned" in str(results[1])
+    assert_own_result(3, 2, results[2])
+    assert threading.current_thread().name in model.thread_names
