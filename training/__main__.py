@@ -12,7 +12,7 @@ from training.data import DATASETS, DatasetNotFound, download_dataset, get_spec,
 from training.download import DownloadError
 from training.export import ExportRefused
 from training.idx import IdxError
-from training.models import ACTIVATIONS, ARCHITECTURES
+from training.models import ACTIVATIONS, ARCHITECTURES, DEFAULT_OPTIONS
 from training.pipeline import ModelCheckFailed, evaluate_published, train_and_publish
 from training.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -132,13 +132,13 @@ def run_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
     )
     arch_options: dict = {}
+    defaults = DEFAULT_OPTIONS.get(args.arch, {})
     if args.arch == "mlp":
-        arch_options = {"hidden": args.hidden or (256, 128), "activation": args.activation}
+        arch_options = {"hidden": args.hidden or defaults["hidden"], "activation": args.activation}
     elif args.arch in ("lenet5", "convnet"):
         if args.channels is not None and len(args.channels) != 2:
             raise SystemExit("error: --channels takes two sizes, e.g. 16,32")
-        arch_options = {"channels": args.channels or ((6, 16) if args.arch == "lenet5" else (16, 32)),
-                        "hidden": args.hidden or ((120, 84) if args.arch == "lenet5" else (128,))}
+        arch_options = {"channels": args.channels or defaults["channels"], "hidden": args.hidden or defaults["hidden"]}
     if args.dropout is not None and args.arch in ("mlp", "lenet5", "convnet"):
         arch_options["dropout"] = args.dropout
     version_dir, card = train_and_publish(

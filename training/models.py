@@ -96,10 +96,7 @@ class LeNet5(nn.Module):
     layers of 120 and 84 units; with batch norm, ReLU and max pooling, as it is built today.
     About a tenth of the batch-norm convnet's arithmetic, for a model that answers in microseconds."""
 
-    def __init__(
-        self, num_classes: int = 10, channels: tuple[int, int] = (6, 16), hidden: tuple[int, ...] = (120, 84),
-        dropout: float = 0.1,
-    ):
+    def __init__(self, num_classes: int, channels: tuple[int, int], hidden: tuple[int, ...], dropout: float):
         super().__init__()
         c1, c2 = channels
         self.normalize = Normalize()
@@ -173,28 +170,37 @@ class WithSoftmax(nn.Module):
 ARCHITECTURES = ("softmax", "mlp", "lecun1989", "lenet5", "convnet")
 
 
+# What an architecture is built with when an option is not given (the CLI records them in the model card).
+DEFAULT_OPTIONS: dict[str, dict] = {
+    "mlp": {"hidden": (256, 128), "activation": "relu", "dropout": 0.2},
+    "lenet5": {"channels": (6, 16), "hidden": (120, 84), "dropout": 0.1},
+    "convnet": {"channels": (16, 32), "hidden": (128,), "dropout": 0.3},
+}
+
+
 def build_model(
     arch: str,
     num_classes: int = 10,
     *,
     hidden: tuple[int, ...] | None = None,
-    activation: str = "relu",
+    activation: str | None = None,
     channels: tuple[int, int] | None = None,
     dropout: float | None = None,
 ) -> nn.Module:
-    """Make an untrained classifier; options that an architecture has no use for are ignored."""
+    """Make an untrained classifier; options not given take DEFAULT_OPTIONS, those an architecture has no
+    use for are ignored."""
+    given = {"hidden": hidden, "activation": activation, "channels": channels, "dropout": dropout}
+    options = DEFAULT_OPTIONS.get(arch, {}) | {k: v for k, v in given.items() if v is not None}
     if arch == "softmax":
         return SoftmaxRegression(num_classes)
     if arch == "mlp":
-        return MLP(num_classes, hidden if hidden is not None else (256, 128), activation,
-                   0.2 if dropout is None else dropout)
+        return MLP(num_classes, options["hidden"], options["activation"], options["dropout"])
     if arch == "lecun1989":
         return LeCun1989(num_classes)
     if arch == "lenet5":
-        return LeNet5(num_classes, channels or (6, 16), hidden if hidden is not None else (120, 84),
-                      0.1 if dropout is None else dropout)
+        return LeNet5(num_classes, options["channels"], options["hidden"], options["dropout"])
     if arch == "convnet":
-        return ConvNet(num_classes, channels or (16, 32), (hidden or (128,))[0], 0.3 if dropout is None else dropout)
+        return ConvNet(num_classes, options["channels"], options["hidden"][0], options["dropout"])
     raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
 
 
