@@ -29,7 +29,10 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
+    from service.http_protocol import OneWriteProtocol
+
     uvicorn_options = dict(
+        http=OneWriteProtocol,  # httptools, each response in one socket write
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
