@@ -26,7 +26,7 @@ from PIL import Image
 
 from service.api.dependencies import require_api_key, tag_request
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, decode_picture, preprocess_image, to_png
+from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_and_picture, to_png
 from service.predictions import format_predictions
 
 logger = logging.getLogger(__name__)
@@ -142,9 +142,8 @@ def display_picture(image: Image.Image) -> str:
 
 
 def prepare_picture(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Picture bytes -> (model input [1,28,28], the picture to show back), from one decode."""
-    picture = decode_picture(data, max_pixels=max_pixels)
-    x = preprocess_image(picture, method)
+    """Picture bytes -> (model input [1,28,28], the picture to show back); the input is the API's own."""
+    x, picture = to_model_input_and_picture(data, method, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
     return x, display_picture(picture)
 
 

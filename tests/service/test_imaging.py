@@ -3,6 +3,7 @@ and clothes against the clean 28x28 originals (tensor similarity, and the shippe
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import struct
@@ -462,3 +463,21 @@ def test_any_picture_gives_a_valid_input_or_says_why_not(data, method):
         return
     assert x.shape == (1, 28, 28) and x.dtype == np.float32
     assert np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.0
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG"])
+def test_the_page_gets_the_apis_input_and_a_picture_to_show(format):
+    from service.api.web import DISPLAY_SIZE, prepare_picture
+
+    photo = drawn_seven(3000, ink=(30, 40, 160), paper=(235, 225, 200), mode="RGB")  # blue ink on cream paper
+    data = encode(photo, format, **({"quality": 90} if format == "JPEG" else {}))
+    x, picture = imaging.to_model_input_and_picture(data, "mnist-digit", max_pixels=MAX_PIXELS, picture_side=DISPLAY_SIZE)
+
+    np.testing.assert_array_equal(x, imaging.to_model_input(data, "mnist-digit", max_pixels=MAX_PIXELS))
+    assert picture.mode == "RGB" and picture.getpixel((5, 5))[2] < 215  # still in colour: cream, not grey
+    # A JPEG is decoded at a reduced scale (1/8 here: 375 >= 280 pixels a side); other formats whole.
+    assert picture.size == ((375, 375) if format == "JPEG" else (3000, 3000))
+    page_x, page_picture = prepare_picture(data, "mnist-digit", MAX_PIXELS)
+    np.testing.assert_array_equal(page_x, x)
+    shown = Image.open(io.BytesIO(base64.b64decode(page_picture.partition(",")[2])))
+    assert max(shown.size) == DISPLAY_SIZE
