@@ -1,7 +1,7 @@
 """Serving benchmark: every server on loopback, driven by wrk, in one run.
 
-    .venv/bin/python bench/serving.py                 # the full run (about 5 minutes)
-    .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --duration 3   # a quick look
+    .venv/bin/python bench/serving.py                 # the full run (about 8 minutes)
+    .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --rounds 1 --duration 3   # a quick look
 
 Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
 MNIST digit per request) for: this service at its default worker count with batching on and off,
@@ -9,7 +9,9 @@ each over v1 JSON, v2 JSON and v2 binary; a naive FastAPI + ONNX Runtime app; th
 PyTorch eager; and the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
 one uvicorn process and again with as many SO_REUSEPORT workers as the service. Every server is
 first checked to answer the right probabilities (ONNX Runtime's, computed here) and is then warmed
-up before being timed. Writes bench/results/serving.json, serving.md and serving.png.
+up before being timed. The whole sequence runs `--rounds` times, each server started anew each round,
+and every figure reported is the median over the rounds. Writes bench/results/serving.json,
+serving.md and serving.png.
 """
 
 from __future__ import annotations
@@ -73,7 +75,26 @@ class Series:
     label: str
     protocol: str
     workers: int
-    points: list[Point] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)  # per connection count: the median over the rounds
+    rounds: list[list[Point]] = field(default_factory=list)  # every round's points, as measured
+
+
+def median_point(points: tuple[Point, ...]) -> Point:
+    """Each figure's median over the rounds of one connection count; requests and errors summed."""
+
+    def median(key: str) -> float:
+        return float(np.median([getattr(p, key) for p in points]))
+
+    errors: dict[str, int] = {}
+    for point in points:
+        for kind, count in point.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    return Point(
+        connections=points[0].connections, requests=sum(p.requests for p in points),
+        requests_per_s=round(median("requests_per_s"), 1), p50_ms=median("p50_ms"), p90_ms=median("p90_ms"),
+        p99_ms=median("p99_ms"), max_ms=max(p.max_ms for p in points),
+        server_cpu_ms_per_request=round(median("server_cpu_ms_per_request"), 3), errors=errors,
+    )
 
 
 def free_port() -> int:
@@ -234,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository (default models/)")
     parser.add_argument("--model", default="mnist-convnet", help="model to serve (default %(default)s)")
-    parser.add_argument("--duration", type=int, default=6, help="seconds per measured point (default %(default)s)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per measured point (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every server is started and measured; each figure is the median over the rounds (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each series is timed (default %(default)s)")
     parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts (default %(default)s)")
     parser.add_argument("--only", help="comma-separated series to run, as server[:protocol], e.g. service-on:v1-json,ceiling")
@@ -261,28 +284,35 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     load_before = os.getloadavg()
-    results: list[Series] = []
+    measured: dict[tuple[str, str], Series] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         scratch_dir = Path(scratch)
         for protocol, body in bodies.items():
             (scratch_dir / protocol).write_bytes(body.content)
-        for server in servers(model_dir, repository, service_env, args.service_workers):
-            protocols = [p for p in server.paths if wanted is None or (server.key, p) in wanted or (server.key, None) in wanted]
-            if not protocols:
-                continue
-            with Running(server, scratch_dir) as running:
-                check_answers(running, bodies, expected, card["classes"])
-                for protocol in protocols:
-                    series = Series(server.key, server.label, protocol, server.workers)
-                    body_file = scratch_dir / protocol
-                    group = running.process.pid
-                    wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup, group)
-                    for count in connections:
-                        point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration, group)
-                        series.points.append(point)
-                        print(f"{server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
-                              f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
-                    results.append(series)
+        # Rounds rather than repeats of one point: a fresh start redraws how connections spread over workers,
+        # and noise from the shared machine falls on different servers each time.
+        for round_number in range(1, args.rounds + 1):
+            for server in servers(model_dir, repository, service_env, args.service_workers):
+                protocols = [p for p in server.paths if wanted is None or (server.key, p) in wanted or (server.key, None) in wanted]
+                if not protocols:
+                    continue
+                with Running(server, scratch_dir) as running:
+                    check_answers(running, bodies, expected, card["classes"])
+                    for protocol in protocols:
+                        series = measured.setdefault((server.key, protocol), Series(server.key, server.label, protocol, server.workers))
+                        body_file = scratch_dir / protocol
+                        group = running.process.pid
+                        wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup, group)
+                        points = []
+                        for count in connections:
+                            point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration, group)
+                            points.append(point)
+                            print(f"round {round_number} {server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
+                                  f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
+                        series.rounds.append(points)
+    results = list(measured.values())
+    for series in results:
+        series.points = [median_point(points) for points in zip(*series.rounds)]
 
     report = {
         "command": " ".join([os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable,
@@ -294,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"name": card["name"], "version": card["version"], "sha256": card["onnx"]["sha256"],
                   "architecture": card.get("architecture", {}).get("description")},
         "request": "one MNIST test digit per request (784 float pixels in [0, 1]); wrk -t1 --latency",
-        "duration_s": args.duration, "warmup_s": args.warmup, "connections": connections,
+        "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds, "connections": connections,
         "service_settings": {**service_env, "workers": args.service_workers},
         "series": [asdict(s) for s in results],
     }

@@ -56,7 +56,8 @@ def write_markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [
         f"Model `{report['model']['name']}` version {report['model']['version']}; {report['request']}; "
-        f"{report['duration_s']:g} s per point after {report['warmup_s']:g} s of warm-up.",
+        f"{report['duration_s']:g} s per point after {report['warmup_s']:g} s of warm-up; "
+        f"each figure the median of {report.get('rounds', 1)} rounds, every server started anew each round.",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, Python {machine['python']}, {machine['wrk']}; "
         f"load average before {machine['load_average_before'][0]}, after {machine['load_average_after'][0]}.",
         f"Command: `{report['command']}` ({report['wall_time_s']:.0f} s).",
