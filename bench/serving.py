@@ -289,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         scratch_dir = Path(scratch)
         for protocol, body in bodies.items():
             (scratch_dir / protocol).write_bytes(body.content)
-        # Rounds rather than repeats of one point: a fresh start redraws how connections spread over workers,
-        # and noise from the shared machine falls on different servers each time.
+        # Rounds rather than repeats of one point: noise from the shared machine (slow spells of tens of
+        # seconds) falls on different servers in each round, and a fresh start redraws how connections
+        # spread over workers.
+        lineup = servers(model_dir, repository, service_env, args.service_workers)
         for round_number in range(1, args.rounds + 1):
-            for server in servers(model_dir, repository, service_env, args.service_workers):
+            shift = (round_number - 1) * len(lineup) // args.rounds  # each round starts elsewhere in the line-up
+            for server in lineup[shift:] + lineup[:shift]:
                 protocols = [p for p in server.paths if wanted is None or (server.key, p) in wanted or (server.key, None) in wanted]
                 if not protocols:
                     continue
