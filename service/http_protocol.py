@@ -1,11 +1,11 @@
 """uvicorn's HTTP protocol (httptools), with each response leaving in one socket write.
 
 uvicorn writes a response's status line and headers, then its body, as two writes: two send()
-system calls per response, each costing as much as a small model run on loopback. `OneWriteProtocol` holds
-the status line and headers back and sends them together with the body's first write. Should no
-body write follow in the same event-loop step (a HEAD answer, a streamed body that starts later,
-"100 Continue"), the held bytes go out at the start of the next step, so nothing waits long and the
-order of bytes never changes.
+system calls per response, each ~4.5 us of CPU on loopback (bench/socket_writes.py), and two
+segments for the client to read. `OneWriteProtocol` holds the status line and headers back and
+sends them together with the body's first write. Should no body write follow in the same
+event-loop step (a HEAD answer, a streamed body that starts later, "100 Continue"), the held bytes
+go out at the start of the next step, so nothing waits long and the order of bytes never changes.
 """
 
 from __future__ import annotations
