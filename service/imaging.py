@@ -65,8 +65,8 @@ def to_model_input_and_picture(data: bytes, method: str, *, max_pixels: int, pic
     least `picture_side` pixels a side where it is larger. A JPEG is decoded twice, each time at a
     reduced scale, which costs far less than decoding a photo once at full size; other formats once."""
     if data[:3] == JPEG_START:
-        picture = _decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
-        return to_model_input(data, method, max_pixels=max_pixels), picture
+        x = to_model_input(data, method, max_pixels=max_pixels)  # first: a bad method or picture fails before a second decode
+        return x, _decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
     picture = decode_picture(data, max_pixels=max_pixels)
     return preprocess_image(picture, method), picture
 

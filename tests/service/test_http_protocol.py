@@ -213,9 +213,17 @@ def test_python_m_service_serves_with_this_protocol(monkeypatch, repository):
     import service.__main__ as cli
     import service.workers
 
-    used: dict[int, dict] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: used.setdefault(1, options))
-    monkeypatch.setattr(service.workers, "supervise", lambda app, **arguments: used.setdefault(2, arguments["uvicorn_options"]) and 0)
+    used: dict[int, dict] = {}  # worker count -> the uvicorn options it ran with
+
+    def run_one_process(app, **options) -> None:
+        used[1] = options
+
+    def supervise_workers(app, **arguments) -> int:
+        used[2] = arguments["uvicorn_options"]
+        return 0
+
+    monkeypatch.setattr(uvicorn, "run", run_one_process)
+    monkeypatch.setattr(service.workers, "supervise", supervise_workers)
     for workers in ("1", "2"):
         monkeypatch.setenv("PIXELSERVE_WORKERS", workers)  # restored after the test, as main() sets it
         monkeypatch.setenv("PIXELSERVE_MODEL_REPOSITORY", str(repository))
