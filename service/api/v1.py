@@ -1,7 +1,8 @@
 """The v1 REST surface: list and describe models, predict from JSON pixels or pictures, reload a model.
 
-Predict bodies are read as bytes, parsed with orjson and converted to numpy in one go (see
-service.predictions); answers are serialised with orjson. The OpenAPI document still describes both.
+Predict bodies are read as bytes. Plain numeric instances go straight from the JSON text to numpy
+(service.json_pixels); any other body is parsed with orjson and converted in one go (see
+service.predictions). Answers are serialised with orjson. The OpenAPI document still describes both.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from starlette.formparsers import MultiPartException
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
 from service.errors import InvalidInput
+from service.json_pixels import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
+    check_pixels,
     decode_base64_picture,
     format_predictions,
     pictures_to_batch,
@@ -111,6 +114,20 @@ async def _answer(request: Request, served: ServedModel, batch, top_k: int | Non
     return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
 
 
+def _v1_payload(body: bytes) -> dict:
+    """The predict body parsed with orjson, with its fields checked; instances are left as JSON values."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"the body is not valid JSON ({error}); send {{\"instances\": [...]}}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
+    unknown = set(payload) - V1_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
+    return payload
+
+
 @router.post(
     "/models/{name}/predict", response_model=schemas.PredictResponse, responses=ERRORS,
     summary="Classify images sent as JSON pixel arrays or base64 pictures",
@@ -120,20 +137,19 @@ async def _answer(request: Request, served: ServedModel, batch, top_k: int | Non
 async def predict(request: Request, name: ModelName) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
-    try:
-        payload = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"the body is not valid JSON ({error}); send {{\"instances\": [...]}}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-        raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
-    unknown = set(payload) - {"instances", "top_k", "version"}
-    if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
-    instances = payload["instances"]
+    body = await request.body()
+    numeric = read_numeric_instances(body)
+    if numeric is not None:
+        instances, payload = numeric
+    else:
+        payload = _v1_payload(body)
+        instances = payload["instances"]
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
 
+    if numeric is not None:
+        return await _answer(request, served, check_pixels(instances, "instances"), top_k)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
         batch = pixels_to_batch(instances)

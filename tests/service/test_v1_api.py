@@ -10,6 +10,7 @@ import orjson
 import pytest
 from PIL import Image
 
+import service.api.v1
 from service.imaging import to_model_input
 from tests.onnx_models import DIGIT_CLASSES, FASHION_CLASSES, reference_probabilities
 from tests.service.conftest import MAX_INSTANCES
@@ -143,6 +144,40 @@ def test_predict_clips_rounding_slack_just_outside_0_1(client):
     x[0, :10] = -0.0004
     answer = client.post("/v1/models/digits/predict", json={"instances": x.tolist()}).json()
     np.testing.assert_allclose(probabilities_of(answer), reference_probabilities(np.clip(x, 0, 1), seed=2), atol=TOLERANCE)
+
+
+def test_numeric_bodies_answer_the_same_with_and_without_the_json_accelerator(client, monkeypatch):
+    x = pixels(3, seed=5)
+    bodies = [
+        {"instances": x.reshape(3, 784).tolist(), "top_k": 2},
+        {"instances": x[:, 0].tolist(), "version": 1},
+        {"instances": [x[0, 0].tolist(), x[1].reshape(784).tolist(), x[2].tolist()]},
+        {"instances": [[1.5] + [0.0] * 783]},  # outside [0, 1]
+        {"instances": [[0.5] * 784], "top_k": 0},
+        {"instances": [[0.5] * 784], "version": 99},
+        {"instances": [[0.5] * 784] * (MAX_INSTANCES + 1)},
+    ]
+    read = service.api.v1.read_numeric_instances
+    accelerated = []
+
+    def reading(body: bytes):
+        result = read(body)
+        accelerated.append(result is not None)
+        return result
+
+    def refusing(body: bytes):
+        return None
+
+    answers = {}
+    for name, reader in (("accelerator", reading), ("orjson", refusing)):
+        monkeypatch.setattr("service.api.v1.read_numeric_instances", reader)
+        answers[name] = [
+            (response.status_code, response.content)
+            for response in (client.post("/v1/models/digits/predict", content=orjson.dumps(body)) for body in bodies)
+        ]
+    assert accelerated == [True] * len(bodies)
+    assert answers["accelerator"] == answers["orjson"]
+    assert [status for status, _ in answers["orjson"]] == [200, 200, 200, 422, 422, 404, 422]
 
 
 def test_predict_base64_picture_with_data_url_prefix(client):
