@@ -1,6 +1,7 @@
 """Open Inference Protocol (V2) data types: JSON tensors and the binary tensor data extension.
 
-Requests are parsed with orjson straight into numpy (no per-element validation objects), then checked
+Requests are parsed straight into numpy (no per-element validation objects): a flat "data" list of
+numbers by simdjson (service.json_tensors), anything else by orjson. They are then checked
 for what our models accept: one image tensor of shape [N, 1, 28, 28] or [N, 784], pixels in [0, 1]
 checked by the same rules as the v1 surface (rounding slack just outside [0, 1] is clipped).
 
@@ -22,6 +23,7 @@ import orjson
 from pydantic import BaseModel
 
 from service.errors import InvalidInput
+from service.json_tensors import read_infer_document
 from service.predictions import check_pixels
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -97,10 +99,12 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     else:
         length = _header_length(header_length, len(body))
         header, binary = body[:length], memoryview(body)[length:]
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}") from None
+    document = read_infer_document(header)
+    if document is None:
+        try:
+            document = orjson.loads(header)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the request is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput('the request must be a JSON object {"inputs": [...]}')
 
@@ -179,6 +183,8 @@ def _decode_input(tensor: object, position: int, binary: memoryview, offset: int
 
 def _json_data(values: object, where: str) -> np.ndarray:
     """JSON numbers as a flat numpy array (float64 or int64); the datatype is applied by image_batch."""
+    if isinstance(values, np.ndarray):  # read straight from the JSON text by read_infer_document
+        return values
     if not isinstance(values, list):
         raise InvalidInput(f"{where}.data must be a list of numbers (flat or nested)")
     try:

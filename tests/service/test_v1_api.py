@@ -151,7 +151,7 @@ def test_numeric_bodies_answer_the_same_with_and_without_the_json_accelerator(cl
     bodies = [
         {"instances": x.reshape(3, 784).tolist(), "top_k": 2},
         {"instances": x[:, 0].tolist(), "version": 1},
-        {"instances": [x[0, 0].tolist(), x[1].reshape(784).tolist(), x[2].tolist()]},
+        {"instances": x.tolist()},
         {"instances": [[1.5] + [0.0] * 783]},  # outside [0, 1]
         {"instances": [[0.5] * 784], "top_k": 0},
         {"instances": [[0.5] * 784], "version": 99},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from unittest import mock
 
 import numpy as np
 import orjson
@@ -13,8 +14,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from service.errors import InvalidInput
-from service.json_pixels import read_numeric_instances
+from service.json_tensors import BYTE_ORDER_MARK, read_infer_document, read_numeric_instances
 from service.predictions import check_pixels, pixels_to_batch
+from service.v2_codec import decode_request, image_batch
 
 RNG = np.random.default_rng(7)
 IMAGES = RNG.random((3, 28, 28), dtype=np.float32)
@@ -40,8 +42,8 @@ def test_each_layout_gives_the_orjson_paths_array(layout):
     assert fields == {}
 
 
-def test_mixed_layouts_fields_whitespace_and_number_forms():
-    instances = [LAYOUTS[name](image) for name, image in zip(LAYOUTS, IMAGES)]
+def test_fields_whitespace_and_number_forms():
+    instances = [LAYOUTS["flat"](image) for image in IMAGES]
     instances[0][:4] = [0, 1, 1e-1, 2.5E-1]  # integers and exponents are numbers too
     body = json.dumps({"version": 1, "instances": instances, "top_k": 3}, indent=2).encode()
     pixels, fields = read_numeric_instances(body)
@@ -80,6 +82,7 @@ NOT_FOR_THE_ACCELERATOR = {
     "empty instances": body_of([]),
     "a field that is a list": body_of([FLAT], top_k=[1]),
     "a bracket in a string field": body_of([FLAT], version="["),
+    "mixed layouts": body_of([FLAT, ROWS]),  # the orjson path names the instance in its errors
     "a picture": body_of([{"image_base64": "iVBORw0KGgo="}]),
     "a null pixel": body_of([[None, *FLAT[1:]]]),
     "a string pixel": body_of([["0", *FLAT[1:]]]),
@@ -158,3 +161,82 @@ def test_any_answer_it_gives_is_the_orjson_paths(body):
             check_pixels(pixels, "instances")
     else:
         np.testing.assert_array_equal(check_pixels(pixels, "instances"), expected)
+
+
+# --- v2 infer documents ----------------------------------------------------------------------------
+
+
+def infer_body(data, shape=(1, 784), datatype="FP32", **extra) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "input", "shape": list(shape), "datatype": datatype, "data": data}], **extra})
+
+
+def outcome(body: bytes, *, accelerated: bool) -> tuple:
+    """What the codec makes of a body: the request's fields and batch, or the error it says."""
+    with mock.patch("service.v2_codec.read_infer_document", read_infer_document if accelerated else refuse):
+        try:
+            request = decode_request(body, None)
+            batch = image_batch(request, input_name="input", max_batch=4)
+        except InvalidInput as error:
+            return ("invalid", str(error))
+    return ("batch", request.id, request.outputs, request.binary_output, batch.tobytes())
+
+
+def refuse(header: bytes) -> None:
+    return None
+
+
+def test_flat_data_is_read_as_float64_and_the_rest_as_orjson_reads_it():
+    body = infer_body(FLAT, id="r-1", parameters={"binary_data_output": True}, outputs=[{"name": "probabilities"}])
+    document = read_infer_document(body)
+    data = document["inputs"][0].pop("data")
+    assert data.dtype == np.float64
+    np.testing.assert_array_equal(data, np.asarray(FLAT, dtype=np.float64))
+    expected = orjson.loads(body)
+    del expected["inputs"][0]["data"]
+    assert document == expected
+    assert outcome(body, accelerated=True) == outcome(body, accelerated=False)
+
+
+V2_NOT_FOR_THE_ACCELERATOR = {
+    "nested data": infer_body(ROWS, shape=(1, 28, 28)),
+    "a null in the data": infer_body([None, *FLAT[1:]]),
+    "a bracket in a string": infer_body(FLAT, id="[1]"),
+    "a repeated key": infer_body(FLAT)[:-1] + b', "id": "a", "id": "b"}',
+    "a repeated tensor key": infer_body(FLAT).replace(b'"name":"input"', b'"name":"input","name":"x"'),
+    "byte order mark": BYTE_ORDER_MARK + infer_body(FLAT),
+    "not an object": orjson.dumps([FLAT]),
+}
+
+
+@pytest.mark.parametrize("case", V2_NOT_FOR_THE_ACCELERATOR)
+def test_v2_documents_left_to_orjson(case):
+    body = V2_NOT_FOR_THE_ACCELERATOR[case]
+    assert read_infer_document(body) is None
+    assert outcome(body, accelerated=True) == outcome(body, accelerated=False)
+
+
+V2_FIELD_VALUES = st.sampled_from([None, 1, "x", "[", [], [1, [2]], {"a": [1]}, {"binary_data_output": True}, True])
+
+
+@st.composite
+def damaged_infer_bodies(draw):
+    data = draw(st.sampled_from([FLAT, ROWS, [FLAT, FLAT], [0, 1] * 392, FLAT[:-1]]))
+    data = copy.deepcopy(data)
+    for _ in range(draw(st.integers(0, 2))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(INTRUDERS)
+    tensor = {"name": draw(st.sampled_from(["input", "other"])), "shape": draw(st.sampled_from([[1, 784], [1, 1, 28, 28], [2, 784], [784]])),
+              "datatype": draw(st.sampled_from(["FP32", "FP64", "UINT8", "INT8"])), "data": data}
+    for field in draw(st.lists(st.sampled_from(["name", "shape", "datatype", "data", "parameters"]), max_size=2)):
+        tensor[field] = draw(V2_FIELD_VALUES)
+    document = {"inputs": [tensor] * draw(st.integers(1, 2))}
+    for field in draw(st.lists(st.sampled_from(["id", "parameters", "outputs", "inputs"]), max_size=2)):
+        document[field] = draw(V2_FIELD_VALUES)
+    return orjson.dumps(document)
+
+
+@settings(max_examples=300, deadline=None)
+@given(damaged_infer_bodies())
+def test_any_infer_document_it_reads_decodes_as_orjsons_would(body):
+    event("left to orjson" if read_infer_document(body) is None else "read by the accelerator")
+    assert outcome(body, accelerated=True) == outcome(body, accelerated=False)
