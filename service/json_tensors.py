@@ -46,7 +46,7 @@ def read_numeric_instances(body: bytes) -> tuple[np.ndarray, dict] | None:
     if per_instance is None or any(_arrays_in_instance(instance) != per_instance for instance in instances):
         return None
     arrays = 1 + len(instances) * per_instance  # and the instances list itself
-    if body.count(b"[") != arrays:
+    if _brackets(body) != arrays:
         return None
     numbers = _numbers(instances)
     if numbers is None or numbers.size != len(instances) * SIDE * SIDE:
@@ -93,7 +93,7 @@ def read_infer_document(header: bytes) -> dict | None:
         else:
             result[key], lists = _plain(value)
             arrays += lists
-    if header.count(b"[") != arrays:
+    if _brackets(header) != arrays:
         return None
     return result
 
@@ -109,6 +109,12 @@ def _parse_object(text: bytes) -> simdjson.Object | None:
     if not isinstance(document, simdjson.Object) or _unique_keys(document) is None:
         return None
     return document
+
+
+def _brackets(text: bytes) -> int:
+    """How many '[' the text holds. bytes.count walks the text byte by byte; replace finds each one with
+    memchr, several times faster on a 6 KB body."""
+    return len(text) - len(text.replace(b"[", b""))
 
 
 def _unique_keys(document: simdjson.Object) -> list[str] | None:
