@@ -42,10 +42,10 @@ def read_numeric_instances(body: bytes) -> tuple[np.ndarray, dict] | None:
         return None
     # Instances all of one layout: the orjson path checks mixed layouts one instance at a time, and
     # its errors then name the instance.
-    per_instance = _arrays_in_instance(instances[0])
-    if per_instance is None or any(_arrays_in_instance(instance) != per_instance for instance in instances):
+    layouts = {_arrays_in_instance(instance) for instance in instances}
+    if len(layouts) != 1 or None in layouts:
         return None
-    arrays = 1 + len(instances) * per_instance  # and the instances list itself
+    arrays = 1 + len(instances) * layouts.pop()  # the instances list and each instance's arrays
     if _brackets(body) != arrays:
         return None
     numbers = _numbers(instances)
@@ -67,35 +67,39 @@ def read_infer_document(header: bytes) -> dict | None:
     for key in document.keys():
         value = document[key]
         if key == "inputs" and isinstance(value, simdjson.Array):
-            arrays += 1
-            result[key] = tensors = []
-            for tensor in value:
-                if isinstance(tensor, simdjson.Object):
-                    tensor_fields = _unique_keys(tensor)
-                    if tensor_fields is None:
-                        return None
-                    plain = {}
-                    for field in tensor_fields:
-                        field_value = tensor[field]
-                        if field == "data" and isinstance(field_value, simdjson.Array):
-                            plain[field] = _numbers(field_value)
-                            if plain[field] is None:
-                                return None
-                            arrays += 1
-                        else:
-                            plain[field], lists = _plain(field_value)
-                            arrays += lists
-                    tensors.append(plain)
-                else:
-                    plain, lists = _plain(tensor)
-                    tensors.append(plain)
-                    arrays += lists
+            tensors = [_tensor(item) for item in value]
+            if None in tensors:
+                return None
+            result[key] = [plain for plain, _ in tensors]
+            arrays += 1 + sum(count for _, count in tensors)
         else:
             result[key], lists = _plain(value)
             arrays += lists
     if _brackets(header) != arrays:
         return None
     return result
+
+
+def _tensor(value: object) -> tuple[object, int] | None:
+    """One input tensor as Python values, its "data" as a float64 array when that is a list, and how
+    many arrays it holds; None if its data holds something other than numbers or a key repeats."""
+    if not isinstance(value, simdjson.Object):
+        return _plain(value)
+    fields = _unique_keys(value)
+    if fields is None:
+        return None
+    plain, arrays = {}, 0
+    for field in fields:
+        item = value[field]
+        if field == "data" and isinstance(item, simdjson.Array):
+            plain[field] = _numbers(item)
+            if plain[field] is None:
+                return None
+            arrays += 1
+        else:
+            plain[field], lists = _plain(item)
+            arrays += lists
+    return plain, arrays
 
 
 def _parse_object(text: bytes) -> simdjson.Object | None:
