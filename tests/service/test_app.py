@@ -178,6 +178,13 @@ def test_health(client):
     assert ready.json()["models"] == {"broken": "UNAVAILABLE", "digits": "READY", "fashion": "READY"}
 
 
+def test_health_probes_answer_head_and_stay_once_in_the_openapi_document(client):
+    for path in ("/v2/health/live", "/healthz", "/v2/health/ready"):
+        probe = client.head(path)
+        assert probe.status_code == 200 and probe.content == b"", path
+        assert "head" not in client.get("/openapi.json").json()["paths"][path]
+
+
 def test_not_ready_when_no_model_can_serve(tmp_path):
     from tests.onnx_models import write_bad_onnx
 
@@ -185,6 +192,7 @@ def test_not_ready_when_no_model_can_serve(tmp_path):
     with TestClient(create_app(make_settings(tmp_path))) as client:
         ready = client.get("/v2/health/ready")
         assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert client.head("/v2/health/ready").status_code == 503
         assert client.get("/v2/health/live").status_code == 200
 
 
