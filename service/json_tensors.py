@@ -122,8 +122,12 @@ def _brackets(text: bytes) -> int:
 
 
 def _unique_keys(document: simdjson.Object) -> list[str] | None:
+    """The object's keys, if none repeats and each can be looked up: simdjson cannot find a key that
+    holds a NUL character ("\\u0000") by name."""
     keys = list(document.keys())
-    return keys if len(keys) == len(set(keys)) else None
+    if len(keys) != len(set(keys)) or any("\0" in key for key in keys):
+        return None
+    return keys
 
 
 def _numbers(array: simdjson.Array) -> np.ndarray | None:

@@ -93,6 +93,7 @@ NOT_FOR_THE_ACCELERATOR = {
     "a long row": body_of([[[*ROWS[0], 0.5], *ROWS[1:]]]),
     "a row that is a number": body_of([[0.5, *ROWS[1:]]]),
     "big integer": '{"instances": [[18446744073709551616, ' + FLAT_TEXT[FLAT_TEXT.index(",") + 1 :] + "]}",
+    "a key with a NUL character": body_of([FLAT])[:-1] + ', "top\\u0000k": 1}',  # simdjson cannot look it up
 }
 
 
@@ -205,6 +206,9 @@ V2_NOT_FOR_THE_ACCELERATOR = {
     "a repeated tensor key": infer_body(FLAT).replace(b'"name":"input"', b'"name":"input","name":"x"'),
     "byte order mark": BYTE_ORDER_MARK + infer_body(FLAT),
     "not an object": orjson.dumps([FLAT]),
+    # simdjson lists such a key but cannot look it up by name (found by the property in test_v2_codec).
+    "a key with a NUL character": infer_body(FLAT)[:-1] + b', "a\\u0000b": 1}',
+    "a tensor key with a NUL character": infer_body(FLAT).replace(b'"name":"input"', b'"name":"input","x\\u0000":1'),
 }
 
 
