@@ -37,13 +37,16 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,  # the app logs requests itself
         timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
     )
-    if settings.workers > 1:
+    from service.runtime import gpu_serves
+
+    workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
+    if workers > 1:
         from service.observability import configure_logging
         from service.workers import supervise
 
         configure_logging(settings.log_level, settings.log_format)
         return supervise(
-            "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+            "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
             uvicorn_options=uvicorn_options,
         )
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--providers", help="ONNX Runtime execution providers in order, comma-separated (cuda, cpu)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["json", "text"])
-    parser.add_argument("--workers", type=int, help="worker processes, each with its own listening socket on the port (default: one per CPU)")
+    parser.add_argument("--workers", type=int, help="worker processes, each with its own listening socket on the port (default: one per CPU; one when a GPU serves)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests in flight on shutdown")
     return serve(parser.parse_args(argv))
 

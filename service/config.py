@@ -61,16 +61,23 @@ class Settings(BaseSettings):
     model_repository: Path = Field(DEFAULT_REPOSITORY, description="Directory holding <name>/<version>/model.onnx")
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: a free one, logged at start)")
-    workers: int = Field(
-        default_factory=available_cpus, ge=1,
+    workers: int | None = Field(
+        None, ge=1,
         description="Worker processes, each with its own listening socket on the port (SO_REUSEPORT: the kernel "
         "spreads connections across them) and its own copy of every model. Default: one per CPU this process may "
         "use (its CPU affinity, capped by a container's CPU limit), each running ONNX Runtime on 1 thread "
-        "(ort_intra_op_threads, ort_inter_op_threads), so that together they do not oversubscribe the cores",
+        "(ort_intra_op_threads, ort_inter_op_threads), so that together they do not oversubscribe the cores; one "
+        "when a GPU serves, since processes sharing a GPU take turns on it and each holds a CUDA context",
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         description="ONNX Runtime execution providers in order of preference (comma-separated; cuda, cpu)",
+    )
+    cuda_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = Field(
+        "heuristic",
+        description="How cuDNN picks a convolution algorithm on the CUDA provider. 'exhaustive' (ONNX Runtime's default) "
+        "times every algorithm the first time it meets an input shape, and a dynamic batcher meets a new shape with "
+        "every new batch size; 'heuristic' picks from cuDNN's tables at once",
     )
     ort_intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads inside one operator (0 = ORT default)")
     ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators (0 = ORT default)")
@@ -104,6 +111,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs or plain text")
     watch_interval_s: float = Field(2.0, ge=0, description="Seconds between scans of the repository for new versions (0 = off)")
+
+    def worker_count(self, gpu_serves: bool) -> int:
+        """The worker processes to start: as configured, else one per CPU, or one when a GPU serves."""
+        if self.workers is not None:
+            return self.workers
+        return 1 if gpu_serves else available_cpus()
 
     def batching_for(self, model: str) -> ModelBatching:
         """The batching one model runs with: its own settings where given, else the global ones."""

@@ -375,6 +375,7 @@ class ModelRepository:
                     self.providers,
                     intra_op_threads=self.settings.ort_intra_op_threads,
                     inter_op_threads=self.settings.ort_inter_op_threads,
+                    cuda_conv_algo_search=self.settings.cuda_conv_algo_search,
                 )
             except Exception as error:  # ONNX Runtime raises its own exception types for bad graphs
                 raise LoadError(f"ONNX Runtime cannot load model.onnx: {error}") from error

@@ -229,3 +229,21 @@ def test_python_m_service_serves_with_this_protocol(monkeypatch, repository):
         monkeypatch.setenv("PIXELSERVE_MODEL_REPOSITORY", str(repository))
         assert cli.main(["--workers", workers]) == 0
     assert used[1]["http"] is OneWriteProtocol and used[2]["http"] is OneWriteProtocol
+
+
+def test_python_m_service_runs_one_process_by_default_when_a_gpu_serves(monkeypatch, repository):
+    import service.__main__ as cli
+    import service.config
+    import service.runtime
+    import service.workers
+
+    started: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(1))
+    monkeypatch.setattr(service.workers, "supervise", lambda app, **arguments: started.append(arguments["workers"]) or 0)
+    monkeypatch.setattr(service.config, "available_cpus", lambda: 4)
+    monkeypatch.setenv("PIXELSERVE_MODEL_REPOSITORY", str(repository))
+    monkeypatch.delenv("PIXELSERVE_WORKERS", raising=False)
+    for gpu in (False, True):
+        monkeypatch.setattr(service.runtime, "gpu_serves", lambda providers, gpu=gpu: gpu)
+        assert cli.main([]) == 0
+    assert started == [4, 1]

@@ -43,3 +43,40 @@ def test_session_runs_on_the_reported_providers_and_warm_up_checks_the_output():
         runtime.warm_up(infer, 3)
     with pytest.raises(ValueError, match="not softmax"):
         runtime.warm_up(lambda images: np.full((1, 10), 0.5, dtype=np.float32), 10)
+
+
+def test_gpu_serves_only_when_a_usable_gpu_provider_comes_before_the_cpu(monkeypatch):
+    assert not runtime.gpu_serves(["CUDAExecutionProvider", "CPUExecutionProvider"])  # this host has no NVIDIA driver
+    monkeypatch.setattr(runtime, "_gpu_unavailable_reason", lambda provider: None)  # as on a GPU host
+    assert runtime.gpu_serves(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not runtime.gpu_serves(["CPUExecutionProvider", "CUDAExecutionProvider"])
+    assert not runtime.gpu_serves(["FancyExecutionProvider"])
+
+
+def test_cuda_sessions_get_tf32_off_and_the_configured_convolution_search(monkeypatch):
+    asked = {}
+
+    class RecordingSession:
+        def __init__(self, model, sess_options, providers):
+            asked["providers"] = providers
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    resolver = runtime.ProviderResolver(["CUDAExecutionProvider"])
+    monkeypatch.setattr(resolver, "usable", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.ort, "InferenceSession", RecordingSession)
+    runtime.create_session(b"model", resolver, intra_op_threads=1, inter_op_threads=1, cuda_conv_algo_search="exhaustive")
+    assert asked["providers"] == [
+        ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_onnx_runtime_accepts_the_cuda_options():
+    # This ONNX Runtime build's CUDA provider parses them; on a host without a GPU it is dropped, and the CPU serves.
+    session = runtime.ort.InferenceSession(
+        make_classifier(seed=4).SerializeToString(),
+        providers=[("CUDAExecutionProvider", runtime.cuda_options("heuristic")), "CPUExecutionProvider"],
+    )
+    assert session.get_providers()[-1] == "CPUExecutionProvider"

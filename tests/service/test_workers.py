@@ -200,13 +200,17 @@ def test_ipv6_port_reservation_is_shared_with_workers():
                 pass
 
 
-def test_default_workers_follow_the_cpus_and_a_container_limit(monkeypatch, tmp_path):
+def test_default_workers_follow_the_cpus_and_a_container_limit_and_are_one_on_a_gpu(monkeypatch, tmp_path):
     monkeypatch.delenv("PIXELSERVE_WORKERS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     limit = tmp_path / "cpu.max"
     monkeypatch.setattr(config, "CGROUP_CPU_MAX", limit)
     limit.write_text("max 100000\n")
-    assert config.Settings(_env_file=None).workers == 4
+    settings = config.Settings(_env_file=None)
+    assert settings.worker_count(gpu_serves=False) == 4
+    assert settings.worker_count(gpu_serves=True) == 1  # processes sharing one GPU take turns on it
+    monkeypatch.setenv("PIXELSERVE_WORKERS", "3")
+    assert config.Settings(_env_file=None).worker_count(gpu_serves=True) == 3  # a configured count is kept
     limit.write_text("150000 100000\n")  # 1.5 CPUs
     assert config.available_cpus() == 2
     monkeypatch.setattr(config, "CGROUP_CPU_MAX", tmp_path / "absent")
