@@ -1,7 +1,7 @@
 """Request bodies for the serving benchmark and the decoding of each server's answer.
 
-Every protocol sends the same picture: one MNIST test digit (pixels / 255, as a client's
-`json.dumps(pixels.tolist())` writes them), one image per request.
+Every protocol sends the same pictures: the first MNIST test digits (pixels / 255, as a client's
+`json.dumps(pixels.tolist())` writes them), one per request unless the benchmark asks for more.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import numpy as np
 MNIST_TEST_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
-def test_digit(index: int = 0) -> np.ndarray:
-    """One MNIST test image as float32 [1, 1, 28, 28] in [0, 1]; a fixed synthetic stroke if the file is absent."""
+def test_digits(count: int = 1) -> np.ndarray:
+    """The first MNIST test images as float32 [count, 1, 28, 28] in [0, 1]; fixed synthetic strokes if the file is absent."""
     if MNIST_TEST_IMAGES.exists():
         with gzip.open(MNIST_TEST_IMAGES) as file:
-            pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[index]
+            pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:count]
     else:
-        pixels = np.zeros((28, 28), dtype=np.uint8)
-        pixels[6:22, 13:16] = 255
-    return (pixels.astype(np.float64) / 255.0).astype(np.float32).reshape(1, 1, 28, 28)
+        pixels = np.zeros((count, 28, 28), dtype=np.uint8)
+        for index, stroke in enumerate(pixels):
+            stroke[6:22, 10 + index % 8 : 13 + index % 8] = 255
+    return (pixels.astype(np.float64) / 255.0).astype(np.float32).reshape(count, 1, 28, 28)
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,18 @@ class Body:
     header_length: int | None = None  # Inference-Header-Content-Length for the binary extension
 
 
-def make_bodies(image: np.ndarray) -> dict[str, Body]:
-    pixels = [float(p) for p in image.astype(np.float64).reshape(-1)]
-    v1 = json.dumps({"instances": [pixels]}).encode()
-    v2 = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}]}).encode()
+def make_bodies(images: np.ndarray) -> dict[str, Body]:
+    """Each protocol's request for the images [N, 1, 28, 28]."""
+    shape = [len(images), 1, 28, 28]
+    instances = [[float(p) for p in image.astype(np.float64).reshape(-1)] for image in images]
+    v1 = json.dumps({"instances": instances}).encode()
+    data = [p for pixels in instances for p in pixels]
+    v2 = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]}).encode()
     header = json.dumps({
-        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 784 * 4}}],
+        "inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": images.size * 4}}],
         "parameters": {"binary_data_output": True},
     }).encode()
-    binary = header + image.astype("<f4").tobytes()
+    binary = header + images.astype("<f4").tobytes()
     return {
         "v1-json": Body("v1-json", v1, "application/json"),
         "v2-json": Body("v2-json", v2, "application/json"),
@@ -52,11 +56,13 @@ def make_bodies(image: np.ndarray) -> dict[str, Body]:
 
 
 def decode_answer(protocol: str, headers: dict[str, str], content: bytes, classes: list[str]) -> np.ndarray:
-    """The probabilities [1, C] a server answered, whatever its protocol."""
+    """The probabilities [N, C] a server answered, whatever its protocol."""
     if protocol == "v1-json":
-        prediction = json.loads(content)["predictions"][0]["probabilities"]
-        row = [prediction[c] for c in classes] if isinstance(prediction, dict) else prediction
-        return np.asarray([row], dtype=np.float64)
+        rows = []
+        for prediction in json.loads(content)["predictions"]:
+            probabilities = prediction["probabilities"]
+            rows.append([probabilities[c] for c in classes] if isinstance(probabilities, dict) else probabilities)
+        return np.asarray(rows, dtype=np.float64)
     header_length = headers.get("inference-header-content-length")
     if header_length is None:
         output = json.loads(content)["outputs"][0]

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(
         0.0, ge=0,
         description="Longest a request waits for others to join its batch. 0: each run takes what queued while the "
-        "previous one ran, which measured fastest on CPU; a wait pays where one run costs far more than one image (GPU)",
+        "previous one ran, which measured fastest on CPU, and on a GPU as well (an H200, one image per request)",
     )
     max_queue: int = Field(2048, ge=1, description="Images waiting per model version before answering 503")
     inline_inference_ms: float = Field(
