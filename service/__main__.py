@@ -35,6 +35,7 @@ def serve(args: argparse.Namespace) -> int:
         http=OneWriteProtocol,  # httptools, each response in one socket write
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
+        server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client
         timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
     )
     from service.runtime import gpu_serves

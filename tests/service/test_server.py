@@ -24,6 +24,7 @@ def test_serves_v1_and_health_over_http(server):
     x = np.random.default_rng(1).random((4, 1, 28, 28), dtype=np.float32)
     response = httpx.post(f"{server.url}/v1/models/digits/predict", content=orjson.dumps({"instances": x.reshape(4, 784).tolist()}))
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert "server" not in response.headers  # no advertisement of the implementation
     answer = response.json()
     got = np.array([[p["probabilities"][str(c)] for c in range(10)] for p in answer["predictions"]])
     np.testing.assert_allclose(got, reference_probabilities(x, seed=2), atol=1e-5)

@@ -115,6 +115,7 @@ def predictions_answered_by_each_worker(server: ServerProcess) -> dict[int, floa
 
 
 def test_connections_spread_over_the_workers_and_metrics_add_up(two_workers):
+    assert "server" not in httpx.get(f"{two_workers.url}/healthz").headers  # the workers get the same uvicorn options
     before = predictions_answered(scrape(two_workers.url)["pixelserve_requests"])
     each_before = predictions_answered_by_each_worker(two_workers)
     predict_each_on_its_own_connection(two_workers.url, 40)
