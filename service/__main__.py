@@ -40,6 +40,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     from service.runtime import gpu_serves
 
+    # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
         from service.observability import configure_logging
