@@ -29,10 +29,10 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    from service.http_protocol import OneWriteProtocol
+    from service.http_protocol import HttpProtocol
 
     uvicorn_options = dict(
-        http=OneWriteProtocol,  # httptools, each response in one socket write
+        http=HttpProtocol,  # httptools; hot requests skip uvicorn's request cycle; each response in one socket write
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client

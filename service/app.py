@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import importlib.util
@@ -186,6 +187,10 @@ class RequestContextMiddleware:
             else:
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
                 await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
+        except asyncio.CancelledError:
+            if not response_started:
+                status = 499  # no answer: the client closed the connection (nginx's code for it), or a shutdown ran out of time
+            raise
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if response_started:

@@ -1,25 +1,45 @@
-"""uvicorn's HTTP protocol (httptools), with each response leaving in one socket write.
+"""uvicorn's HTTP protocol (httptools), with a lean path for the two busiest endpoints.
 
-uvicorn writes a response's status line and headers, then its body, as two writes: two send()
-system calls per response, each ~4.5 us of CPU on loopback (bench/socket_writes.py), and two
-segments for the client to read. `OneWriteProtocol` holds the status line and headers back and
-sends them together with the body's first write. Should no body write follow in the same
-event-loop step (a HEAD answer, a streamed body that starts later, "100 Continue"), the held bytes
-go out at the start of the next step, so nothing waits long and the order of bytes never changes.
+`HttpProtocol` is uvicorn's `HttpToolsProtocol` with two changes:
+
+- Hot requests (`HotRequest`): a POST for v1 predict or v2 infer whose body has a declared length of
+  at most 1 MiB skips uvicorn's per-request cycle (its proxy-headers middleware, an `asyncio.Event`
+  and a flow-controlled reader for the body, two regular expressions run on every response header).
+  The body is gathered as it arrives; once it is whole, the app's hot entry (the same middleware and
+  endpoints as on the ASGI path, see service.hot_paths) runs on it in a task among uvicorn's own, so
+  a graceful shutdown waits for it; the response leaves in one socket write. That saves about 14 µs
+  of CPU per prediction, a tenth of the whole (bench/README.md). A hot request whose client leaves
+  before its answer is cancelled, which drops it from the model's queue before inference (uvicorn
+  lets an app run on for a client that is gone). Anything else (another method or path, a chunked or
+  larger body, `Expect: 100-continue`, a request pipelined behind one not yet answered) goes through
+  uvicorn's cycle as before.
+- Every other response also leaves in one socket write (`HeaderHoldingTransport`): uvicorn writes a
+  response's status line and headers, then its body, as two writes: two send() system calls per
+  response, each ~4.5 µs of CPU on loopback (bench/socket_writes.py), and two segments for the
+  client to read.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 # Every status line uvicorn writes starts so, whatever the request's HTTP version.
 STATUS_LINE_START = b"HTTP/1.1 "
+# Largest body a hot request gathers before its app starts; a larger one goes through uvicorn's cycle,
+# which reads it under flow control. A request with one to a few dozen digits is 6 to 400 KB.
+HOT_BODY_LIMIT = 1 << 20
+INTERNAL_ERROR = b"Internal Server Error"
 
 
 class HeaderHoldingTransport:
-    """A transport that holds a write starting with a status line until the next write joins it."""
+    """A transport that holds a write starting with a status line until the next write joins it.
+
+    Should no body write follow in the same event-loop step (a HEAD answer, a streamed body that starts
+    later, "100 Continue"), the held bytes go out at the start of the next step, so nothing waits long and
+    the order of bytes never changes."""
 
     __slots__ = ("_transport", "_loop", "_held")
 
@@ -38,6 +58,14 @@ class HeaderHoldingTransport:
             self._loop.call_soon(self.release)
         else:
             self._transport.write(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Write at once, after anything held: for a response already whole."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
 
     def release(self) -> None:
         """Write what is held, if anything."""
@@ -75,6 +103,215 @@ class HeaderHoldingTransport:
         return getattr(self._transport, name)
 
 
-class OneWriteProtocol(HttpToolsProtocol):
+class HotRequest:
+    """One hot request on a connection: gathers its body, runs the app's hot entry once the body is
+    whole, and writes the response. Stands in `HttpProtocol.cycle` for uvicorn's RequestResponseCycle,
+    with the attributes uvicorn's protocol reads there (`response_complete`, `keep_alive`)."""
+
+    __slots__ = ("_protocol", "_transport", "scope", "_chunks", "keep_alive", "response_complete", "_task",
+                 "_client_left", "_head", "_unsent", "_chunked", "_ended")
+
+    def __init__(self, protocol: HttpProtocol, scope: dict, keep_alive: bool) -> None:
+        self._protocol = protocol
+        self._transport: HeaderHoldingTransport = protocol.transport  # type: ignore[assignment]
+        self.scope = scope
+        self._chunks: list[bytes] | None = []
+        self.keep_alive = keep_alive  # uvicorn's shutdown() sets it to False: close once answered
+        self.response_complete = False
+        self._task: asyncio.Task | None = None
+        self._client_left = False
+        self._head: bytes | None = None  # status line and headers, written with the first body bytes
+        self._unsent = 0  # body bytes the content-length still promises
+        self._chunked = False
+        self._ended: asyncio.Future | None = None  # what a receive() after the body waits for
+
+    def add_body(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def start(self, app) -> None:
+        """The body is whole: run the app on it, in a task among uvicorn's (graceful shutdown waits for them)."""
+        tasks = self._protocol.tasks
+        self._task = self._protocol.loop.create_task(self._run(app))
+        self._task.add_done_callback(tasks.discard)
+        tasks.add(self._task)
+
+    def client_left(self) -> None:
+        """The connection closed. A request not yet answered is cancelled: one still queued for the model
+        is dropped before inference."""
+        self._client_left = True
+        if not self.response_complete:
+            self.response_complete = True
+            if self._task is not None:
+                self._task.cancel()
+        self._end()
+
+    async def _run(self, app) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self._client_left:  # cancelled by the server (a shutdown that ran out of time)
+                raise
+        except BaseException:  # the app answers its own errors; this is a fault in answering
+            self._protocol.logger.exception("Exception in ASGI application")
+            if self._head is None and not self.response_complete:
+                self.keep_alive = False
+                self._send_start(500, [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")])
+                self._send_body(INTERNAL_ERROR, more_body=False)
+            else:
+                self._transport.close()
+
+    async def receive(self) -> dict:
+        chunks = self._chunks
+        if chunks is not None:
+            self._chunks = None
+            return {"type": "http.request", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks), "more_body": False}
+        # After the body, as in uvicorn: wait until the response is complete or the client leaves.
+        if not self.response_complete:
+            self._ended = self._protocol.loop.create_future()
+            await self._ended
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        if self.response_complete:
+            if self._client_left:
+                return  # nothing to write to
+            raise RuntimeError(f"Unexpected ASGI message {message['type']!r} sent, after response already completed.")
+        if self._head is None:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {message['type']!r}.")
+            self._send_start(message["status"], message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            self._send_body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {message['type']!r}.")
+
+    def _send_start(self, status: int, headers) -> None:
+        content = [STATUS_LINE[status]]
+        for name, value in self._protocol.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        length = None
+        for name, value in headers:
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
+                self.keep_alive = False
+                continue  # written once, below
+            content += (name, b": ", value, b"\r\n")
+        # Checked together rather than one by one: each expression matches single bytes.
+        if HEADER_RE.search(b"".join(name for name, _ in headers)):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"".join(value for _, value in headers)):
+            raise RuntimeError("Invalid HTTP header value.")
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        if length is None:
+            self._chunked = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self._head = b"".join(content)
+        self._unsent = length or 0
+
+    def _send_body(self, body: bytes, more_body: bool) -> None:
+        if self._chunked:
+            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + (b"" if more_body else b"0\r\n\r\n")
+        else:
+            self._unsent -= len(body)
+            if self._unsent < 0:
+                raise RuntimeError("Response content longer than Content-Length")
+        head = self._head
+        if head:
+            self._head = b""
+            body = head + body
+        if body:
+            self._transport.write_now(body)
+        if not more_body:
+            if self._unsent:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self._end()
+            if not self.keep_alive:
+                self._transport.close()
+            self._protocol.on_response_complete()  # uvicorn's: the next pipelined request, or the keep-alive timer
+
+    def _end(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+
+class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeaderHoldingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self.hot_app = _hot_app(self.app)
+
+    def on_headers_complete(self) -> None:
+        request = self._hot_request()
+        if request is None:
+            super().on_headers_complete()
+        else:
+            self.cycle = request  # type: ignore[assignment]
+
+    def _hot_request(self) -> HotRequest | None:
+        """A HotRequest for this request if it is one, with the scope uvicorn would have made; else None."""
+        parser = self.parser
+        if (
+            self.hot_app is None
+            or parser.get_method() != b"POST"
+            or self.expect_100_continue
+            or self.limit_concurrency is not None  # uvicorn's 503 for too many connections applies
+            or (self.cycle is not None and not self.cycle.response_complete)  # pipelined: uvicorn queues it
+            or parser.should_upgrade()
+        ):
+            return None
+        declared = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                return None
+        if declared is None or not declared.isdigit() or int(declared) > HOT_BODY_LIMIT:
+            return None
+        url = httptools.parse_url(self.url)
+        if b"%" in url.path:  # percent-escapes: uvicorn unquotes the path
+            return None
+        scope = self.scope
+        scope["method"] = "POST"
+        http_version = parser.get_http_version()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        scope["path"] = url.path.decode("ascii")
+        scope["raw_path"] = url.path
+        scope["query_string"] = url.query or b""
+        if not self.hot_app.hot_paths.match(scope):  # refuses a root_path, as the ASGI path does
+            return None
+        scope["app"] = self.hot_app
+        return HotRequest(self, scope, keep_alive=http_version != "1.0" and parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if type(self.cycle) is HotRequest:
+            self.cycle.add_body(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if type(self.cycle) is HotRequest:
+            self.cycle.start(self.hot_app.hot_entry)
+        else:
+            super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        request = self.cycle
+        if type(request) is HotRequest:
+            self.cycle = None  # type: ignore[assignment]  # uvicorn's bookkeeping below is for its own cycles
+            request.client_left()
+        super().connection_lost(exc)
+
+
+def _hot_app(app):
+    """The service's app under uvicorn's wrappers (proxy headers, message logging), if it serves hot
+    paths; else None (any other ASGI app: every request then goes through uvicorn's cycle)."""
+    while getattr(app, "hot_entry", None) is None:
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return app

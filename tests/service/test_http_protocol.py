@@ -7,7 +7,7 @@ import socket
 
 import uvicorn
 
-from service.http_protocol import HeaderHoldingTransport, OneWriteProtocol
+from service.http_protocol import HeaderHoldingTransport, HttpProtocol
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
 
@@ -97,7 +97,7 @@ def test_other_transport_methods_reach_the_socket_transport():
 # --- through a real uvicorn server on loopback ------------------------------------------------------
 
 
-class CountingProtocol(OneWriteProtocol):
+class CountingProtocol(HttpProtocol):
     """Records every write that reaches the socket's transport."""
 
     writes: list[bytes] = []
@@ -228,7 +228,7 @@ def test_python_m_service_serves_with_this_protocol(monkeypatch, repository):
         monkeypatch.setenv("PIXELSERVE_WORKERS", workers)  # restored after the test, as main() sets it
         monkeypatch.setenv("PIXELSERVE_MODEL_REPOSITORY", str(repository))
         assert cli.main(["--workers", workers]) == 0
-    assert used[1]["http"] is OneWriteProtocol and used[2]["http"] is OneWriteProtocol
+    assert used[1]["http"] is HttpProtocol and used[2]["http"] is HttpProtocol
 
 
 def test_python_m_service_runs_one_process_by_default_when_a_gpu_serves(monkeypatch, repository):

@@ -1,0 +1,250 @@
+"""Hot requests skip uvicorn's request cycle (`service.http_protocol.HotRequest`): on a real server on
+loopback, their answers must be those of uvicorn's cycle, and HTTP must behave as before."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import orjson
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.http_protocol import HttpProtocol
+from tests.service.test_hot_paths import REQUESTS, IMAGE
+from tests.service.conftest import make_settings
+
+PREDICT = orjson.dumps({"instances": [IMAGE.tolist()]})
+
+
+class CountingProtocol(HttpProtocol):
+    """Counts the requests that went the hot way."""
+
+    hot: list[str] = []
+
+    def _hot_request(self):
+        request = super()._hot_request()
+        if request is not None:
+            CountingProtocol.hot.append(request.scope["path"])
+        return request
+
+
+def run_with_server(app, check) -> None:
+    """Serve `app` with the counting protocol on a free loopback port and call check(port) from a thread."""
+
+    async def main() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        # A request stuck by a bug must fail its test, not hang the shutdown.
+        server = uvicorn.Server(uvicorn.Config(app, http=CountingProtocol, log_level="warning", timeout_graceful_shutdown=5))
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.to_thread(check, listener.getsockname()[1])
+        finally:
+            server.should_exit = True
+            await serving
+
+    CountingProtocol.hot = []
+    asyncio.run(main())
+
+
+def exchange(port: int, raw: bytes, *, replies: int = 1, until_closed: bool = False) -> bytes:
+    """Send raw bytes on a new connection and read until `replies` answers are whole, or the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        received = b""
+        while until_closed or answered(received) < replies:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def answered(received: bytes) -> int:
+    """How many whole answers with a content-length the bytes hold."""
+    count = 0
+    while b"\r\n\r\n" in received:
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        if len(rest) < length:
+            break
+        count, received = count + 1, rest[length:]
+    return count
+
+
+def request(method: str, path: str, body: bytes, headers: dict, *, chunked: bool = False, version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: test", "X-Request-ID: fixed-id", "Origin: http://example.test",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+        body = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:100], body[100:]) if part) + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+def parts(answer: bytes) -> tuple[bytes, dict, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.split(b": ", 1) for line in lines)
+    headers.pop(b"date")
+    return status, headers, body
+
+
+@pytest.fixture(scope="module")
+def settings(repository):
+    return make_settings(repository, max_body_bytes=65_536, cors_origins=["http://example.test"])
+
+
+def test_hot_requests_answer_as_uvicorns_cycle_does(settings):
+    """Each POST of the hot-path suite, sent with a Content-Length (hot) and chunked (uvicorn's cycle)."""
+    posts = [(path, body, headers) for method, path, body, headers in REQUESTS if method == "POST"]
+    answers: list[tuple[bytes, bytes]] = []
+
+    def check(port):
+        for path, body, headers in posts:
+            answers.append((exchange(port, request("POST", path, body, headers)),
+                            exchange(port, request("POST", path, body, headers, chunked=True))))
+
+    run_with_server(create_app(settings), check)
+    for (path, body, _), (hot, cycle) in zip(posts, answers):
+        if len(body) > settings.max_body_bytes:  # refused before reading when declared, while reading when chunked
+            assert b" 413 " in hot.split(b"\r\n")[0] and b" 413 " in cycle.split(b"\r\n")[0]
+        else:
+            assert parts(hot) == parts(cycle), path
+    statuses = {parts(hot)[0].split(b" ")[1] for hot, _ in answers}
+    assert statuses >= {b"200", b"404", b"413", b"422", b"503"}
+    # Every well-formed predict and infer path went the hot way, and only those.
+    assert sorted(set(CountingProtocol.hot)) == [
+        "/v1/models/broken/predict", "/v1/models/digits/predict", "/v1/models/nope/predict",
+        "/v2/models/digits/infer", "/v2/models/nope/infer",
+    ]
+
+
+def test_keep_alive_pipelining_and_connection_close(settings):
+    def check(port):
+        # Three requests in one write: the first goes the hot way, the two behind it wait in uvicorn's queue.
+        three = exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {}) * 3, replies=3)
+        assert three.count(b"HTTP/1.1 200 OK\r\n") == 3 and answered(three) == 3
+        # One after another on one connection: each goes the hot way.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(3):
+                sock.sendall(request("POST", "/v1/models/digits/predict", PREDICT, {}))
+                received = b""
+                while not answered(received):
+                    received += sock.recv(65536)
+                assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" not in received
+        # HTTP/1.0 and "Connection: close": answered, then the server closes the connection.
+        for raw in (request("POST", "/v1/models/digits/predict", PREDICT, {}, version="1.0"),
+                    request("POST", "/v1/models/digits/predict", PREDICT, {"Connection": "close"})):
+            answer = exchange(port, raw, until_closed=True)
+            assert answered(answer) == 1 and b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0] + b"\r\n"
+
+    run_with_server(create_app(settings), check)
+    assert len(CountingProtocol.hot) == 1 + 3 + 2
+
+
+def test_expect_100_continue_goes_through_uvicorns_cycle(settings):
+    def check(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            head = request("POST", "/v1/models/digits/predict", PREDICT, {"Expect": "100-continue"})
+            sock.sendall(head[: -len(PREDICT)])
+            interim = b""
+            while not interim.endswith(b"\r\n\r\n"):
+                interim += sock.recv(65536)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(PREDICT)
+            answer = b""
+            while not answered(answer):
+                answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+    run_with_server(create_app(settings), check)
+    assert CountingProtocol.hot == []
+
+
+def test_a_client_that_leaves_has_its_request_cancelled_and_counted_as_499(settings, monkeypatch):
+    """A hot request whose client disconnects before the answer is cancelled where it waits (here: for the
+    model, which the batcher would then drop), and the metrics count it as 499."""
+    waiting, cancelled = threading.Event(), threading.Event()
+
+    async def never_answers(self, images):
+        waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    monkeypatch.setattr("service.registry.ServedModel.predict", never_answers)
+    app = create_app(settings)
+
+    def check(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request("POST", "/v1/models/digits/predict", PREDICT, {}))
+            assert waiting.wait(10)
+        assert cancelled.wait(10)
+
+    run_with_server(app, check)
+    metrics = app.state.metrics
+    assert metrics.requests.labels("digits", "2", "/v1/models/{name}/predict", "499")._value.get() == 1
+
+
+def test_an_app_fault_after_the_middleware_is_a_plain_500_and_the_server_goes_on(settings, monkeypatch):
+    app = create_app(settings)
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    def check(port):
+        app.hot_entry, healthy = broken, app.hot_entry
+        answer = exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {}))
+        assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and answer.endswith(b"Internal Server Error")
+        assert b"connection: close" in answer
+        app.hot_entry = healthy
+        assert exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {})).startswith(b"HTTP/1.1 200 OK\r\n")
+
+    run_with_server(app, check)
+
+
+def test_responses_without_a_length_are_chunked_and_bad_headers_refused():
+    """The hot entry of an app that streams, and one that sends a header value with a line break."""
+
+    class App:
+        def __init__(self, entry):
+            self.hot_entry = entry
+            self.hot_paths = self
+
+        def match(self, scope):
+            return scope["path"] == "/hot"
+
+        async def __call__(self, scope, receive, send):  # anything not hot
+            raise AssertionError("not expected")
+
+    async def streams(scope, receive, send):
+        assert (await receive())["body"] == b"abc"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"first,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"second"})
+
+    async def injects(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
+
+    def check_stream(port):
+        answer = exchange(port, b"POST /hot HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc", until_closed=True)
+        assert b"transfer-encoding: chunked" in answer
+        assert answer.endswith(b"\r\n\r\n6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n")
+
+    def check_injection(port):
+        answer = exchange(port, b"POST /hot HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n", until_closed=True)
+        assert answer.startswith(b"HTTP/1.1 500 ") and b"set-cookie" not in answer
+
+    run_with_server(App(streams), check_stream)
+    run_with_server(App(injects), check_injection)
+    assert CountingProtocol.hot == ["/hot"]
+
