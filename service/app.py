@@ -267,7 +267,8 @@ def _add_docs(app: FastAPI) -> None:
 
 class ServiceApp(FastAPI):
     """The FastAPI app, except that v1 predict and v2 infer skip Starlette's middleware stack and
-    FastAPI's router: `hot_entry` answers them (see service.hot_paths)."""
+    FastAPI's router: `hot_entry` answers them (see service.hot_paths), called from here or directly
+    by the service's HTTP protocol (service.http_protocol)."""
 
     hot_paths: HotPaths | None = None
     hot_entry: ASGIApp | None = None

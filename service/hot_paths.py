@@ -7,6 +7,10 @@ directly; the app wraps that in the same request-context middleware (ids, limits
 500) and CORS as every other request. Errors go through the app's own exception handlers, so answers
 are the same as through FastAPI. The routes stay registered: the OpenAPI document, other methods
 and every other path go through FastAPI.
+
+Under `python -m service`, most hot requests do not even reach the app's ASGI entry: the service's
+HTTP protocol matches them with `HotPaths.match` and calls the same wrapped entry itself
+(service.http_protocol).
 """
 
 from __future__ import annotations
