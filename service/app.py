@@ -189,7 +189,7 @@ class RequestContextMiddleware:
                 await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
         except asyncio.CancelledError:
             if not response_started:
-                status = 499  # no answer: the client closed the connection (nginx's code for it), or a shutdown ran out of time
+                status = 499  # no answer yet: the client closed the connection (nginx's code for it), or a shutdown ran out of time
             raise
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])

@@ -148,10 +148,11 @@ class HotRequest:
     async def _run(self, app) -> None:
         try:
             await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            if not self._client_left:  # cancelled by the server (a shutdown that ran out of time)
-                raise
-        except BaseException:  # the app answers its own errors; this is a fault in answering
+        except BaseException:
+            if self._client_left:  # cancelled on purpose: nobody is waiting for the answer
+                return
+            # The app answers its own errors: this is a fault in answering, or a graceful shutdown that ran
+            # out of time and cancelled the request. As uvicorn does: a plain 500 if nothing was sent yet.
             self._protocol.logger.exception("Exception in ASGI application")
             if self._head is None and not self.response_complete:
                 self.keep_alive = False

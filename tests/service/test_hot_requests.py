@@ -248,3 +248,35 @@ def test_responses_without_a_length_are_chunked_and_bad_headers_refused():
     run_with_server(App(injects), check_injection)
     assert CountingProtocol.hot == ["/hot"]
 
+
+
+def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monkeypatch):
+    """uvicorn cancels the requests still running when a graceful shutdown runs out of time; as for its own
+    requests, the client then gets a plain 500 rather than a dropped connection."""
+    waiting = threading.Event()
+
+    async def never_answers(self, images):
+        waiting.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr("service.registry.ServedModel.predict", never_answers)
+    app = create_app(settings)
+    answers: list[bytes] = []
+
+    async def main() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, http=CountingProtocol, log_level="critical", timeout_graceful_shutdown=0.5))
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        raw = request("POST", "/v1/models/digits/predict", PREDICT, {})
+        client = asyncio.create_task(asyncio.to_thread(exchange, listener.getsockname()[1], raw, until_closed=True))
+        await asyncio.to_thread(waiting.wait, 10)
+        server.should_exit = True
+        await serving
+        answers.append(await client)
+
+    asyncio.run(main())
+    assert answers[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"connection: close" in answers[0]
+    assert answers[0].endswith(b"Internal Server Error")
