@@ -25,6 +25,10 @@ import simdjson
 V1_FIELDS = frozenset({"instances", "top_k", "version"})
 SIDE = 28
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+# A v2 document smaller than this is left to orjson, which reads it faster than simdjson plus the checks
+# here do: a binary request's JSON header (~160 bytes) in 0.6 against 7.9 µs. The accelerator pays from
+# about 230 numbers of data on (~4.6 KB of JSON), where numpy's conversion of orjson's floats dominates.
+ACCELERATE_FROM_BYTES = 4096
 
 
 def read_numeric_instances(body: bytes) -> tuple[np.ndarray, dict] | None:
@@ -59,7 +63,9 @@ def read_numeric_instances(body: bytes) -> tuple[np.ndarray, dict] | None:
 def read_infer_document(header: bytes) -> dict | None:
     """A v2 infer request's JSON document as Python values, where each input's "data", when it is a
     flat list of numbers, is a float64 array. None when the document is not an object, or any
-    "data" is nested or holds something other than numbers."""
+    "data" is nested or holds something other than numbers, or the document is small."""
+    if len(header) < ACCELERATE_FROM_BYTES:
+        return None
     document = _parse_object(header)
     if document is None:
         return None
