@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -132,3 +134,23 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def serve_on_loopback(app, protocol, check, **config) -> None:
+    """Serve `app` in this process with uvicorn and the given HTTP protocol class on a free loopback port,
+    and call check(port) from a thread; the server then shuts down gracefully."""
+
+    async def main() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning", **config))
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.to_thread(check, listener.getsockname()[1])
+        finally:
+            server.should_exit = True
+            await serving
+
+    asyncio.run(main())

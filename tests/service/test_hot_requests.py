@@ -13,8 +13,8 @@ import uvicorn
 
 from service.app import create_app
 from service.http_protocol import HttpProtocol
-from tests.service.test_hot_paths import REQUESTS, IMAGE
-from tests.service.conftest import make_settings
+from tests.service.conftest import make_settings, serve_on_loopback
+from tests.service.test_hot_paths import IMAGE, REQUESTS
 
 PREDICT = orjson.dumps({"instances": [IMAGE.tolist()]})
 
@@ -33,23 +33,9 @@ class CountingProtocol(HttpProtocol):
 
 def run_with_server(app, check) -> None:
     """Serve `app` with the counting protocol on a free loopback port and call check(port) from a thread."""
-
-    async def main() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        # A request stuck by a bug must fail its test, not hang the shutdown.
-        server = uvicorn.Server(uvicorn.Config(app, http=CountingProtocol, log_level="warning", timeout_graceful_shutdown=5))
-        serving = asyncio.create_task(server.serve(sockets=[listener]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        try:
-            await asyncio.to_thread(check, listener.getsockname()[1])
-        finally:
-            server.should_exit = True
-            await serving
-
     CountingProtocol.hot = []
-    asyncio.run(main())
+    # A request stuck by a bug must fail its test, not hang the shutdown.
+    serve_on_loopback(app, CountingProtocol, check, timeout_graceful_shutdown=5)
 
 
 def exchange(port: int, raw: bytes, *, replies: int = 1, until_closed: bool = False) -> bytes:

@@ -8,6 +8,7 @@ import socket
 import uvicorn
 
 from service.http_protocol import HeaderHoldingTransport, HttpProtocol
+from tests.service.conftest import serve_on_loopback
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
 
@@ -146,21 +147,8 @@ def connect(port: int) -> socket.socket:
 
 
 def run_with_server(check) -> None:
-    async def main() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, http=CountingProtocol, log_level="warning", lifespan="off"))
-        serving = asyncio.create_task(server.serve(sockets=[listener]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        try:
-            await asyncio.to_thread(check, listener.getsockname()[1])
-        finally:
-            server.should_exit = True
-            await serving
-
     CountingProtocol.writes = []
-    asyncio.run(main())
+    serve_on_loopback(app, CountingProtocol, check, lifespan="off")
 
 
 def test_a_response_is_one_write_on_a_real_server():
