@@ -143,7 +143,7 @@ def serve_on_loopback(app, protocol, check, **config) -> None:
     async def main() -> None:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning", **config))
+        server = uvicorn.Server(uvicorn.Config(app, http=protocol, **{"log_level": "warning", **config}))
         serving = asyncio.create_task(server.serve(sockets=[listener]))
         while not server.started:
             await asyncio.sleep(0.01)

@@ -9,7 +9,6 @@ import threading
 
 import orjson
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.http_protocol import HttpProtocol
@@ -248,21 +247,16 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
     monkeypatch.setattr("service.registry.ServedModel.predict", never_answers)
     app = create_app(settings)
     answers: list[bytes] = []
+    clients: list[threading.Thread] = []
 
-    async def main() -> None:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, http=CountingProtocol, log_level="critical", timeout_graceful_shutdown=0.5))
-        serving = asyncio.create_task(server.serve(sockets=[listener]))
-        while not server.started:
-            await asyncio.sleep(0.01)
+    def check(port):
+        # The client waits for its answer while the server shuts down around it.
         raw = request("POST", "/v1/models/digits/predict", PREDICT, {})
-        client = asyncio.create_task(asyncio.to_thread(exchange, listener.getsockname()[1], raw, until_closed=True))
-        await asyncio.to_thread(waiting.wait, 10)
-        server.should_exit = True
-        await serving
-        answers.append(await client)
+        clients.append(threading.Thread(target=lambda: answers.append(exchange(port, raw, until_closed=True))))
+        clients[0].start()
+        assert waiting.wait(10)
 
-    asyncio.run(main())
+    serve_on_loopback(app, CountingProtocol, check, log_level="critical", timeout_graceful_shutdown=0.5)
+    clients[0].join(10)
     assert answers[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"connection: close" in answers[0]
     assert answers[0].endswith(b"Internal Server Error")
