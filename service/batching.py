@@ -6,17 +6,29 @@ every request on its own. Both offer `await submit(images) -> probabilities` and
 Coalescing without waiting: requests queue on the event loop that received them, and the first
 request of a loop iteration schedules a flush with `call_soon`. The flush therefore runs after
 every request that arrived in the same iteration has been parsed and queued, and takes them all
-(up to `max_batch_size` images) into one run. A lone request runs at once.
+(up to `max_batch_size` images) into one run.
+
+A lone request runs at once: while requests come one at a time (the previous run served at most
+one) and nothing is queued, `submit` runs the model right away, on the event loop, and returns
+without a future or a loop iteration in between; with the HTTP protocol's eager start
+(service.http_protocol), such a request is answered within the loop callback that read it. The
+flush it schedules all the same gathers whatever arrives later in that iteration, so a burst
+after a quiet spell runs its first request alone and the rest together, and the next runs see
+the batch (more than one request) and queue again.
 
 Where a run happens: on the event loop itself when its expected duration (from the runs measured
 so far) is at most `inline_below_s`, otherwise on the runner's inference thread, off the event
 loop (ONNX Runtime releases the GIL, so the loop keeps serving HTTP meanwhile). Handing a run to
 a thread costs about 100 µs of wake-ups, plus a wait for the GIL while the loop is busy: more than
 a small model's whole run. Runs that would hold the loop longer go to the thread; so does the first
-run, before anything is measured. Runs are timed with `clock`: for a model on CPU, the thread's CPU
-time (`time.thread_time`), which leaves out waiting for the GIL after a run on the thread (on a
-busy server that wait would make every threaded run look long, and keep the model on the thread);
-on a GPU, where a run waits for the device, the wall clock.
+run, before anything is measured. The expected duration is the images times the seconds per image
+of recent runs: a ratio of sums of seconds and of images, each run's share decaying, so that a
+lone image's run (mostly the fixed cost of a run) barely moves the estimate for a large batch.
+Runs on the loop are timed with `loop_clock`, the wall clock by default: how long they hold the
+loop. Runs on the thread are timed with `clock`: for a model on CPU, the thread's CPU time
+(`time.thread_time`), which leaves out waiting for the GIL after the run (on a busy server that
+wait would make every threaded run look long, and keep the model on the thread); on a GPU, where
+a run waits for the device, the wall clock.
 
 Waiting for a batch to fill (`max_delay_s` > 0): a request never waits for others unless more are
 known to be coming. The runner's only such knowledge is recent traffic: when the previous run
@@ -41,8 +53,17 @@ from service.errors import Overloaded
 InferFn = Callable[[np.ndarray], np.ndarray]
 Result = tuple["_Request", np.ndarray | None, BaseException | None]
 
-# Weight of the newest run in the running estimate of seconds per image.
-ESTIMATE_WEIGHT = 0.2
+# How much of the running sums behind the seconds-per-image estimate each new run keeps.
+ESTIMATE_DECAY = 0.8
+
+# Requests served by the latest run of any runner in this process (see requests_come_one_at_a_time).
+_latest_run_requests = 0
+
+
+def requests_come_one_at_a_time() -> bool:
+    """Whether this process's models see one request at a time: the latest run served at most one. The HTTP
+    protocol then starts a request at once, in the callback that read it (service.http_protocol)."""
+    return _latest_run_requests <= 1
 
 
 @dataclass(slots=True, eq=False)
@@ -57,7 +78,7 @@ class _Runner:
 
     def __init__(
         self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float,
-        clock: Callable[[], float], name: str,
+        clock: Callable[[], float], loop_clock: Callable[[], float], name: str,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0 or inline_below_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_delay_s and inline_below_s >= 0")
@@ -67,6 +88,7 @@ class _Runner:
         self._max_queue = max_queue
         self._inline_below_s = inline_below_s
         self._clock = clock
+        self._loop_clock = loop_clock
         self._name = name
         # Touched only by the loop that owns each queue.
         self._pending: dict[asyncio.AbstractEventLoop, deque[_Request]] = {}
@@ -78,7 +100,9 @@ class _Runner:
         self._queued_images = 0  # queued on a loop or for the thread, not yet running
         self._closing = False
         self._thread: threading.Thread | None = None
-        # Measured by every run (plain attribute writes; a slightly stale read is harmless).
+        # Measured by every run (plain attribute writes; a slightly stale read is harmless): see the module's text.
+        self._recent_seconds = 0.0
+        self._recent_images = 0.0
         self._seconds_per_image: float | None = None
         self._last_run_requests = 0
         self._last_run_finished_at = float("-inf")
@@ -87,6 +111,8 @@ class _Runner:
         """Queue images [n, ...] and return their output rows [n, C] once the model ran on them."""
         loop = asyncio.get_running_loop()
         count = len(images)
+        if self._runs_now(loop, count):
+            return self._run_now(loop, images)
         with self._cond:
             if self._closing:
                 raise Overloaded("this model version is being unloaded; retry to reach the current one")
@@ -126,6 +152,25 @@ class _Runner:
 
     # --- on the event loop ------------------------------------------------------------------
 
+    def _runs_now(self, loop: asyncio.AbstractEventLoop, images: int) -> bool:
+        """Whether a request may skip the queue: requests come one at a time (the previous run served at most
+        one), none is waiting anywhere, and its run is short enough for the event loop."""
+        return (
+            self._last_run_requests <= 1 and not self._queued_images and loop not in self._flush_scheduled
+            and not self._closing and self._runs_inline(images)
+        )
+
+    def _run_now(self, loop: asyncio.AbstractEventLoop, images: np.ndarray) -> np.ndarray:
+        """Run one request at once, here on the event loop: no future, no flush a loop iteration later. Requests
+        that arrive later in this loop iteration find a flush scheduled and wait for it, together, so that a
+        burst is still batched."""
+        self._flush_scheduled.add(loop)
+        loop.call_soon(self._flush, loop)
+        try:
+            return self._infer(images, self._loop_clock)
+        finally:
+            self._ran(1)
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take the next batch from this loop's queue and run it here or hand it to the thread."""
         self._flush_scheduled.discard(loop)
@@ -144,11 +189,10 @@ class _Runner:
             del self._pending[loop]
         if not batch:
             return
-        estimate = self._seconds_per_image
-        if estimate is not None and estimate * images <= self._inline_below_s:
+        if self._runs_inline(images):
             with self._cond:
                 self._queued_images -= images
-            _settle(self._run(batch))
+            _settle(self._run(batch, self._loop_clock))
             return
         with self._cond:
             self._thread_batches.append(batch)
@@ -156,6 +200,10 @@ class _Runner:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def _runs_inline(self, images: int) -> bool:
+        estimate = self._seconds_per_image
+        return estimate is not None and estimate * images <= self._inline_below_s
 
     def _take(self, queue: deque[_Request]) -> tuple[list[_Request], int]:
         """Move queued requests into a batch while they fit; the first request always fits.
@@ -206,50 +254,52 @@ class _Runner:
                 self._queued_images -= sum(len(r.images) for r in batch)
             batch = [r for r in batch if not r.future.cancelled()]
             if batch:
-                _deliver(self._run(batch))
+                _deliver(self._run(batch, self._clock))
 
     # --- either place -----------------------------------------------------------------------
 
-    def _run(self, batch: list[_Request]) -> list[Result]:
+    def _run(self, batch: list[_Request], clock: Callable[[], float]) -> list[Result]:
         """Run the model once on the whole batch; if that fails, once per request, so that an
         error reaches exactly the requests that cause it."""
         if len(batch) == 1:
-            results = [self._run_one(batch[0])]
+            results = [self._run_one(batch[0], clock)]
         else:
-            total = sum(len(r.images) for r in batch)
-            started = self._clock()
             try:
-                outputs = self._infer_fn(np.concatenate([r.images for r in batch]))
-                if len(outputs) != total:
-                    raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {total}")
+                outputs = self._infer(np.concatenate([r.images for r in batch]), clock)
             except Exception:
-                results = [self._run_one(r) for r in batch if not r.future.cancelled()]
+                results = [self._run_one(r, clock) for r in batch if not r.future.cancelled()]
             else:
-                self._measured(self._clock() - started, total)
                 results, offset = [], 0
                 for request in batch:
                     count = len(request.images)
                     results.append((request, outputs[offset : offset + count], None))
                     offset += count
-        self._last_run_requests = len(batch)
-        self._last_run_finished_at = time.monotonic()
+        self._ran(len(batch))
         return results
 
-    def _run_one(self, request: _Request) -> Result:
-        started = self._clock()
+    def _run_one(self, request: _Request, clock: Callable[[], float]) -> Result:
         try:
-            outputs = self._infer_fn(request.images)
-            if len(outputs) != len(request.images):
-                raise RuntimeError(f"model returned {len(outputs)} rows for {len(request.images)} images")
+            return request, self._infer(request.images, clock), None
         except Exception as error:  # handed to the awaiting request, raised there
             return request, None, error
-        self._measured(self._clock() - started, len(request.images))
-        return request, outputs, None
+
+    def _infer(self, images: np.ndarray, clock: Callable[[], float]) -> np.ndarray:
+        started = clock()
+        outputs = self._infer_fn(images)
+        if len(outputs) != len(images):
+            raise RuntimeError(f"model returned {len(outputs)} rows for {len(images)} images")
+        self._measured(clock() - started, len(images))
+        return outputs
+
+    def _ran(self, requests: int) -> None:
+        global _latest_run_requests
+        self._last_run_requests = _latest_run_requests = requests
+        self._last_run_finished_at = time.monotonic()
 
     def _measured(self, seconds: float, images: int) -> None:
-        per_image = seconds / max(images, 1)
-        estimate = self._seconds_per_image
-        self._seconds_per_image = per_image if estimate is None else estimate + ESTIMATE_WEIGHT * (per_image - estimate)
+        self._recent_seconds = self._recent_seconds * ESTIMATE_DECAY + seconds
+        self._recent_images = self._recent_images * ESTIMATE_DECAY + max(images, 1)
+        self._seconds_per_image = self._recent_seconds / self._recent_images
 
 
 def _deliver(results: list[Result]) -> None:
@@ -283,11 +333,11 @@ class DynamicBatcher(_Runner):
 
     def __init__(
         self, infer_fn: InferFn, *, max_batch_size: int, max_delay_s: float, max_queue: int, inline_below_s: float = 0.0,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.perf_counter, loop_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__(
             infer_fn, max_batch_size=max_batch_size, max_delay_s=max_delay_s, max_queue=max_queue,
-            inline_below_s=inline_below_s, clock=clock, name="batcher",
+            inline_below_s=inline_below_s, clock=clock, loop_clock=loop_clock, name="batcher",
         )
 
 
@@ -295,9 +345,10 @@ class DirectRunner(_Runner):
     """Runs each request on its own (batching off), in arrival order."""
 
     def __init__(
-        self, infer_fn: InferFn, *, max_queue: int = 2048, inline_below_s: float = 0.0, clock: Callable[[], float] = time.perf_counter
+        self, infer_fn: InferFn, *, max_queue: int = 2048, inline_below_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+        loop_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__(
             infer_fn, max_batch_size=1, max_delay_s=0.0, max_queue=max_queue, inline_below_s=inline_below_s, clock=clock,
-            name="runner",
+            loop_clock=loop_clock, name="runner",
         )

@@ -22,9 +22,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import types
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
+
+from service.batching import requests_come_one_at_a_time
 
 # Every status line uvicorn writes starts so, whatever the request's HTTP version.
 STATUS_LINE_START = b"HTTP/1.1 "
@@ -129,9 +133,23 @@ class HotRequest:
         self._chunks.append(chunk)
 
     def start(self, app) -> None:
-        """The body is whole: run the app on it, in a task among uvicorn's (graceful shutdown waits for them)."""
+        """The body is whole: run the app on it. With no other request under way in this process (light
+        traffic), it runs at once, and a request answered without waiting (a small model's usual case) is done
+        here. Otherwise, and for what remains of a request that waits, a task among uvicorn's runs it (graceful
+        shutdown waits for them). Under load, tasks let the loop read every ready request before running any:
+        running each at once as it is read measured ~12% more CPU per request at 64 connections."""
         tasks = self._protocol.tasks
-        self._task = self._protocol.loop.create_task(self._run(app))
+        loop = self._protocol.loop
+        if tasks or not requests_come_one_at_a_time():
+            self._task = loop.create_task(self._run(app))
+        else:
+            context = contextvars.copy_context()  # as a task would: the app's context variables stay its own
+            run = self._run(app)
+            try:
+                awaited = context.run(run.send, None)
+            except StopIteration:
+                return
+            self._task = loop.create_task(_resume(run, awaited), context=context)
         self._task.add_done_callback(tasks.discard)
         tasks.add(self._task)
 
@@ -240,12 +258,34 @@ class HotRequest:
             self._ended.set_result(None)
 
 
+@types.coroutine
+def _resume(coroutine, awaited):
+    """Go on with a coroutine that was started by hand and is waiting for `awaited`, as a task would."""
+    while True:
+        try:
+            sent = yield awaited
+        except BaseException as error:  # thrown in by the task: a cancellation
+            try:
+                awaited = coroutine.throw(error)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                awaited = coroutine.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeaderHoldingTransport(transport, self.loop))  # type: ignore[arg-type]
         self.hot_app = _hot_app(self.app)
 
     def on_headers_complete(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            # Armed when a hot request was answered within this same data_received: a request pipelined behind it
+            # is under way, and the timer must not close its connection.
+            self._unset_keepalive_if_required()
         request = self._hot_request()
         if request is None:
             super().on_headers_complete()

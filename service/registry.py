@@ -65,7 +65,8 @@ class ServedModel:
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
         runtime.warm_up(raw_infer, len(self.classes))
         batching = settings.batching_for(name)
-        # On CPU a run's duration is its thread's CPU time (which leaves out GIL waits); a GPU run waits for the device.
+        # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
+        # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
         clock = time.thread_time if self.providers == [runtime.CPU] else time.perf_counter
         inline_below_s = settings.inline_inference_ms / 1000.0
         if batching.batching:

@@ -11,7 +11,9 @@ import orjson
 import pytest
 
 from service.app import create_app
-from service.http_protocol import HttpProtocol
+from service.http_protocol import HotRequest, HttpProtocol
+from service.observability import request_id_var
+from service.registry import ServedModel
 from tests.service.conftest import make_settings, serve_on_loopback
 from tests.service.test_hot_paths import IMAGE, REQUESTS
 
@@ -28,6 +30,21 @@ class CountingProtocol(HttpProtocol):
         if request is not None:
             CountingProtocol.hot.append(request.scope["path"])
         return request
+
+
+class StartProbe(HttpProtocol):
+    """Notes, for each hot request, whether it was answered within the loop callback that read it, and the
+    request id the protocol's own context holds right after (the request's must not leak into it)."""
+
+    at_once: list[bool] = []
+    request_ids: list[str | None] = []
+
+    def on_message_complete(self) -> None:
+        request = self.cycle
+        super().on_message_complete()
+        if type(request) is HotRequest:
+            StartProbe.at_once.append(request.response_complete)
+            StartProbe.request_ids.append(request_id_var.get(None))
 
 
 def run_with_server(app, check) -> None:
@@ -260,3 +277,59 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
     clients[0].join(10)
     assert answers[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"connection: close" in answers[0]
     assert answers[0].endswith(b"Internal Server Error")
+
+
+def test_one_request_at_a_time_is_answered_in_the_callback_that_read_it(settings):
+    """Light traffic: no request under way, and the model's runs serve one request each. The request then runs at
+    once, and a small model answers it without a task or a loop iteration in between."""
+    StartProbe.at_once, StartProbe.request_ids = [], []
+
+    def check(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(4):
+                sock.sendall(request("POST", "/v1/models/digits/predict", PREDICT, {}))
+                received = b""
+                while not answered(received):
+                    received += sock.recv(65536)
+                assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"x-request-id: fixed-id" in received
+        # Two in one write: the first is answered at once; the second, read in the same callback, waits for the
+        # flush that gathers what arrives in one loop iteration, as a burst's requests do.
+        two = exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {}) * 2, replies=2)
+        assert two.count(b"HTTP/1.1 200 OK\r\n") == 2
+
+    serve_on_loopback(create_app(settings), StartProbe, check, timeout_graceful_shutdown=5)
+    # The first run goes to the model's inference thread (its cost is not measured yet): that request waits.
+    assert StartProbe.at_once == [False, True, True, True, True, False]
+    assert StartProbe.request_ids == [None] * 6
+
+
+def test_a_request_that_arrives_while_another_is_under_way_runs_in_a_task(settings, monkeypatch):
+    """Under load the loop reads every ready request before running any, so that they are batched together."""
+    StartProbe.at_once, StartProbe.request_ids = [], []
+    real_predict = ServedModel.predict
+    held: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    waiting = threading.Event()
+
+    async def first_waits(self, images):
+        if not held:
+            held.append((asyncio.get_running_loop(), asyncio.Event()))
+            waiting.set()
+            await held[0][1].wait()
+        return await real_predict(self, images)
+
+    monkeypatch.setattr("service.registry.ServedModel.predict", first_waits)
+    answers: list[bytes] = []
+
+    def check(port):
+        raw = request("POST", "/v1/models/digits/predict", PREDICT, {})
+        first = threading.Thread(target=lambda: answers.append(exchange(port, raw)))
+        first.start()
+        assert waiting.wait(10)
+        answers.append(exchange(port, raw))  # answered while the first still waits
+        loop, release = held[0]
+        loop.call_soon_threadsafe(release.set)
+        first.join(10)
+
+    serve_on_loopback(create_app(settings), StartProbe, check, timeout_graceful_shutdown=5)
+    assert len(answers) == 2 and all(answer.startswith(b"HTTP/1.1 200 OK\r\n") for answer in answers)
+    assert StartProbe.at_once == [False, False]
