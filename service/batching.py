@@ -6,15 +6,9 @@ every request on its own. Both offer `await submit(images) -> probabilities` and
 Coalescing without waiting: requests queue on the event loop that received them, and the first
 request of a loop iteration schedules a flush with `call_soon`. The flush therefore runs after
 every request that arrived in the same iteration has been parsed and queued, and takes them all
-(up to `max_batch_size` images) into one run.
-
-A lone request runs at once: while requests come one at a time (the previous run served at most
-one) and nothing is queued, `submit` runs the model right away, on the event loop, and returns
-without a future or a loop iteration in between; with the HTTP protocol's eager start
-(service.http_protocol), such a request is answered within the loop callback that read it. The
-flush it schedules all the same gathers whatever arrives later in that iteration, so a burst
-after a quiet spell runs its first request alone and the rest together, and the next runs see
-the batch (more than one request) and queue again.
+(up to `max_batch_size` images) into one run. A lone request runs at once. (The service's HTTP
+protocol starts each request as it reads it (service.http_protocol), so every request read in one
+loop iteration is queued before the flush runs, and its response leaves in the same step as the run.)
 
 Where a run happens: on the event loop itself when its expected duration (from the runs measured
 so far) is at most `inline_below_s`, otherwise on the runner's inference thread, off the event
@@ -55,16 +49,6 @@ Result = tuple["_Request", np.ndarray | None, BaseException | None]
 
 # How much of the running sums behind the seconds-per-image estimate each new run keeps.
 ESTIMATE_DECAY = 0.8
-
-# Requests served by the latest run of any runner in this process (see requests_come_one_at_a_time).
-_latest_run_requests = 0
-
-
-def requests_come_one_at_a_time() -> bool:
-    """Whether this process's models see one request at a time: the latest run served at most one. The HTTP
-    protocol then starts a request at once, in the callback that read it (service.http_protocol)."""
-    return _latest_run_requests <= 1
-
 
 @dataclass(slots=True, eq=False)
 class _Request:
@@ -111,8 +95,6 @@ class _Runner:
         """Queue images [n, ...] and return their output rows [n, C] once the model ran on them."""
         loop = asyncio.get_running_loop()
         count = len(images)
-        if self._runs_now(loop, count):
-            return self._run_now(loop, images)
         with self._cond:
             if self._closing:
                 raise Overloaded("this model version is being unloaded; retry to reach the current one")
@@ -151,25 +133,6 @@ class _Runner:
             await asyncio.to_thread(thread.join)
 
     # --- on the event loop ------------------------------------------------------------------
-
-    def _runs_now(self, loop: asyncio.AbstractEventLoop, images: int) -> bool:
-        """Whether a request may skip the queue: requests come one at a time (the previous run served at most
-        one), none is waiting anywhere, and its run is short enough for the event loop."""
-        return (
-            self._last_run_requests <= 1 and not self._queued_images and loop not in self._flush_scheduled
-            and not self._closing and self._runs_inline(images)
-        )
-
-    def _run_now(self, loop: asyncio.AbstractEventLoop, images: np.ndarray) -> np.ndarray:
-        """Run one request at once, here on the event loop: no future, no flush a loop iteration later. Requests
-        that arrive later in this loop iteration find a flush scheduled and wait for it, together, so that a
-        burst is still batched."""
-        self._flush_scheduled.add(loop)
-        loop.call_soon(self._flush, loop)
-        try:
-            return self._infer(images, self._loop_clock)
-        finally:
-            self._ran(1)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take the next batch from this loop's queue and run it here or hand it to the thread."""
@@ -292,8 +255,7 @@ class _Runner:
         return outputs
 
     def _ran(self, requests: int) -> None:
-        global _latest_run_requests
-        self._last_run_requests = _latest_run_requests = requests
+        self._last_run_requests = requests
         self._last_run_finished_at = time.monotonic()
 
     def _measured(self, seconds: float, images: int) -> None:

@@ -305,8 +305,7 @@ def test_a_cheap_run_happens_on_the_event_loop_once_measured():
         runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
         first = await runner.submit(images_for(0))  # nothing measured yet: the inference thread
         threads_after_first = set(model.thread_names)
-        # Measured cheap now: runs on the event loop's own thread. The burst's first request runs at once, as it
-        # follows a lone request; the other nine coalesce into one run.
+        # Measured cheap now: concurrent requests coalesce into one run on the event loop's own thread.
         results = await asyncio.gather(*(runner.submit(images_for(i, 2)) for i in range(1, 11)))
         await runner.close()
         return first, threads_after_first, results
@@ -316,71 +315,84 @@ def test_a_cheap_run_happens_on_the_event_loop_once_measured():
     assert threads_after_first == {"batcher"}
     for request_id, result in enumerate(results, start=1):
         assert_own_result(request_id, 2, result)
-    assert [len(b) for b in model.batches] == [1, 2, 18]
+    assert [len(b) for b in model.batches] == [1, 20]
     assert model.thread_names == {"batcher", threading.current_thread().name}
 
 
-def test_while_requests_come_one_at_a_time_each_runs_at_once_without_waiting_for_the_event_loop():
-    model = FakeModel()
+def test_a_run_expected_to_take_longer_than_the_inline_limit_stays_off_the_event_loop():
+    model = FakeModel(delay_s=0.004)
 
     async def scenario():
-        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
-        await runner.submit(images_for(0))  # measured: cheap enough for the event loop
-        for request_id in (1, 2, 3):
-            await asyncio.sleep(0)  # a quiet moment: the flush scheduled by the previous request finds nothing
-            submitted = runner.submit(images_for(request_id))
-            with pytest.raises(StopIteration) as answered:  # answered in its first step: it never waited
-                submitted.send(None)
-            assert_own_result(request_id, 1, answered.value.value)
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.002)
+        for i in range(5):
+            assert_own_result(i, 1, await runner.submit(images_for(i)))
         await runner.close()
 
     asyncio.run(scenario())
-    assert [len(b) for b in model.batches] == [1, 1, 1, 1]
+    assert model.thread_names == {"batcher"}
 
 
-def test_once_a_run_served_several_requests_a_lone_request_queues_for_the_next_flush():
-    model = FakeModel()
+def test_with_the_thread_cpu_clock_time_spent_waiting_does_not_make_a_run_look_long():
+    model = FakeModel(delay_s=0.004)  # sleeping stands for waiting (for the GIL, for a lock): no CPU used
 
     async def scenario():
-        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
-        await runner.submit(images_for(0))
-        await asyncio.gather(*(runner.submit(images_for(i)) for i in range(1, 5)))  # 1 at once, then 3 together
-        # Under load now: the first request of the next burst waits for the flush too, with the others.
-        late = await asyncio.gather(*(runner.submit(images_for(i)) for i in range(5, 8)))
+        runner = batcher(model, max_delay_s=0.0, inline_below_s=0.002, clock=time.thread_time)
+        for i in range(3):
+            assert_own_result(i, 1, await runner.submit(images_for(i)))
         await runner.close()
-        return late
 
-    for request_id, result in enumerate(asyncio.run(scenario()), start=5):
-        assert_own_result(request_id, 1, result)
-    assert [len(b) for b in model.batches] == [1, 1, 3, 3]
+    asyncio.run(scenario())
+    assert model.thread_names == {"batcher", threading.current_thread().name}
 
 
-def test_a_failing_input_that_runs_at_once_fails_its_own_request():
+def test_a_failing_input_fails_only_its_own_request_when_runs_are_on_the_event_loop():
     model = FakeModel()
 
     async def scenario():
         runner = batcher(model, max_delay_s=0.0, inline_below_s=0.5)
-        await runner.submit(images_for(0))
-        await asyncio.sleep(0)
-        poisoned = images_for(1)
+        await runner.submit(images_for(0))  # measured: the next runs happen on the event loop
+        poisoned = images_for(2)
         poisoned[0, 0, 5, 5] = POISON
-        with pytest.raises(ValueError, match="poisoned"):
-            await runner.submit(poisoned)
-        await asyncio.sleep(0)
-        after = await runner.submit(images_for(2))  # the runner goes on
+        results = await asyncio.gather(*(runner.submit(x) for x in (images_for(1), poisoned, images_for(3, 2))), return_exceptions=True)
         await runner.close()
-        return after
+        return results
 
-    assert_own_result(2, 1, asyncio.run(scenario()))
+    results = asyncio.run(scenario())
+    assert_own_result(1, 1, results[0])
+    assert isinstance(results[1], ValueError) and "poisoned" in str(results[1])
+    assert_own_result(3, 2, results[2])
+    assert threading.current_thread().name in model.thread_names
 
 
 def test_lone_image_runs_do_not_push_a_large_batch_off_the_event_loop():
-    """Under load, a burst may run its first request alone and the rest together. A run's fixed cost dominates a
-    lone image's, so seconds per image are estimated over recent images, not averaged over runs: averaged per
-    run, the lone runs would send the batches to the inference thread."""
+    """A run's fixed cost dominates a lone image's, so seconds per image are estimated over recent images, not
+    averaged over runs: averaged per run, lone requests between batches would send the batches to the thread."""
     runner = batcher(FakeModel(), max_delay_s=0.0, inline_below_s=0.008)
     for _ in range(10):
         runner._measured(0.001 + 0.00005, 1)  # 1 ms per run plus 0.05 ms per image
         runner._measured(0.001 + 0.00005 * 59, 59)
     # Averaged per run: ~0.3-0.5 ms per image, 20-30 ms for 60 images. Over images: ~0.083 ms, 5 ms.
     assert runner._runs_inline(60)
+
+
+def test_runs_on_the_event_loop_are_timed_by_the_loop_clock_and_runs_on_the_thread_by_the_other():
+    loop_seconds, thread_seconds = [0.0], [0.0]
+    model = FakeModel()
+
+    def timed_model(images):
+        on_thread = threading.current_thread().name == "batcher"
+        (thread_seconds if on_thread else loop_seconds)[0] += 0.001
+        return model(images)
+
+    async def scenario():
+        runner = batcher(timed_model, max_delay_s=0.0, inline_below_s=0.5, clock=lambda: thread_seconds[0],
+                         loop_clock=lambda: loop_seconds[0])
+        await runner.submit(images_for(0))  # on the thread, before anything is measured
+        assert runner._seconds_per_image == pytest.approx(0.001)
+        await runner.submit(images_for(1, 3))  # on the loop
+        await runner.close()
+        return runner._seconds_per_image
+
+    # (0.001 * 0.8 + 0.001) seconds over (1 * 0.8 + 3) images
+    assert asyncio.run(scenario()) == pytest.approx(0.0018 / 3.8)
+    assert model.thread_names == {"batcher", threading.current_thread().name}

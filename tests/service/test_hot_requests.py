@@ -10,10 +10,13 @@ import threading
 import orjson
 import pytest
 
+import uvicorn
+from uvicorn.server import ServerState
+
+from service import runtime
 from service.app import create_app
-from service.http_protocol import HotRequest, HttpProtocol
+from service.http_protocol import HttpProtocol
 from service.observability import request_id_var
-from service.registry import ServedModel
 from tests.service.conftest import make_settings, serve_on_loopback
 from tests.service.test_hot_paths import IMAGE, REQUESTS
 
@@ -30,21 +33,6 @@ class CountingProtocol(HttpProtocol):
         if request is not None:
             CountingProtocol.hot.append(request.scope["path"])
         return request
-
-
-class StartProbe(HttpProtocol):
-    """Notes, for each hot request, whether it was answered within the loop callback that read it, and the
-    request id the protocol's own context holds right after (the request's must not leak into it)."""
-
-    at_once: list[bool] = []
-    request_ids: list[str | None] = []
-
-    def on_message_complete(self) -> None:
-        request = self.cycle
-        super().on_message_complete()
-        if type(request) is HotRequest:
-            StartProbe.at_once.append(request.response_complete)
-            StartProbe.request_ids.append(request_id_var.get(None))
 
 
 def run_with_server(app, check) -> None:
@@ -279,57 +267,82 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
     assert answers[0].endswith(b"Internal Server Error")
 
 
-def test_one_request_at_a_time_is_answered_in_the_callback_that_read_it(settings):
-    """Light traffic: no request under way, and the model's runs serve one request each. The request then runs at
-    once, and a small model answers it without a task or a loop iteration in between."""
-    StartProbe.at_once, StartProbe.request_ids = [], []
+class FakeTransport:
+    """What the protocol needs of a socket's transport; keeps what is written."""
 
-    def check(port):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            for _ in range(4):
-                sock.sendall(request("POST", "/v1/models/digits/predict", PREDICT, {}))
-                received = b""
-                while not answered(received):
-                    received += sock.recv(65536)
-                assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"x-request-id: fixed-id" in received
-        # Two in one write: the first is answered at once; the second, read in the same callback, waits for the
-        # flush that gathers what arrives in one loop iteration, as a burst's requests do.
-        two = exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {}) * 2, replies=2)
-        assert two.count(b"HTTP/1.1 200 OK\r\n") == 2
+    def __init__(self) -> None:
+        self.written = b""
 
-    serve_on_loopback(create_app(settings), StartProbe, check, timeout_graceful_shutdown=5)
-    # The first run goes to the model's inference thread (its cost is not measured yet): that request waits.
-    assert StartProbe.at_once == [False, True, True, True, True, False]
-    assert StartProbe.request_ids == [None] * 6
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
-def test_a_request_that_arrives_while_another_is_under_way_runs_in_a_task(settings, monkeypatch):
-    """Under load the loop reads every ready request before running any, so that they are batched together."""
-    StartProbe.at_once, StartProbe.request_ids = [], []
-    real_predict = ServedModel.predict
-    held: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-    waiting = threading.Event()
+def test_requests_read_in_one_loop_step_run_in_one_batch_and_are_answered_in_the_next(settings, monkeypatch):
+    """Each hot request starts in the loop callback that reads it: the requests read in one step are all queued
+    when the model's flush runs, and each response leaves in the step of the run, not one step later."""
+    batches: list[int] = []
+    make_infer_fn = runtime.make_infer_fn
 
-    async def first_waits(self, images):
-        if not held:
-            held.append((asyncio.get_running_loop(), asyncio.Event()))
-            waiting.set()
-            await held[0][1].wait()
-        return await real_predict(self, images)
+    def recording_infer_fn(*args):
+        infer = make_infer_fn(*args)
 
-    monkeypatch.setattr("service.registry.ServedModel.predict", first_waits)
-    answers: list[bytes] = []
+        def recorded(images):
+            batches.append(len(images))
+            return infer(images)
 
-    def check(port):
-        raw = request("POST", "/v1/models/digits/predict", PREDICT, {})
-        first = threading.Thread(target=lambda: answers.append(exchange(port, raw)))
-        first.start()
-        assert waiting.wait(10)
-        answers.append(exchange(port, raw))  # answered while the first still waits
-        loop, release = held[0]
-        loop.call_soon_threadsafe(release.set)
-        first.join(10)
+        return recorded
 
-    serve_on_loopback(create_app(settings), StartProbe, check, timeout_graceful_shutdown=5)
-    assert len(answers) == 2 and all(answer.startswith(b"HTTP/1.1 200 OK\r\n") for answer in answers)
-    assert StartProbe.at_once == [False, False]
+    monkeypatch.setattr(runtime, "make_infer_fn", recording_infer_fn)
+    app = create_app(settings)
+    predict = request("POST", "/v1/models/digits/predict", PREDICT, {})
+
+    async def scenario():
+        await app.state.repository.start()
+        config = uvicorn.Config(app, log_level="warning")
+        config.load()
+        state = ServerState()
+        connections = []
+        for _ in range(3):
+            protocol = HttpProtocol(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
+            transport = FakeTransport()
+            protocol.connection_made(transport)
+            connections.append((protocol, transport))
+        first_protocol, first = connections[0]
+        first_protocol.data_received(predict)  # the first run goes to the inference thread: it is not measured yet
+        while not first.written:
+            await asyncio.sleep(0.001)
+        first.written = b""
+        del batches[:]
+
+        # Answered without waiting for anything: within the callback that read it.
+        first_protocol.data_received(request("POST", "/v1/models/nope/predict", PREDICT, {}))
+        assert first.written.startswith(b"HTTP/1.1 404 ")
+        first.written = b""
+
+        for protocol, _ in connections:
+            protocol.data_received(predict)
+        assert not any(transport.written for _, transport in connections)
+        assert request_id_var.get() is None  # each request's context variables are its own, as in a task
+        await asyncio.sleep(0)  # one loop step: the flush, then each request's task
+        answers = [transport.written for _, transport in connections]
+        await app.state.repository.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert batches == [3]
+    assert all(answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"predictions"' in answer for answer in answers)
