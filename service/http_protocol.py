@@ -8,10 +8,9 @@
   The body is gathered as it arrives; once it is whole, the app's hot entry (the same middleware and
   endpoints as on the ASGI path, see service.hot_paths) runs on it, at once under light load, in a
   task among uvicorn's own once it waits (a graceful shutdown waits for it); the response leaves in
-  one socket write. That saves about 14 µs
-  of CPU per prediction, a tenth of the whole (bench/README.md). A hot request whose client leaves
-  before its answer is cancelled, which drops it from the model's queue before inference (uvicorn
-  lets an app run on for a client that is gone). Anything else (another method or path, a chunked or
+  one socket write. That saves about 14 µs of CPU per prediction, a tenth of the whole
+  (bench/README.md). A hot request whose client leaves before its answer is cancelled, which drops
+  it from the model's queue before inference (uvicorn lets an app run on for a client that is gone). Anything else (another method or path, a chunked or
   larger body, `Expect: 100-continue`, a request pipelined behind one not yet answered) goes through
   uvicorn's cycle as before.
 - Every other response also leaves in one socket write (`HeaderHoldingTransport`): uvicorn writes a
@@ -274,26 +273,29 @@ class _Resumed(Coroutine):
     later. A cancellation that comes before the first step cancels the future and reaches the coroutine where
     it waits, as it would in a task that had started it."""
 
-    __slots__ = ("_coroutine", "_awaited")
+    __slots__ = ("_coroutine", "_awaited", "_started")
 
-    def __init__(self, coroutine: Coroutine, awaited: asyncio.Future) -> None:
+    def __init__(self, coroutine: Coroutine, awaited: asyncio.Future | None) -> None:
         self._coroutine = coroutine
-        self._awaited: asyncio.Future | None = awaited
+        self._awaited = awaited  # None: a bare yield, which asks the task to go on in the next loop step
+        self._started = False
 
     def send(self, value):
-        awaited = self._awaited
-        if awaited is None:
+        if self._started:
             return self._coroutine.send(value)
-        self._awaited = None
-        if not awaited.done():
+        self._started = True
+        awaited, self._awaited = self._awaited, None
+        if awaited is None or not awaited.done():
             return awaited
         awaited._asyncio_future_blocking = False  # as the task would, once the future is done
         return self._coroutine.send(None)
 
     def throw(self, *error):
-        awaited, self._awaited = self._awaited, None
-        if awaited is not None:
-            awaited.cancel()  # as a task does with the future it waits for: a queued request is then dropped
+        if not self._started:
+            self._started = True
+            awaited, self._awaited = self._awaited, None
+            if awaited is not None:
+                awaited.cancel()  # as a task does with the future it waits for: a queued request is then dropped
         return self._coroutine.throw(*error)
 
     def close(self) -> None:

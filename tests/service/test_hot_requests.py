@@ -15,7 +15,7 @@ from uvicorn.server import ServerState
 
 from service import runtime
 from service.app import create_app
-from service.http_protocol import HttpProtocol
+from service.http_protocol import HttpProtocol, _Resumed
 from service.observability import request_id_var
 from tests.service.conftest import make_settings, serve_on_loopback
 from tests.service.test_hot_paths import IMAGE, REQUESTS
@@ -346,3 +346,52 @@ def test_requests_read_in_one_loop_step_run_in_one_batch_and_are_answered_in_the
     answers = asyncio.run(scenario())
     assert batches == [3]
     assert all(answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"predictions"' in answer for answer in answers)
+
+
+def test_a_coroutine_started_by_hand_goes_on_in_a_task_as_it_would_have_in_one():
+    """`_Resumed` hands the task what the coroutine waits for, or goes on at once when that is done already;
+    a bare yield asks for the next loop step; a cancellation before the task's first step cancels the future
+    and reaches the coroutine where it waits."""
+
+    async def waits(awaitable, seen: list):
+        try:
+            seen.append(await awaitable)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        await asyncio.sleep(0)  # a bare yield afterwards
+        return len(seen)
+
+    def started(awaitable, seen):
+        coroutine = waits(awaitable, seen)
+        return coroutine, coroutine.send(None)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        outcomes = {}
+        for case in ("pending", "done", "cancelled"):
+            future, seen = loop.create_future(), []
+            coroutine, awaited = started(future, seen)
+            assert awaited is future
+            task = loop.create_task(_Resumed(coroutine, awaited))
+            if case == "pending":
+                loop.call_soon(future.set_result, "late")
+            elif case == "done":
+                future.set_result("early")
+            else:
+                task.cancel()
+            try:
+                outcomes[case] = (await task, seen, future.cancelled())
+            except asyncio.CancelledError:
+                outcomes[case] = ("task cancelled", seen, future.cancelled())
+        # A coroutine whose first suspension is a bare yield.
+        coroutine, awaited = started(asyncio.sleep(0, result="slept"), seen := [])
+        assert awaited is None
+        outcomes["bare yield"] = (await loop.create_task(_Resumed(coroutine, awaited)), seen, False)
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes["pending"] == (1, ["late"], False)
+    assert outcomes["done"] == (1, ["early"], False)
+    assert outcomes["cancelled"] == ("task cancelled", ["cancelled"], True)
+    assert outcomes["bare yield"] == (1, ["slept"], False)
