@@ -9,7 +9,6 @@ import threading
 
 import orjson
 import pytest
-
 import uvicorn
 from uvicorn.server import ServerState
 
