@@ -6,9 +6,9 @@ every request on its own. Both offer `await submit(images) -> probabilities` and
 Coalescing without waiting: requests queue on the event loop that received them, and the first
 request of a loop iteration schedules a flush with `call_soon`. The flush therefore runs after
 every request that arrived in the same iteration has been parsed and queued, and takes them all
-(up to `max_batch_size` images) into one run. A lone request runs at once. (The service's HTTP
-protocol starts each request as it reads it (service.http_protocol), so every request read in one
-loop iteration is queued before the flush runs, and its response leaves in the same step as the run.)
+(up to `max_batch_size` images) into one run. A lone request runs at once. (Under light load the
+service's HTTP protocol starts each request in the loop callback that read it, so that its answer
+leaves in the loop step of its run: service.http_protocol.)
 
 Where a run happens: on the event loop itself when its expected duration (from the runs measured
 so far) is at most `inline_below_s`, otherwise on the runner's inference thread, off the event
@@ -237,7 +237,8 @@ class _Runner:
                     count = len(request.images)
                     results.append((request, outputs[offset : offset + count], None))
                     offset += count
-        self._ran(len(batch))
+        self._last_run_requests = len(batch)
+        self._last_run_finished_at = time.monotonic()
         return results
 
     def _run_one(self, request: _Request, clock: Callable[[], float]) -> Result:
@@ -253,10 +254,6 @@ class _Runner:
             raise RuntimeError(f"model returned {len(outputs)} rows for {len(images)} images")
         self._measured(clock() - started, len(images))
         return outputs
-
-    def _ran(self, requests: int) -> None:
-        self._last_run_requests = requests
-        self._last_run_finished_at = time.monotonic()
 
     def _measured(self, seconds: float, images: int) -> None:
         self._recent_seconds = self._recent_seconds * ESTIMATE_DECAY + seconds

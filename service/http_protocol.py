@@ -301,6 +301,9 @@ class _Resumed(Coroutine):
     def close(self) -> None:
         self._coroutine.close()
 
+    def __next__(self):
+        return self.send(None)
+
     def __await__(self):
         return self
 

@@ -387,6 +387,11 @@ def test_a_coroutine_started_by_hand_goes_on_in_a_task_as_it_would_have_in_one()
         coroutine, awaited = started(asyncio.sleep(0, result="slept"), seen := [])
         assert awaited is None
         outcomes["bare yield"] = (await loop.create_task(_Resumed(coroutine, awaited)), seen, False)
+        # Awaited directly, as any coroutine may be.
+        future, seen = loop.create_future(), []
+        coroutine, awaited = started(future, seen)
+        loop.call_soon(future.set_result, "awaited")
+        outcomes["awaited"] = (await _Resumed(coroutine, awaited), seen, False)
         return outcomes
 
     outcomes = asyncio.run(scenario())
@@ -394,3 +399,4 @@ def test_a_coroutine_started_by_hand_goes_on_in_a_task_as_it_would_have_in_one()
     assert outcomes["done"] == (1, ["early"], False)
     assert outcomes["cancelled"] == ("task cancelled", ["cancelled"], True)
     assert outcomes["bare yield"] == (1, ["slept"], False)
+    assert outcomes["awaited"] == (1, ["awaited"], False)

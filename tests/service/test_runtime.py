@@ -71,4 +71,3 @@ def test_cuda_sessions_get_tf32_off_and_the_configured_convolution_search(monkey
         ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
         "CPUExecutionProvider",
     ]
-
