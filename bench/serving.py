@@ -6,8 +6,9 @@
 Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
 MNIST digit per request, or `--images N`) for: this service at its default worker count with batching on and off,
 each over v1 JSON, v2 JSON and v2 binary; a naive FastAPI + ONNX Runtime app; the same with
-PyTorch eager; and the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
-one uvicorn process and again with as many SO_REUSEPORT workers as the service. Every server is
+PyTorch eager; the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
+one uvicorn process and again with as many SO_REUSEPORT workers as the service; and, between the two
+kinds, the minimal per-request server: the ceiling plus one ONNX Runtime run, one uvicorn process. Every server is
 first checked to answer the right probabilities (ONNX Runtime's, computed here) and is then warmed
 up before being timed. The whole sequence runs `--rounds` times, each server started anew each round,
 and every figure reported is the median over the rounds. Writes bench/results/serving.json,
@@ -123,6 +124,8 @@ def servers(model_dir: Path, repository: Path, service_env: dict[str, str], serv
                {"v1-json": "/predict"}, 2),
         Server("naive-torch", "naive FastAPI + PyTorch eager", [*uvicorn, "--workers", "2", "naive_torch:app"], model_env,
                {"v1-json": "/predict"}, 2),
+        Server("minimal-ort", "minimal: raw ASGI + orjson + ONNX Runtime", [*uvicorn, "minimal_ort:app"], model_env,
+               {"v1-json": "/predict"}, 1),
         # The ceiling as the figures define it (one uvicorn process), and at the service's worker count
         # with the service's SO_REUSEPORT workers.
         Server("ceiling", "ceiling: raw ASGI + orjson", [*uvicorn, "ceiling:app"], {}, {"v1-json": "/predict"}, 1),

@@ -45,6 +45,16 @@ def check_targets(report: dict) -> list[dict]:
     ]
 
 
+def one_connection_floor(report: dict) -> str | None:
+    """How the 1-connection p50 target compares with the floor: the minimal per-request server's p50."""
+    service, minimal, ceiling = (_point(report, server, "v1-json", 1) for server in ("service-on", "minimal-ort", "ceiling"))
+    if not (service and minimal and ceiling):
+        return None
+    return (f"At 1 connection the minimal per-request server (the ceiling plus one ONNX Runtime run, nothing else) "
+            f"answers at p50 {minimal['p50_ms']:.2f} ms, {_ratio(minimal, ceiling, 'p50_ms'):.2f}x the ceiling's "
+            f"{ceiling['p50_ms']:.2f} ms; the service at {service['p50_ms']:.2f} ms, {_ratio(service, ceiling, 'p50_ms'):.2f}x.")
+
+
 def _label(series: dict) -> str:
     if series["server"].startswith("service"):
         return f"{series['label']}, {PROTOCOL_NAMES[series['protocol']]}"
@@ -86,6 +96,9 @@ def write_markdown(report: dict) -> str:
         else:
             value = f"{target['measured']:.2f} {target['unit']}".strip()
             lines.append(f"| {target['target']} | {value} | {'yes' if target['met'] else 'no'} |")
+    floor = one_connection_floor(report)
+    if floor:
+        lines += ["", floor]
     return "\n".join(lines) + "\n"
 
 
@@ -103,7 +116,8 @@ def write_plot(report: dict, path: Path) -> None:
         points = [next((p for p in s["points"] if p["connections"] == count), None) for s in report["series"]]
         rates = [p["requests_per_s"] if p else 0 for p in points]
         colors = ["tab:blue" if s["server"] == "service-on" else "tab:cyan" if s["server"] == "service-off"
-                  else "tab:gray" if s["server"].startswith("ceiling") else "tab:red" for s in report["series"]]
+                  else "tab:gray" if s["server"].startswith("ceiling") else "tab:olive" if s["server"] == "minimal-ort"
+                  else "tab:red" for s in report["series"]]
         bars = axis.barh(range(len(labels)), rates, color=colors)
         for bar, point in zip(bars, points):
             if point:
