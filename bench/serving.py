@@ -1,6 +1,6 @@
 """Serving benchmark: every server on loopback, driven by wrk, in one run.
 
-    .venv/bin/python bench/serving.py                 # the full run (about 8 minutes)
+    .venv/bin/python bench/serving.py                 # the full run (about 9 minutes)
     .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --rounds 1 --duration 3   # a quick look
 
 Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
