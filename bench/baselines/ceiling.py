@@ -6,25 +6,17 @@ orjson into a numpy array (as a real server must) and answers a constant 10 prob
 
 import numpy as np
 import orjson
+from raw_asgi import lifespan, read_body
 
 ANSWER = orjson.dumps({"predictions": [{"probabilities": [0.1] * 10}]})
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
 
 
 async def app(scope, receive, send):
-    if scope["type"] != "http":  # lifespan: nothing to set up
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-        await send({"type": "lifespan.shutdown.complete"})
+    if scope["type"] != "http":
+        await lifespan(receive, send)
         return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
+    body = await read_body(receive)
     np.asarray(orjson.loads(body)["instances"], dtype=np.float32).reshape(-1, 1, 28, 28)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": ANSWER})

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import orjson
+from raw_asgi import lifespan, read_body
 
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
@@ -21,19 +22,10 @@ HEADERS = [(b"content-type", b"application/json")]
 
 
 async def app(scope, receive, send):
-    if scope["type"] != "http":  # lifespan: nothing to set up
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-        await send({"type": "lifespan.shutdown.complete"})
+    if scope["type"] != "http":
+        await lifespan(receive, send)
         return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
+    body = await read_body(receive)
     images = np.asarray(orjson.loads(body)["instances"], dtype=np.float32).reshape(-1, 1, 28, 28)
     probabilities = session.run(None, {INPUT: images})[0]
     answer = orjson.dumps({"predictions": [{"probabilities": row} for row in probabilities.tolist()]})
