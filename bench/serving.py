@@ -7,8 +7,8 @@ Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk 
 MNIST digit per request, or `--images N`) for: this service at its default worker count with batching on and off,
 each over v1 JSON, v2 JSON and v2 binary; a naive FastAPI + ONNX Runtime app; the same with
 PyTorch eager; the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
-one uvicorn process and again with as many SO_REUSEPORT workers as the service; and, between the two
-kinds, the minimal per-request server: the ceiling plus one ONNX Runtime run, one uvicorn process. Every server is
+one uvicorn process and again with as many SO_REUSEPORT workers as the service; and the minimal
+per-request server, the ceiling plus one ONNX Runtime run, as one uvicorn process. Every server is
 first checked to answer the right probabilities (ONNX Runtime's, computed here) and is then warmed
 up before being timed. The whole sequence runs `--rounds` times, each server started anew each round,
 and every figure reported is the median over the rounds. Writes bench/results/serving.json,
