@@ -50,6 +50,7 @@ Result = tuple["_Request", np.ndarray | None, BaseException | None]
 # How much of the running sums behind the seconds-per-image estimate each new run keeps.
 ESTIMATE_DECAY = 0.8
 
+
 @dataclass(slots=True, eq=False)
 class _Request:
     images: np.ndarray

@@ -10,9 +10,9 @@
   task among uvicorn's own once it waits (a graceful shutdown waits for it); the response leaves in
   one socket write. That saves about 14 µs of CPU per prediction, a tenth of the whole
   (bench/README.md). A hot request whose client leaves before its answer is cancelled, which drops
-  it from the model's queue before inference (uvicorn lets an app run on for a client that is gone). Anything else (another method or path, a chunked or
-  larger body, `Expect: 100-continue`, a request pipelined behind one not yet answered) goes through
-  uvicorn's cycle as before.
+  it from the model's queue before inference (uvicorn lets an app run on for a client that is
+  gone). Anything else (another method or path, a chunked or larger body, `Expect: 100-continue`,
+  a request pipelined behind one not yet answered) goes through uvicorn's cycle as before.
 - Every other response also leaves in one socket write (`HeaderHoldingTransport`): uvicorn writes a
   response's status line and headers, then its body, as two writes: two send() system calls per
   response, each ~4.5 µs of CPU on loopback (bench/socket_writes.py), and two segments for the
