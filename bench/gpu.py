@@ -29,7 +29,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import runtime  # noqa: E402
+from service.inference import runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from training.data import DATASETS, TEST_IMAGES, TEST_LABELS  # noqa: E402
 from training.idx import read_pair  # noqa: E402

@@ -29,7 +29,7 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    from service.http_protocol import HttpProtocol
+    from service.http.protocol import HttpProtocol
 
     uvicorn_options = dict(
         http=HttpProtocol,  # httptools; hot requests skip uvicorn's request cycle; each response in one socket write
@@ -38,7 +38,7 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client
         timeout_graceful_shutdown=args.graceful_timeout,  # on SIGTERM: stop accepting, finish requests in flight
     )
-    from service.runtime import gpu_serves
+    from service.inference.runtime import gpu_serves
 
     # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))

@@ -29,9 +29,9 @@ from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
-from service.hot_paths import HotPaths, hot_routes
+from service.http.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
-from service.registry import ModelRepository
+from service.inference.registry import ModelRepository
 from service.workers import rescan_on_request
 
 logger = logging.getLogger("service.requests")
@@ -267,8 +267,8 @@ def _add_docs(app: FastAPI) -> None:
 
 class ServiceApp(FastAPI):
     """The FastAPI app, except that v1 predict and v2 infer skip Starlette's middleware stack and
-    FastAPI's router: `hot_entry` answers them (see service.hot_paths), called from here or directly
-    by the service's HTTP protocol (service.http_protocol)."""
+    FastAPI's router: `hot_entry` answers them (see service.http.hot_paths), called from here or directly
+    by the service's HTTP protocol (service.http.protocol)."""
 
     hot_paths: HotPaths | None = None
     hot_entry: ASGIApp | None = None

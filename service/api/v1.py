@@ -1,7 +1,7 @@
 """The v1 REST surface: list and describe models, predict from JSON pixels or pictures, reload a model.
 
 Predict bodies are read as bytes. Plain numeric instances go straight from the JSON text to numpy
-(service.json_tensors); any other body is parsed with orjson and converted in one go (see
+(service.http.json_tensors); any other body is parsed with orjson and converted in one go (see
 service.predictions). Answers are serialised with orjson. The OpenAPI document still describes both.
 """
 
@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
 from service.errors import InvalidInput
-from service.json_tensors import V1_FIELDS, read_numeric_instances
+from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
     check_pixels,
@@ -30,7 +30,7 @@ from service.predictions import (
     pixel_instance,
     pixels_to_batch,
 )
-from service.registry import ModelDescription, ModelRepository, ServedModel
+from service.inference.registry import ModelDescription, ModelRepository, ServedModel
 from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])

@@ -1,7 +1,7 @@
 """The Open Inference Protocol (V2, the KServe / Triton REST protocol) so that standard clients work.
 
 Metadata and readiness of the server and of each model, and inference with JSON tensors or the
-binary tensor data extension. Tensor decoding and encoding live in service.v2_codec; errors raised
+binary tensor data extension. Tensor decoding and encoding live in service.http.v2_codec; errors raised
 here are answered by the app as {"error": "..."} with their status code.
 """
 
@@ -15,8 +15,8 @@ from service import __version__
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
 from service.errors import ServiceError, VersionNotFound
 from service.observability import request_id_var
-from service.registry import READY
-from service.v2_codec import (
+from service.inference.registry import READY
+from service.http.v2_codec import (
     ACCEPTED_DATATYPES,
     BINARY_EXTENSION,
     HEADER_LENGTH,

@@ -221,9 +221,9 @@ def test_metrics_count_requests_latency_inference_batches_failures_and_providers
 
 @pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="this host has an NVIDIA GPU: CUDA does not fall back")
 def test_cuda_falls_back_to_cpu_with_one_warning_and_says_so_everywhere(repository, caplog):
-    caplog.set_level(logging.WARNING, logger="service.runtime")
+    caplog.set_level(logging.WARNING, logger="service.inference.runtime")
     with TestClient(create_app(make_settings(repository, providers=["cuda", "cpu"]))) as client:
-        warnings = [r for r in caplog.records if r.name == "service.runtime" and r.levelno == logging.WARNING]
+        warnings = [r for r in caplog.records if r.name == "service.inference.runtime" and r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         message = warnings[0].getMessage()
         assert "CUDAExecutionProvider" in message and "Serving on CPUExecutionProvider" in message

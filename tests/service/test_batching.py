@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import DirectRunner, DynamicBatcher
+from service.inference.batching import DirectRunner, DynamicBatcher
 from service.errors import Overloaded
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 import service.app
 from service.app import create_app
-from service.hot_paths import HotPaths
+from service.http.hot_paths import HotPaths
 from tests.service.conftest import make_settings
 
 IMAGE = np.linspace(0, 1, 784, dtype=np.float32)

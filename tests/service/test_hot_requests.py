@@ -1,4 +1,4 @@
-"""Hot requests skip uvicorn's request cycle (`service.http_protocol.HotRequest`): on a real server on
+"""Hot requests skip uvicorn's request cycle (`service.http.protocol.HotRequest`): on a real server on
 loopback, their answers must be those of uvicorn's cycle, and HTTP must behave as before."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from service import runtime
+from service.inference import runtime
 from service.app import create_app
-from service.http_protocol import HttpProtocol, _Resumed
+from service.http.protocol import HttpProtocol, _Resumed
 from service.observability import request_id_var
 from tests.service.conftest import make_settings, serve_on_loopback
 from tests.service.test_hot_paths import IMAGE, REQUESTS
@@ -170,7 +170,7 @@ def test_a_client_that_leaves_has_its_request_cancelled_and_counted_as_499(setti
             cancelled.set()
             raise
 
-    monkeypatch.setattr("service.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
     app = create_app(settings)
 
     def check(port):
@@ -248,7 +248,7 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
         waiting.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr("service.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
     app = create_app(settings)
     answers: list[bytes] = []
     clients: list[threading.Thread] = []

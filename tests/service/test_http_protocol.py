@@ -1,4 +1,4 @@
-"""Responses leave in one socket write (`service.http_protocol`), and HTTP behaves as before."""
+"""Responses leave in one socket write (`service.http.protocol`), and HTTP behaves as before."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 import uvicorn
 
-from service.http_protocol import HeaderHoldingTransport, HttpProtocol
+from service.http.protocol import HeaderHoldingTransport, HttpProtocol
 from tests.service.conftest import serve_on_loopback
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
@@ -222,7 +222,7 @@ def test_python_m_service_serves_with_this_protocol(monkeypatch, repository):
 def test_python_m_service_runs_one_process_by_default_when_a_gpu_serves(monkeypatch, repository):
     import service.__main__ as cli
     import service.config
-    import service.runtime
+    import service.inference.runtime
     import service.workers
 
     started: list[int] = []
@@ -232,6 +232,6 @@ def test_python_m_service_runs_one_process_by_default_when_a_gpu_serves(monkeypa
     monkeypatch.setenv("PIXELSERVE_MODEL_REPOSITORY", str(repository))
     monkeypatch.delenv("PIXELSERVE_WORKERS", raising=False)
     for gpu in (False, True):
-        monkeypatch.setattr(service.runtime, "gpu_serves", lambda providers, gpu=gpu: gpu)
+        monkeypatch.setattr(service.inference.runtime, "gpu_serves", lambda providers, gpu=gpu: gpu)
         assert cli.main([]) == 0
     assert started == [4, 1]

@@ -14,9 +14,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from service.errors import InvalidInput
-from service.json_tensors import BYTE_ORDER_MARK, read_infer_document, read_numeric_instances
+from service.http.json_tensors import BYTE_ORDER_MARK, read_infer_document, read_numeric_instances
 from service.predictions import check_pixels, pixels_to_batch
-from service.v2_codec import decode_request, image_batch
+from service.http.v2_codec import decode_request, image_batch
 
 RNG = np.random.default_rng(7)
 IMAGES = RNG.random((3, 28, 28), dtype=np.float32)
@@ -173,7 +173,7 @@ def infer_body(data, shape=(1, 784), datatype="FP32", **extra) -> bytes:
 
 def outcome(body: bytes, *, accelerated: bool) -> tuple:
     """What the codec makes of a body: the request's fields and batch, or the error it says."""
-    with mock.patch("service.v2_codec.read_infer_document", read_infer_document if accelerated else refuse):
+    with mock.patch("service.http.v2_codec.read_infer_document", read_infer_document if accelerated else refuse):
         try:
             request = decode_request(body, None)
             batch = image_batch(request, input_name="input", max_batch=4)

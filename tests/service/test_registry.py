@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
-from service.registry import LOADING, READY, UNAVAILABLE, ModelRepository
+from service.inference.registry import LOADING, READY, UNAVAILABLE, ModelRepository
 from tests.onnx_models import make_card, make_classifier, reference_probabilities, write_version
 from tests.service.conftest import make_settings
 

@@ -7,27 +7,27 @@ import logging
 import numpy as np
 import pytest
 
-from service import runtime
+from service.inference import runtime
 from tests.onnx_models import make_classifier, reference_probabilities
 
 
 def test_unknown_providers_are_dropped_with_one_warning_and_cpu_is_always_last(caplog):
-    caplog.set_level(logging.WARNING, logger="service.runtime")
+    caplog.set_level(logging.WARNING, logger="service.inference.runtime")
     resolver = runtime.ProviderResolver(["FancyExecutionProvider"])
     assert resolver.usable() == ["CPUExecutionProvider"]
     assert resolver.usable() == ["CPUExecutionProvider"]  # probed once
-    warnings = [r.getMessage() for r in caplog.records if r.name == "service.runtime"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.inference.runtime"]
     assert len(warnings) == 1 and "FancyExecutionProvider" in warnings[0] and "not available" in warnings[0]
     assert "FancyExecutionProvider" in resolver.unusable()
 
 
 def test_a_provider_onnx_runtime_drops_at_session_creation_is_reported_once(caplog):
-    caplog.set_level(logging.WARNING, logger="service.runtime")
+    caplog.set_level(logging.WARNING, logger="service.inference.runtime")
     resolver = runtime.ProviderResolver(["CPUExecutionProvider"])
     resolver.usable()
     resolver.confirm(["SomeGpuProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
     resolver.confirm(["SomeGpuProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
-    warnings = [r.getMessage() for r in caplog.records if r.name == "service.runtime"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.inference.runtime"]
     assert len(warnings) == 1 and "could not start it" in warnings[0]
 
 

@@ -40,7 +40,7 @@ def test_logs_are_json_lines_with_the_request_id(server):
     lines = [orjson.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     request_lines = [line for line in lines if line.get("request_id") == "log-check-1"]
     assert request_lines and request_lines[0]["status"] == 404 and request_lines[0]["path"] == "/v1/models/nope/predict"
-    assert any(line["logger"] == "service.registry" and "cannot serve broken" in line["message"] for line in lines)
+    assert any(line["logger"] == "service.inference.registry" and "cannot serve broken" in line["message"] for line in lines)
 
 
 def _picture(path) -> bytes:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from service.errors import InvalidInput
-from service.v2_codec import (
+from service.http.v2_codec import (
     HEADER_LENGTH,
     RequestedOutput,
     decode_request,

@@ -6,7 +6,7 @@
   at most 1 MiB skips uvicorn's per-request cycle (its proxy-headers middleware, an `asyncio.Event`
   and a flow-controlled reader for the body, two regular expressions run on every response header).
   The body is gathered as it arrives; once it is whole, the app's hot entry (the same middleware and
-  endpoints as on the ASGI path, see service.hot_paths) runs on it, at once under light load, in a
+  endpoints as on the ASGI path, see service.http.hot_paths) runs on it, at once under light load, in a
   task among uvicorn's own once it waits (a graceful shutdown waits for it); the response leaves in
   one socket write. That saves about 14 µs of CPU per prediction, a tenth of the whole
   (bench/README.md). A hot request whose client leaves before its answer is cancelled, which drops
@@ -140,7 +140,7 @@ class HotRequest:
         the request. One answered without waiting (refused before its model runs) is done here. One that waits
         for its model's run goes on in a task among uvicorn's (graceful shutdown waits for them), which picks it
         up in the loop step of that run: the requests read in one step are all queued when the run's flush
-        comes (service.batching), and their answers leave in that same step.
+        comes (service.inference.batching), and their answers leave in that same step.
 
         Under heavier load, each request starts in a task of its own: the loop reads every ready request before
         running any. Starting 32 requests in flight per worker at once, as each was read, cost ~10% more CPU per

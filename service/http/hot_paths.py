@@ -10,7 +10,7 @@ and every other path go through FastAPI.
 
 Under `python -m service`, most hot requests do not even reach the app's ASGI entry: the service's
 HTTP protocol matches them with `HotPaths.match` and calls the same wrapped entry itself
-(service.http_protocol).
+(service.http.protocol).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ request of a loop iteration schedules a flush with `call_soon`. The flush theref
 every request that arrived in the same iteration has been parsed and queued, and takes them all
 (up to `max_batch_size` images) into one run. A lone request runs at once. (Under light load the
 service's HTTP protocol starts each request in the loop callback that read it, so that its answer
-leaves in the loop step of its run: service.http_protocol.)
+leaves in the loop step of its run: service.http.protocol.)
 
 Where a run happens: on the event loop itself when its expected duration (from the runs measured
 so far) is at most `inline_below_s`, otherwise on the runner's inference thread, off the event

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service import runtime
-from service.batching import DirectRunner, DynamicBatcher
+from service.inference import runtime
+from service.inference.batching import DirectRunner, DynamicBatcher
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics

@@ -1,7 +1,7 @@
 """Open Inference Protocol (V2) data types: JSON tensors and the binary tensor data extension.
 
 Requests are parsed straight into numpy (no per-element validation objects): a flat "data" list of
-numbers by simdjson (service.json_tensors), anything else by orjson. They are then checked
+numbers by simdjson (service.http.json_tensors), anything else by orjson. They are then checked
 for what our models accept: one image tensor of shape [N, 1, 28, 28] or [N, 784], pixels in [0, 1]
 checked by the same rules as the v1 surface (rounding slack just outside [0, 1] is clipped).
 
@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel
 
 from service.errors import InvalidInput
-from service.json_tensors import read_infer_document
+from service.http.json_tensors import read_infer_document
 from service.predictions import check_pixels
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
