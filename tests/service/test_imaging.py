@@ -343,7 +343,7 @@ def test_thin_pen_strokes_are_widened_to_mnist_strokes():
     s = 1000 / 28
     ImageDraw.Draw(sheet).line([(7 * s, 7 * s), (20 * s, 7 * s), (12 * s, 22 * s)], fill=0, width=4)  # a ballpoint
     x = prepare(encode(sheet))
-    assert imaging._stroke_width(x > 0.5) >= 2.0  # as MNIST's thinnest; unwidened, no pixel reaches 0.5
+    assert imaging.ink._stroke_width(x > 0.5) >= 2.0  # as MNIST's thinnest; unwidened, no pixel reaches 0.5
     assert x.max() == 1.0
 
 

@@ -1,13 +1,11 @@
-"""Picture bytes -> model input: decode safely, bring to the MNIST convention, frame like the training data.
-
-Every picture becomes a float32 [1, 28, 28] array in [0, 1], white ink on black:
-  1. decode (accepted formats only, pixel count checked from the header before decoding, first frame,
-     EXIF orientation), flatten transparency onto a backdrop that contrasts with what is drawn;
-  2. grayscale, reduced to a working size;
-  3. fit the paper (a smooth surface, robust to the ink) and measure the ink against it, so uneven
+"""The ink methods, `mnist-digit` and `fashion-fit`: a decoded picture -> float32 [1, 28, 28] in [0, 1], white on
+black, framed as MNIST and Fashion-MNIST were made:
+  1. grayscale, reduced to a working size, transparency flattened onto a backdrop that contrasts with
+     what is drawn;
+  2. fit the paper (a smooth surface, robust to the ink) and measure the ink against it, so uneven
      light goes away; the side the ink lies on (darker or lighter than the paper) sets the polarity;
-  4. stretch contrast above the paper's noise level so the ink reads as full white on black;
-  5. frame it: "mnist-digit" crops to the ink, widens strokes far thinner than MNIST's (a ballpoint),
+  3. stretch contrast above the paper's noise level so the ink reads as full white on black;
+  4. frame it: "mnist-digit" crops to the ink, widens strokes far thinner than MNIST's (a ballpoint),
      fits it into 20x20 keeping its aspect and places it in 28x28 with its center of mass at (14, 14),
      as MNIST was made; "fashion-fit" crops to the object and scales its longest side to 28, centred,
      as Fashion-MNIST was made.
@@ -16,17 +14,12 @@ A 28x28 picture already in the MNIST convention passes through unchanged (up to 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from service.errors import ImageTooLarge, InvalidImage, InvalidInput
+from service.errors import InvalidImage
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO, which phone cameras write
-ACCEPTED_DESCRIPTION = "PNG, JPEG, GIF, BMP, WebP or TIFF"
-JPEG_START = b"\xff\xd8\xff"  # the first bytes of every JPEG (and MPO) file
 METHODS = ("mnist-digit", "fashion-fit")
 
 SIDE = 28  # the model's input is SIDE x SIDE
@@ -49,31 +42,8 @@ WHITE_PERCENTILE = {"mnist-digit": 90.0, "fashion-fit": 99.0}
 EDGE_LEVEL = {"mnist-digit": 0.5, "fashion-fit": 0.15}
 
 
-def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode an uploaded picture (first frame, EXIF orientation applied), refusing bombs and non-pictures."""
-    return _decode(data, max_pixels=max_pixels, reduce_to=None)
-
-
-def to_model_input(data: bytes, method: str, *, max_pixels: int) -> np.ndarray:
-    """Picture bytes -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
-    _check_method(method)
-    return preprocess_image(_decode(data, max_pixels=max_pixels, reduce_to=WORK_SIDE), method)
-
-
-def to_model_input_and_picture(data: bytes, method: str, *, max_pixels: int, picture_side: int) -> tuple[np.ndarray, Image.Image]:
-    """The model input exactly as `to_model_input` makes it, and the decoded picture to show back, at
-    least `picture_side` pixels a side where it is larger. A JPEG is decoded twice, each time at a
-    reduced scale, which costs far less than decoding a photo once at full size; other formats once."""
-    if data[:3] == JPEG_START:
-        x = to_model_input(data, method, max_pixels=max_pixels)  # first: a bad method or picture fails before a second decode
-        return x, _decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
-    picture = decode_picture(data, max_pixels=max_pixels)
-    return preprocess_image(picture, method), picture
-
-
 def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     """A decoded picture -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
-    _check_method(method)
     ink = _stretch(*_ink_on_black(_grayscale(image)), method)
     top, bottom, left, right = _ink_box(ink, EDGE_LEVEL[method])
     patch = ink[top:bottom, left:right]
@@ -82,58 +52,6 @@ def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     else:
         framed = _place_centred(_fit(patch, SIDE))
     return framed[np.newaxis].astype(np.float32)
-
-
-def to_png(array: np.ndarray, *, scale: int = 1) -> bytes:
-    """A [1, 28, 28] or [28, 28] array in [0, 1] as an 8-bit grayscale PNG, optionally enlarged `scale` times."""
-    pixels = np.asarray(array, dtype=np.float32)
-    if pixels.ndim == 3 and pixels.shape[0] == 1:
-        pixels = pixels[0]
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a [1, H, W] or [H, W] array, got shape {list(np.shape(array))}")
-    image = Image.fromarray(np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise InvalidInput(f"unknown preprocessing method {method!r}; known methods: {', '.join(METHODS)}")
-
-
-def _decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: str = "L") -> Image.Image:
-    if not data:
-        raise InvalidImage(f"the upload is empty; send a picture: {ACCEPTED_DESCRIPTION}")
-    try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # reads the header only
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the picture declares too many pixels; at most {max_pixels} are accepted") from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidImage(f"not a picture in an accepted format; send {ACCEPTED_DESCRIPTION}") from exc
-    except Exception as exc:  # Pillow's format plugins raise many types on a malformed header
-        raise InvalidImage(f"the picture's header is corrupt; send a valid {ACCEPTED_DESCRIPTION} file") from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"the picture is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted"
-        )
-    if width < 1 or height < 1:
-        raise InvalidImage(f"the picture is {width}x{height}: it has no pixels")
-    try:
-        if reduce_to is not None and image.format in ("JPEG", "MPO"):
-            image.draft(draft_mode, (reduce_to, reduce_to))  # decode JPEG at a reduced scale: much faster for photos
-        image.load()  # the first frame of an animation
-        return ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the picture decodes to too many pixels; at most {max_pixels} are accepted") from exc
-    except Exception as exc:  # truncated or corrupt data surfaces as any of several exception types
-        raise InvalidImage(
-            f"the {image.format} picture could not be decoded (truncated or corrupt); "
-            f"send a valid {ACCEPTED_DESCRIPTION} file"
-        ) from exc
 
 
 def _reduced(image: Image.Image) -> Image.Image:
@@ -337,3 +255,4 @@ def _place_centred(patch: np.ndarray) -> np.ndarray:
     canvas = np.zeros((SIDE, SIDE), dtype=np.float32)
     canvas[top : top + height, left : left + width] = patch
     return canvas
+

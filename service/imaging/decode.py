@@ -1,0 +1,53 @@
+"""Picture bytes -> a decoded Pillow image, safely: accepted formats only, the pixel count checked from the
+header before anything is decoded, the first frame of an animation, EXIF orientation applied."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ImageTooLarge, InvalidImage
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO, which phone cameras write
+ACCEPTED_DESCRIPTION = "PNG, JPEG, GIF, BMP, WebP or TIFF"
+JPEG_START = b"\xff\xd8\xff"  # the first bytes of every JPEG (and MPO) file
+
+
+def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode an uploaded picture (first frame, EXIF orientation applied), refusing bombs and non-pictures."""
+    return decode(data, max_pixels=max_pixels, reduce_to=None)
+
+
+def decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: str = "L") -> Image.Image:
+    """Decode `data`; a JPEG larger than `reduce_to` a side is decoded at a reduced scale (Pillow's draft)."""
+    if not data:
+        raise InvalidImage(f"the upload is empty; send a picture: {ACCEPTED_DESCRIPTION}")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the picture declares too many pixels; at most {max_pixels} are accepted") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"not a picture in an accepted format; send {ACCEPTED_DESCRIPTION}") from exc
+    except Exception as exc:  # Pillow's format plugins raise many types on a malformed header
+        raise InvalidImage(f"the picture's header is corrupt; send a valid {ACCEPTED_DESCRIPTION} file") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the picture is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted"
+        )
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the picture is {width}x{height}: it has no pixels")
+    try:
+        if reduce_to is not None and image.format in ("JPEG", "MPO"):
+            image.draft(draft_mode, (reduce_to, reduce_to))  # decode JPEG at a reduced scale: much faster for photos
+        image.load()  # the first frame of an animation
+        return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the picture decodes to too many pixels; at most {max_pixels} are accepted") from exc
+    except Exception as exc:  # truncated or corrupt data surfaces as any of several exception types
+        raise InvalidImage(
+            f"the {image.format} picture could not be decoded (truncated or corrupt); "
+            f"send a valid {ACCEPTED_DESCRIPTION} file"
+        ) from exc
+
