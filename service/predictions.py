@@ -82,11 +82,14 @@ def decode_base64_picture(index: int, item: dict) -> bytes:
     return data
 
 
-def pictures_to_batch(pictures: list[bytes], method: str, *, max_pixels: int) -> np.ndarray:
-    """Picture files -> float32 [N,1,28,28] prepared as the model card's preprocessing says (blocking)."""
-    from service.imaging import to_model_input  # Pillow is only needed once a picture arrives
+def pictures_to_batch(pictures: list[bytes], method: str, *, max_pixels: int) -> tuple[np.ndarray, list[list[dict]]]:
+    """Picture files -> float32 [N,1,28,28] prepared as the model card's preprocessing says, and per
+    picture the warnings ({"code", "message"}) about what was doubtful in it (blocking)."""
+    from service.imaging import to_model_input_with_warnings  # Pillow is only needed once a picture arrives
 
-    return np.stack([to_model_input(data, method, max_pixels=max_pixels) for data in pictures])
+    prepared = [to_model_input_with_warnings(data, method, max_pixels=max_pixels) for data in pictures]
+    warnings = [[{"code": w.code, "message": w.message} for w in found] for _, found in prepared]
+    return np.stack([x for x, _ in prepared]), warnings
 
 
 def format_predictions(probs: np.ndarray, classes: list[str], top_k: int) -> list[dict]:

@@ -58,10 +58,18 @@ class TopClass(BaseModel):
     probability: float
 
 
+class PredictionWarning(BaseModel):
+    code: str = Field(description="What was doubtful: low_contrast (the object barely stands out), unclear_object (no clear outline)")
+    message: str = Field(description="The doubt in words, for a person")
+
+
 class Prediction(BaseModel):
     label: str = Field(description="The most probable class")
     probabilities: dict[str, float] = Field(description="Every class's probability (they sum to 1)")
     top: list[TopClass] = Field(description="The top_k classes, most probable first")
+    warnings: list[PredictionWarning] | None = Field(
+        None, description="Pictures only: what was doubtful about the picture (empty when nothing was)"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -108,10 +108,15 @@ def _served(request: Request, name: str, version: int | None) -> ServedModel:
     return served
 
 
-async def _answer(request: Request, served: ServedModel, batch, top_k: int | None) -> Response:
+async def _answer(
+    request: Request, served: ServedModel, batch, top_k: int | None, warnings: dict[int, list[dict]] | None = None
+) -> Response:
     probabilities = await served.predict(batch)
     top_k = request.app.state.settings.default_top_k if top_k is None else top_k
-    return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
+    predictions = format_predictions(probabilities, served.classes, top_k)
+    for index, found in (warnings or {}).items():  # pictures: what was doubtful in each
+        predictions[index]["warnings"] = found
+    return _json({"model": served.name, "version": served.version, "predictions": predictions})
 
 
 def _v1_payload(body: bytes) -> dict:
@@ -155,7 +160,8 @@ async def predict(request: Request, name: ModelName) -> Response:
         batch = pixels_to_batch(instances)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        decoded, found = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        warnings = dict(zip(pictures, found, strict=True))
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
@@ -164,6 +170,7 @@ async def predict(request: Request, name: ModelName) -> Response:
             batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
             batch[pictures] = decoded
             batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
+        return await _answer(request, served, batch, top_k, warnings)
     return await _answer(request, served, batch, top_k)
 
 
@@ -201,8 +208,8 @@ async def predict_image(
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
-    return await _answer(request, served, batch, top_k)
+    batch, found = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    return await _answer(request, served, batch, top_k, dict(enumerate(found)))
 
 
 @router.post(

@@ -26,7 +26,7 @@ from PIL import Image
 
 from service.api.dependencies import require_api_key, tag_request
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_and_picture, to_png
+from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_picture_and_warnings, to_png
 from service.predictions import format_predictions
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,14 @@ def display_picture(image: Image.Image) -> str:
 
 def prepare_picture(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str]:
     """Picture bytes -> (model input [1,28,28], the picture to show back); the input is the API's own."""
-    x, picture = to_model_input_and_picture(data, method, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
-    return x, display_picture(picture)
+    x, picture, _ = prepare_picture_with_warnings(data, method, max_pixels)
+    return x, picture
+
+
+def prepare_picture_with_warnings(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str, list[dict]]:
+    """As `prepare_picture`, and the API's warnings about what was doubtful in the picture."""
+    x, picture, warnings = to_model_input_picture_and_warnings(data, method, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
+    return x, display_picture(picture), [{"code": w.code, "message": w.message} for w in warnings]
 
 
 async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
@@ -160,7 +166,9 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
 
     started = time.perf_counter()
     # Decoding is CPU work: off the event loop, as the v1 endpoints do it.
-    x, picture_png = await asyncio.to_thread(prepare_picture, data, served.preprocessing, settings.max_image_pixels)
+    x, picture_png, warnings = await asyncio.to_thread(
+        prepare_picture_with_warnings, data, served.preprocessing, settings.max_image_pixels
+    )
     preprocessed = time.perf_counter()
     probabilities = await served.predict(x[np.newaxis])
     finished = time.perf_counter()
@@ -173,6 +181,7 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
         "label": prediction["label"],
         "probabilities": prediction["probabilities"],
         "top": prediction["top"],
+        "warnings": warnings,
         "input_png": png_data_url(to_png(x)),
         "picture_png": picture_png,
         "timing_ms": {

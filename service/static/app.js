@@ -23,6 +23,7 @@
     placeholder: document.getElementById("result-placeholder"),
     result: document.getElementById("result"),
     label: document.getElementById("prediction-label"),
+    warnings: document.getElementById("warnings"),
     picture: document.getElementById("picture"),
     modelInput: document.getElementById("model-input"),
     bars: document.getElementById("probabilities"),
@@ -64,6 +65,14 @@
     elements.error.hidden = true;
     elements.placeholder.hidden = true;
     elements.label.textContent = answer.label;
+    elements.warnings.replaceChildren();
+    for (const warning of answer.warnings || []) {  // what was doubtful about the picture
+      const item = document.createElement("li");
+      item.dataset.code = warning.code;
+      item.textContent = capitalise(warning.message);
+      elements.warnings.appendChild(item);
+    }
+    elements.warnings.hidden = !(answer.warnings && answer.warnings.length);
     elements.picture.src = answer.picture_png;
     elements.modelInput.src = answer.input_png;
     elements.bars.replaceChildren();

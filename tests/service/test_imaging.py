@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -20,8 +21,9 @@ from service import imaging
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput
 
 PROJECT = Path(__file__).resolve().parents[2]
-MNIST_IMAGES = PROJECT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
-FASHION_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+# $MNIST_DIR / $FASHION_MNIST_DIR where set (a git worktree has no ../shared beside it), as training.photo_eval reads them.
+MNIST_IMAGES = Path(os.environ.get("MNIST_DIR") or PROJECT.parent / "shared" / "data" / "mnist") / "t10k-images-idx3-ubyte.gz"
+FASHION_IMAGES = Path(os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist") / "t10k-images-idx3-ubyte.gz"
 MAX_PIXELS = 40_000_000
 
 
