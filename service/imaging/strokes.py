@@ -1,8 +1,8 @@
 """Pen strokes on paper, found the way a person finds them: thin marks darker (or lighter) than the paper
 right around them, whatever the light does across the page.
 
-  1. the side the ink lies on: light ink only on a dark background where thin bright marks hold most of
-     what stands out (a canvas drawing, chalk), never a bright sheet lying on a dark table;
+  1. the side the ink lies on: dark on a light background or a bright sheet that fills much of the view;
+     else the side whose thin marks stand out more (a canvas drawing or chalk: light);
   2. illumination flattened at the scale of the digit: a morphological closing (opening for light ink)
      with a window wider than any pen stroke gives the paper's own brightness at each pixel, so a
      gradient, a soft shadow or the sharp edge of a shadow or of the sheet (all monotone steps, which
@@ -25,6 +25,8 @@ import numpy as np
 WINDOW = 0.25  # the flattening window, as a share of the picture's short side: wider than a marker's stroke
 SMALL_PICTURE = 112  # below this (a 28x28 digit, a small crop) the background is flat: no flattening needed
 NOISE_LEVELS = 6.0  # ink stands this many robust spreads above the paper's marks
+LIGHT_INK_SHARE = 0.15  # light strokes cover less than this share of a picture; a bright sheet more
+TILES = 6  # the paper's marks are measured in tiles this many to the short side
 FAINT = 0.12  # ink taking less than this share of the paper's light is faint: predicted, with a warning
 MIN_INK = 0.5 / 255  # half a grey level: an 8-bit picture cannot tell less from nothing
 PIECE_SHARE = 0.03  # a piece with less ink than this share of the main stroke's is a speck
@@ -41,23 +43,28 @@ class Strokes:
 
 def find_strokes(gray: np.ndarray) -> Strokes | None:
     """The digit's strokes in a grayscale picture in [0, 1], or None where nothing is drawn."""
-    light_ink = _light_ink(gray)
-    strength = _flattened(gray, light_ink)
-    return _select(strength)
+    if min(gray.shape) < SMALL_PICTURE:  # a small clean picture (a 28x28 digit): its background says
+        return _select(_flattened(gray, light_ink=float(np.median(gray)) < 0.5))
+    gray = cv2.GaussianBlur(gray, (0, 0), 0.7)  # sensor noise and JPEG blocks are finer than any stroke
+    dark = _flattened(gray, light_ink=False)
+    if float(np.median(gray)) >= 0.5 or _bright_share(gray) > LIGHT_INK_SHARE:
+        return _select(dark)  # a light background, or a bright sheet in view: the ink is dark
+    # A dark background: light ink (a canvas drawing, chalk), or dark ink on a small sheet lying on a dark
+    # table. The side whose thin marks stand out more is the ink's; a texture marks both sides alike.
+    light = _flattened(gray, light_ink=True)
+    return _select(light if _marked(light) > _marked(dark) else dark)
 
 
-def _light_ink(gray: np.ndarray) -> bool:
-    """True for light ink on a dark background: the background is dark and thin bright marks (what an
-    opening removes) hold most of the brightness above it, unlike a bright sheet on a dark table."""
-    background = float(np.median(gray))
-    if background >= 0.5:
-        return False
-    above = np.clip(gray - background, 0, None)
-    total = float(above.sum())
-    if total <= 0:
-        return False
-    thin = float(np.clip(gray - _envelope(gray, light_ink=True), 0, None).sum())
-    return thin >= 0.5 * total
+def _bright_share(gray: np.ndarray) -> float:
+    """The share of the picture in its brighter half (Otsu's split): light ink covers little of it."""
+    pixels = np.clip(gray * 255 + 0.5, 0, 255).astype(np.uint8)
+    level, _ = cv2.threshold(pixels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float((pixels > level).mean())
+
+
+def _marked(strength: np.ndarray) -> float:
+    """How much stands out of the picture's typical marks (above their noise level, tile by tile), in all."""
+    return float(np.clip(strength - _noise_floor(strength), 0, None).sum())
 
 
 def _window(gray: np.ndarray) -> int:
@@ -77,29 +84,44 @@ def _envelope(gray: np.ndarray, light_ink: bool) -> np.ndarray:
 def _flattened(gray: np.ndarray, light_ink: bool) -> np.ndarray:
     """How much each pixel departs from its paper on the ink's side: as a share of the paper's light for
     dark ink (light falls on both), absolute for light ink on a dark ground."""
-    if min(gray.shape) >= SMALL_PICTURE:
-        gray = cv2.GaussianBlur(gray, (0, 0), 0.7)  # sensor noise and JPEG blocks are finer than any stroke
     paper = _envelope(gray, light_ink)
     if light_ink:
         return np.clip(gray - paper, 0, 1)
     return np.clip((paper - gray) / np.maximum(paper, 0.05), 0, 1)
 
 
+def _noise_floor(strength: np.ndarray) -> np.ndarray | float:
+    """The level each pixel's strength must pass to be ink: the paper's marks (texture, noise) measured
+    robustly in tiles, so a textured table does not lower the bar on a smooth sheet; never above half the
+    strongest marks' level (or the whole picture's), so a tile filled by a marker's stroke keeps it."""
+    median = float(np.median(strength))
+    whole = max(median + NOISE_LEVELS * 1.4826 * float(np.median(np.abs(strength - median))), MIN_INK)
+    height, width = strength.shape
+    side = min(height, width) // TILES // 2 * 2  # even: every other pixel of each tile is sampled
+    if side < SMALL_PICTURE // 4:
+        return whole
+    rows, cols = height // side, width // side
+    tiles = strength[: rows * side : 2, : cols * side : 2]  # every other pixel: plenty for a median
+    tiles = tiles.reshape(rows, side // 2, cols, -1).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    centre = np.median(tiles, axis=-1)
+    spread = 1.4826 * np.median(np.abs(tiles - centre[..., None]), axis=-1)
+    local = cv2.resize((centre + NOISE_LEVELS * spread).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(local, MIN_INK, max(whole, 0.5 * float(np.percentile(strength, 99.9))))
+
+
 def _select(strength: np.ndarray) -> Strokes | None:
     """Threshold above the paper's noise, then keep the connected pieces that make up the digit."""
-    median = float(np.median(strength))
-    spread = 1.4826 * float(np.median(np.abs(strength - median)))
-    floor = max(median + NOISE_LEVELS * spread, MIN_INK)
-    if float(strength.max()) <= floor:
+    floor = _noise_floor(strength)
+    excess = strength - floor
+    if float(excess.max()) <= 0:
         return None
-    above = strength[strength > floor]
     # Pieces are what is above the paper's noise and connected (hysteresis: a stroke's faint parts and
     # antialiased edges belong to it); a piece counts only where it holds a stroke's core, above half the
     # level of the strongest marks (show-through and smudges stay below it).
-    level = max(floor, 0.5 * float(np.percentile(above, 99)))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((strength > floor).astype(np.uint8), connectivity=8)
-    cored = np.bincount(labels.ravel(), weights=(strength > level).ravel(), minlength=count)[1:] > 0
-    masses = np.bincount(labels.ravel(), weights=strength.ravel(), minlength=count)[1:] * cored
+    level = 0.5 * float(np.percentile(excess[excess > 0], 99))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((excess > 0).astype(np.uint8), connectivity=8)
+    cored = np.bincount(labels.ravel(), weights=(excess > level).ravel(), minlength=count)[1:] > 0
+    masses = np.bincount(labels.ravel(), weights=excess.ravel(), minlength=count)[1:] * cored
     if not cored.any():
         return None
     height, width = strength.shape
@@ -109,24 +131,24 @@ def _select(strength: np.ndarray) -> Strokes | None:
         keep = _digit_pieces(stats[1:], masses, height, width)
     mask = np.isin(labels, np.asarray(keep) + 1)
     # A stray antialiased pixel right beside a stroke (not touching it) is part of it too.
-    mask |= cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & (strength > floor)
+    mask |= cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & (excess > 0)
     ink = np.where(mask, strength, 0).astype(np.float32)
-    contrast = float(np.percentile(strength[mask & (strength > level)], 90))
+    contrast = float(np.percentile(strength[mask & (excess > level)], 90))
     return Strokes(ink=ink, mask=mask, contrast=contrast, pieces=len(keep))
 
 
-def _is_edge(stat: np.ndarray, height: int, width: int) -> bool:
-    """A piece lying along the picture's border and running most of its length: a sheet's or a shadow's edge."""
+def _touches_border(stat: np.ndarray, height: int, width: int) -> bool:
+    """A piece reaching the picture's edge: the table in view beside a sheet, a shadow, the sheet's edge
+    (a digit someone photographs lies inside the frame)."""
     left, top, box_w, box_h, _ = stat
-    touches = left == 0 or top == 0 or left + box_w >= width or top + box_h >= height
-    return bool(touches and (box_w >= 0.6 * width or box_h >= 0.6 * height))
+    return bool(left == 0 or top == 0 or left + box_w >= width or top + box_h >= height)
 
 
 def _digit_pieces(stats: np.ndarray, masses: np.ndarray, height: int, width: int) -> list[int]:
-    """Indices of the pieces that form the digit: the one with most ink that is no edge, and the pieces
+    """Indices of the pieces that form the digit: the one with most ink inside the frame, and the pieces
     with a fair share of ink close to the growing digit."""
     order = [int(i) for i in np.argsort(masses)[::-1] if masses[i] > 0]  # pieces with a stroke's core
-    candidates = [i for i in order if not _is_edge(stats[i], height, width)] or order
+    candidates = [i for i in order if not _touches_border(stats[i], height, width)] or order
     main = candidates[0]
     keep = [main]
     left, top, box_w, box_h, _ = stats[main]
