@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="augmentation: random shifts of up to this many pixels")
     opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
+    opt.add_argument("--photo-mix", type=float, default=defaults.photo_mix,
+                     help="train on what serving produces: chance that a pooled picture is drawn as its synthetic "
+                     "photo run through the service's preprocessing (0: clean pictures only)")
+    opt.add_argument("--photo-pool", type=int, default=1000,
+                     help="how many training pictures get a processed photo (with --photo-mix; cached in data/photo-mix/)")
     opt.add_argument("--patience", type=int, default=defaults.patience,
                      help="stop after this many epochs without a better validation accuracy "
                      "(with onecycle, counted from the end of its 30%% warm-up)")
@@ -126,10 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.photo_mix <= 1.0:
+        raise SystemExit(f"error: --photo-mix is a probability in [0, 1], got {args.photo_mix}")
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=args.hflip,
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
+        photo_mix=args.photo_mix, photo_pool=args.photo_pool if args.photo_mix > 0 else 0,
     )
     arch_options: dict = {}
     defaults = DEFAULT_OPTIONS.get(args.arch, {})

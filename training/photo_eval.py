@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=None, help="model version (default: the highest)")
     parser.add_argument("--models", nargs="+", default=None, help="models to measure (default: all four)")
     parser.add_argument("--conditions", nargs="+", default=[s.condition for s in PHOTO_SETS], help="conditions to measure")
+    parser.add_argument("--photos-cache", type=Path, default=None,
+                        help="a pickle of the generated photos: read when present, else written (the set is fixed)")
     args = parser.parse_args(argv)
 
     from fastapi.testclient import TestClient
@@ -123,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(model_repository=args.models_dir.resolve(), providers=["cpu"], watch_interval_s=0, log_level="warning")
     print("| condition | photos | model | version | accuracy | goal | refused | warned | preprocessing ms (median) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cached = pickle.loads(args.photos_cache.read_bytes()) if args.photos_cache and args.photos_cache.exists() else {}
     with TestClient(create_app(settings)) as client:
         for spec in PHOTO_SETS:
             if spec.condition not in args.conditions:
                 continue
-            photos = photo_set(spec)
+            photos = cached[spec.condition] if spec.condition in cached else photo_set(spec)
+            cached[spec.condition] = photos
             method = "mnist-digit" if spec.dataset == "mnist" else "fashion-fit"
             took = preprocessing_ms(photos, method)
             for model in MODELS_FOR[spec.dataset]:
@@ -140,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['accuracy']:.1%} | {spec.goal:.0%} | {result['refused']} | {result['warned']} | {took:.1f} |",
                     flush=True,
                 )
+    if args.photos_cache:
+        args.photos_cache.write_bytes(pickle.dumps(cached))
     return 0
 
 

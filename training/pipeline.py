@@ -17,6 +17,7 @@ from training.data import load_splits
 from training.download import sha256_of
 from training.export import OPSET, check_parity, export_onnx, onnx_probabilities, publish
 from training.models import build_model, count_parameters
+from training.photo_mix import conditions_for, processed_pool
 from training.report import summarize, write_report
 from training.train import TrainConfig, fit
 
@@ -49,7 +50,14 @@ def train_and_publish(
     classes = list(splits.dataset.classes)
     torch.manual_seed(config.seed)  # the seed governs the initial weights too
     classifier = build_model(arch, len(classes), **arch_options)
-    result = fit(classifier, splits, config, progress=progress)
+    photos = None
+    if config.photo_mix > 0 and config.photo_pool > 0:
+        photos = processed_pool(splits.train_images, splits.train_labels, dataset, config.photo_pool, config.seed)
+        splits.split += (
+            f"; {len(photos[0])} of the training pictures also as synthetic photos ({', '.join(conditions_for(dataset))}) "
+            f"run through the service's preprocessing, each drawn as its photo with probability {config.photo_mix}"
+        )
+    result = fit(classifier, splits, config, progress=progress, photos=photos)
 
     proto = export_onnx(classifier)
     probabilities = check_parity(proto, classifier, splits.test_images)

@@ -34,6 +34,8 @@ class TrainConfig:
     shift: int = 0  # augmentation: random translation by up to this many pixels
     hflip: bool = False  # augmentation: random horizontal mirror (clothes, not digits)
     label_smoothing: float = 0.0
+    photo_mix: float = 0.0  # chance that a pooled picture is replaced by its processed photo (training/photo_mix.py)
+    photo_pool: int = 0  # how many training pictures get a processed photo
     patience: int = 5  # stop after this many epochs without a better validation accuracy
     seed: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -127,9 +129,14 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int)
     raise ValueError(f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def fit(
+    model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool = True,
+    photos: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TrainResult:
     """Train `model` in place on the training split, select on validation accuracy, keep the best weights.
 
+    `photos` (indices into the training split, their processed photos as uint8 [n, 28, 28]) stand in
+    for those pictures with probability `config.photo_mix` each time they are drawn.
     `progress` shows a per-batch bar; a one-line summary of each epoch is always printed."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -137,6 +144,12 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
 
     train_x = to_tensor(splits.train_images)
     train_y = torch.from_numpy(splits.train_labels)
+    has_photo = torch.zeros(len(train_x), dtype=torch.bool)
+    photo_x = torch.zeros_like(train_x)
+    if photos is not None and config.photo_mix > 0:
+        indices = torch.from_numpy(photos[0].astype(np.int64))
+        has_photo[indices] = True
+        photo_x[indices] = to_tensor(photos[1])
     model.normalize.mean.fill_(train_x.mean().item())
     model.normalize.std.fill_(train_x.std().item())
     memory_format = torch.channels_last if _uses_convolutions(model) else torch.contiguous_format
@@ -161,7 +174,11 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool
                    disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            inputs = augment(train_x[index], config.shift, config.hflip, generator)
+            batch = train_x[index]
+            if config.photo_mix > 0:
+                chosen = has_photo[index] & (torch.rand(len(index), generator=generator) < config.photo_mix)
+                batch = torch.where(chosen[:, None, None, None], photo_x[index], batch)
+            inputs = augment(batch, config.shift, config.hflip, generator)
             inputs = inputs.contiguous(memory_format=memory_format)
             targets = train_y[index]
             logits = model(inputs)
