@@ -22,9 +22,11 @@ from service.imaging.paper import ink_against_paper
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 BORDER = 0.03  # the border ring, as a share of the short side, taken as backdrop or surface
 PLAIN_SPREAD = 0.04  # a backdrop whose border varies less than this (robust spread) is plain: a product shot
+PLAIN_LIGHT, PLAIN_DARK = 0.6, 0.15  # a product's backdrop is white or light grey (or black: a 28x28 item)
 SMALL_PICTURE = 64  # a thumbnail this small is a product shot (or a 28x28 item): no surface to separate
 SEGMENT_SIDE = 160  # GrabCut runs on a copy this large a side
 GRABCUT_ROUNDS = 4
+BORDER_COLOURS = 6  # the surface's colours, as k-means centres of the border's
 PIECE_SHARE = 0.25  # pieces smaller than this share of the largest are surface, not item (a pair of shoes: both)
 SILHOUETTE = 0.1  # the least darkness inside the outline: a white item keeps its shape
 LOW_CONTRAST = 0.08  # item and surface closer than this in colour: a doubtful outline
@@ -44,7 +46,8 @@ def find_garment(rgb: np.ndarray) -> Garment | None:
     ring = _border(gray.shape)
     level = float(np.median(gray[ring]))
     spread = 1.4826 * float(np.median(np.abs(gray[ring] - level)))
-    if spread < PLAIN_SPREAD or min(gray.shape) < SMALL_PICTURE:
+    plain = spread < PLAIN_SPREAD and (level > PLAIN_LIGHT or level < PLAIN_DARK)
+    if plain or min(gray.shape) < SMALL_PICTURE:
         return _on_backdrop(gray)
     return _on_surface(rgb, gray, ring)
 
@@ -106,13 +109,15 @@ def _grabcut(small: np.ndarray) -> np.ndarray | None:
 
 
 def _unlike_border(small: np.ndarray) -> np.ndarray:
-    """Pixels whose colour is far from every border colour (Otsu on the distance to the nearest): a
-    first guess of the item, and the fallback when GrabCut finds none."""
-    ring = _border(small.shape[:2])
-    samples = small[ring]
-    step = max(1, len(samples) // 256)
-    palette = samples[::step]
-    distance = np.min(np.linalg.norm(small.reshape(-1, 1, 3) - palette[None], axis=-1), axis=1).reshape(small.shape[:2])
+    """Pixels whose colour is far from every colour of the border (k-means centres of its colours; Otsu
+    on the distance to the nearest): a first guess of the item, and the fallback when GrabCut finds none."""
+    samples = small[_border(small.shape[:2])].astype(np.float32)
+    samples = samples[:: max(1, len(samples) // 2000)]
+    clusters = min(BORDER_COLOURS, len(samples))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 0.01)
+    _, _, centres = cv2.kmeans(samples, clusters, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+    pixels = small.reshape(-1, 1, 3)
+    distance = np.sqrt(((pixels - centres[None]) ** 2).sum(axis=-1).min(axis=1)).reshape(small.shape[:2])
     scaled = np.clip(distance / max(float(distance.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
     level, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return _kept_pieces((scaled > level) & (distance > 0.06))
