@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--patience", type=int, default=defaults.patience,
                      help="stop after this many epochs without a better validation accuracy "
                      "(with onecycle, counted from the end of its 30%% warm-up)")
+    opt.add_argument("--init-from", type=Path, default=None, metavar="MODEL_ONNX",
+                     help="start from a published model's weights (same --arch and options) and fine-tune it; "
+                     "its batch norms stay frozen")
     opt.add_argument("--seed", type=int, default=defaults.seed, help="random seed (split, init, order)")
     opt.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for PyTorch")
 
@@ -138,6 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=args.hflip,
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
         photo_mix=args.photo_mix, photo_pool=args.photo_pool if args.photo_mix > 0 else 0,
+        init_from=str(args.init_from) if args.init_from else None,
     )
     arch_options: dict = {}
     defaults = DEFAULT_OPTIONS.get(args.arch, {})

@@ -16,6 +16,7 @@ from training.card import CARD_METADATA_KEY, build_card
 from training.data import load_splits
 from training.download import sha256_of
 from training.export import OPSET, check_parity, export_onnx, onnx_probabilities, publish
+from training.init_from import load_published_weights
 from training.models import build_model, count_parameters
 from training.photo_mix import conditions_for, processed_pool
 from training.report import summarize, write_report
@@ -50,6 +51,8 @@ def train_and_publish(
     classes = list(splits.dataset.classes)
     torch.manual_seed(config.seed)  # the seed governs the initial weights too
     classifier = build_model(arch, len(classes), **arch_options)
+    if config.init_from:
+        load_published_weights(classifier, Path(config.init_from))
     photos = None
     if config.photo_mix > 0 and config.photo_pool > 0:
         photos = processed_pool(splits.train_images, splits.train_labels, dataset, config.photo_pool, config.seed)

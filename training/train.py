@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import Splits
+from training.init_from import freeze_batch_norms
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -36,6 +37,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     photo_mix: float = 0.0  # chance that a pooled picture is replaced by its processed photo (training/photo_mix.py)
     photo_pool: int = 0  # how many training pictures get a processed photo
+    init_from: str | None = None  # a published model.onnx to start from (fine-tuning; batch norms frozen)
     patience: int = 5  # stop after this many epochs without a better validation accuracy
     seed: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -150,8 +152,9 @@ def fit(
         indices = torch.from_numpy(photos[0].astype(np.int64))
         has_photo[indices] = True
         photo_x[indices] = to_tensor(photos[1])
-    model.normalize.mean.fill_(train_x.mean().item())
-    model.normalize.std.fill_(train_x.std().item())
+    if not config.init_from:  # a published model keeps the normalisation it was trained with
+        model.normalize.mean.fill_(train_x.mean().item())
+        model.normalize.std.fill_(train_x.std().item())
     memory_format = torch.channels_last if _uses_convolutions(model) else torch.contiguous_format
     model.to(memory_format=memory_format)  # channels-last convolutions run faster on CPU
 
@@ -167,6 +170,8 @@ def fit(
     train_seconds, start = 0.0, time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
+        if config.init_from:
+            freeze_batch_norms(model)
         order = torch.randperm(len(train_x), generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
