@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
     opt.add_argument("--photo-mix", type=float, default=defaults.photo_mix,
-                     help="train on what serving produces: chance that a pooled picture is drawn as its synthetic "
-                     "photo run through the service's preprocessing (0: clean pictures only)")
+                     help="train on what serving produces: share of each batch drawn from a pool of synthetic "
+                     "photos run through the service's preprocessing (0: clean pictures only)")
     opt.add_argument("--photo-pool", type=int, default=1000,
                      help="how many training pictures get a processed photo (with --photo-mix; cached in data/photo-mix/)")
     opt.add_argument("--patience", type=int, default=defaults.patience,

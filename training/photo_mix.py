@@ -5,8 +5,8 @@ uploaded photo becomes, not only the clean 28x28 originals.
 A pool of `count` training pictures (drawn with a fixed seed) gets one processed photo each, under the
 conditions of its dataset (digits: a sheet filling the frame or a card on a table; clothes: product shots
 or natural photos); the pool is cached under data/photo-mix/, keyed by the preprocessing code's hash, so
-a change to the preprocessing makes a new pool. During training each picture of the pool is replaced by
-its processed photo with probability `photo_mix` (training/train.py).
+a change to the preprocessing makes a new pool. During training a share `photo_mix` of each batch is
+drawn from the pool (training/train.py).
 """
 
 from __future__ import annotations

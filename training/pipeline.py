@@ -58,7 +58,7 @@ def train_and_publish(
         photos = processed_pool(splits.train_images, splits.train_labels, dataset, config.photo_pool, config.seed)
         splits.split += (
             f"; {len(photos[0])} of the training pictures also as synthetic photos ({', '.join(conditions_for(dataset))}) "
-            f"run through the service's preprocessing, each drawn as its photo with probability {config.photo_mix}"
+            f"run through the service's preprocessing, a share {config.photo_mix} of each batch drawn from them"
         )
     result = fit(classifier, splits, config, progress=progress, photos=photos)
 

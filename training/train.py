@@ -35,7 +35,7 @@ class TrainConfig:
     shift: int = 0  # augmentation: random translation by up to this many pixels
     hflip: bool = False  # augmentation: random horizontal mirror (clothes, not digits)
     label_smoothing: float = 0.0
-    photo_mix: float = 0.0  # chance that a pooled picture is replaced by its processed photo (training/photo_mix.py)
+    photo_mix: float = 0.0  # share of each batch drawn from the pool of processed photos (training/photo_mix.py)
     photo_pool: int = 0  # how many training pictures get a processed photo
     init_from: str | None = None  # a published model.onnx to start from (fine-tuning; batch norms frozen)
     patience: int = 5  # stop after this many epochs without a better validation accuracy
@@ -137,8 +137,8 @@ def fit(
 ) -> TrainResult:
     """Train `model` in place on the training split, select on validation accuracy, keep the best weights.
 
-    `photos` (indices into the training split, their processed photos as uint8 [n, 28, 28]) stand in
-    for those pictures with probability `config.photo_mix` each time they are drawn.
+    `photos` (indices into the training split, their processed photos as uint8 [n, 28, 28]): each
+    picture of a batch is replaced, with probability `config.photo_mix`, by one drawn from them.
     `progress` shows a per-batch bar; a one-line summary of each epoch is always printed."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -146,12 +146,10 @@ def fit(
 
     train_x = to_tensor(splits.train_images)
     train_y = torch.from_numpy(splits.train_labels)
-    has_photo = torch.zeros(len(train_x), dtype=torch.bool)
-    photo_x = torch.zeros_like(train_x)
-    if photos is not None and config.photo_mix > 0:
-        indices = torch.from_numpy(photos[0].astype(np.int64))
-        has_photo[indices] = True
-        photo_x[indices] = to_tensor(photos[1])
+    mixing = photos is not None and len(photos[0]) > 0 and config.photo_mix > 0
+    if mixing:
+        photo_x = to_tensor(photos[1])
+        photo_y = train_y[torch.from_numpy(photos[0].astype(np.int64))]
     if not config.init_from:  # a published model keeps the normalisation it was trained with
         model.normalize.mean.fill_(train_x.mean().item())
         model.normalize.std.fill_(train_x.std().item())
@@ -179,13 +177,14 @@ def fit(
                    disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = train_x[index]
-            if config.photo_mix > 0:
-                chosen = has_photo[index] & (torch.rand(len(index), generator=generator) < config.photo_mix)
-                batch = torch.where(chosen[:, None, None, None], photo_x[index], batch)
+            batch, targets = train_x[index], train_y[index]
+            if mixing:  # this share of the batch: processed photos drawn from the pool, with their labels
+                chosen = torch.rand(len(index), generator=generator) < config.photo_mix
+                drawn = torch.randint(0, len(photo_x), (int(chosen.sum()),), generator=generator)
+                batch, targets = batch.clone(), targets.clone()
+                batch[chosen], targets[chosen] = photo_x[drawn], photo_y[drawn]
             inputs = augment(batch, config.shift, config.hflip, generator)
             inputs = inputs.contiguous(memory_format=memory_format)
-            targets = train_y[index]
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
