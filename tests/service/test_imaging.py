@@ -18,12 +18,12 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from service import imaging
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput
-from training.data import TEST_IMAGES, verified_file
+from training.data import DATASETS, TEST_IMAGES, verified_file
 
 PROJECT = Path(__file__).resolve().parents[2]
-# The vendored MNIST test split and Debian's dataset-fashion-mnist (make test installs it), sha256-checked.
+# The vendored MNIST test split (sha256-checked) and Debian's dataset-fashion-mnist (make test installs it).
 MNIST_IMAGES = verified_file("mnist", TEST_IMAGES)
-FASHION_IMAGES = verified_file("fashion-mnist", TEST_IMAGES)
+FASHION_IMAGES = DATASETS["fashion-mnist"].default_dir / TEST_IMAGES
 MAX_PIXELS = 40_000_000
 
 
