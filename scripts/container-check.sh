@@ -63,15 +63,14 @@ build_standin() {
   printf '#!/bin/sh\nexec python3 -m pip "$@"\n' >"$rootfs/usr/local/bin/pip" && chmod 755 "$rootfs/usr/local/bin/pip"
   # This host may reach PyPI through a TLS-intercepting proxy: trust its extra CAs, for pip's too.
   cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
-  chroot "$rootfs" update-ca-certificates >/dev/null
+  chroot "$rootfs" update-ca-certificates >>"$LOG/debootstrap.log" 2>&1
   printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar --numeric-owner -C "$rootfs" -c . | podman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
-    --change "LABEL pixelserve.standin=$STANDIN_RECIPE" - "$STANDIN" >/dev/null
-  buildah tag "$STANDIN" docker.io/library/python:3.11-slim
-  rm -rf "$rootfs"
+    --change "LABEL pixelserve.standin=$STANDIN_RECIPE" - "$STANDIN" >>"$LOG/debootstrap.log" 2>&1
+  buildah tag "$STANDIN" docker.io/library/python:3.11-slim && rm -rf "$rootfs"
 }
 started=$SECONDS
 exec 9>"$CACHE/base.lock"; flock 9  # one stand-in build at a time
