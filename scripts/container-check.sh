@@ -128,16 +128,21 @@ else
 fi
 
 # The python processes under buildah run, by uid: USER must hold (chroot isolation switches uid).
-uids=$(ps -eo pgid=,uid=,comm= | awk -v group="$SERVICE" '$1 == group && $3 ~ /^python/ { print $2 }' | sort -u | paste -sd ' ')
+service_processes() { ps -eo pid=,pgid=,uid=,comm= --sort=pid | awk -v group="$SERVICE" '$2 == group && $4 ~ /^python/'; }
+uids=$(service_processes | awk '{ print $3 }' | sort -u | paste -sd ' ')
 [[ -n $uids && " $uids " != *" 0 "* ]] || fail user "the service runs as uid(s) '${uids:-none}', not the image's USER $USER_NAME"
 ok user "USER $USER_NAME, uid(s) $uids"
 
 # --------------------------------------------------------------------------- 4. stop
+# SIGTERM to the image's command itself (the first python process), as `docker stop` sends it to PID 1;
+# buildah run then exits with the service's status.
+main=$(service_processes | awk 'NR == 1 { print $1 }')
 started=$SECONDS
-kill -TERM -- "-$SERVICE"
+kill -TERM "$main"
 while kill -0 "$SERVICE" 2>/dev/null && (( SECONDS - started < 10 )); do sleep 0.2; done
 kill -0 "$SERVICE" 2>/dev/null && fail stop "still running 10 s after SIGTERM"
 wait "$SERVICE" && status=0 || status=$?
 SERVICE=
-ok stop "exited with status $status $((SECONDS - started)) s after SIGTERM"
+[[ $status -eq 0 ]] || { tail -5 "$LOG/service.log" >&2; fail stop "exit status $status after SIGTERM, not 0"; }
+ok stop "exit status 0 $((SECONDS - started)) s after SIGTERM"
 echo "check: PASS $TAG"
