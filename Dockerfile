@@ -10,6 +10,7 @@
 #   docker build --target train -t pixelserve-train .       training (torch CPU build): python -m training ...
 #
 # Serving images hold the service, ONNX Runtime and the shipped models in /models; no torch.
+# Every stage installs from the hashed lock files in locks/ (make lock; docs/development.md).
 
 FROM python:3.11-slim AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
