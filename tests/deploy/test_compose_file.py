@@ -1,4 +1,4 @@
-"""docker-compose.yml and deploy/compose/gpu.yml: valid Compose files that wire what the README promises.
+"""docker-compose.yml and deploy/compose/gpu.yml: valid Compose files that wire what docs/deployment.md promises.
 
 Validity is checked by Debian's `docker-compose config` (it validates against the Compose
 specification schema it ships); the rest are structural checks on the parsed YAML.
