@@ -4,6 +4,8 @@
 #
 #   sudo scripts/container-check.sh [--tag IMAGE] [--port PORT] [--build-arg K=V]... [--env K=V]...
 #
+# The service gets PIXELSERVE_HOST=127.0.0.1 and PIXELSERVE_PORT=PORT (default 8000); --env adds settings.
+#
 #   1. base:  `FROM python:3.11-slim` cannot be pulled, so a stand-in is made once with debootstrap
 #             (Debian bookworm's Python 3.11, pip, venv, CA certificates) and imported under that name;
 #   2. build: buildah, chroot isolation, --pull-never, docker format (keeps HEALTHCHECK);
@@ -35,10 +37,13 @@ while [[ $# -gt 0 ]]; do
     --timeout) TIMEOUT=$2; shift 2 ;;
     --build-arg) BUILD_ARGS+=(--build-arg "$2"); shift 2 ;;
     --env) RUN_ENV+=(--env "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+
+# Loopback only, on the checked port (chroot isolation shares the host's network); --env may add more.
+RUN_ENV=(--env PIXELSERVE_HOST=127.0.0.1 --env "PIXELSERVE_PORT=$PORT" "${RUN_ENV[@]}")
 
 fail() { echo "check: $1 FAIL: $2" >&2; exit 1; }
 ok() { echo "check: $1 ok${2:+ ($2)}"; }
