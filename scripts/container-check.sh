@@ -52,6 +52,7 @@ for tool in buildah podman debootstrap curl python3; do
   command -v "$tool" >/dev/null || fail setup "$tool is missing: scripts/install-system-deps.sh installs it"
 done
 mkdir -p "$CACHE"
+find "$CACHE" -maxdepth 1 -name 'run.*' -mtime +7 -exec rm -rf {} +  # logs of runs a week old
 LOG=$(mktemp -d "$CACHE/run.XXXXXX")
 echo "logs: $LOG"
 
