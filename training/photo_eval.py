@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import pickle
 import sys
 import time
@@ -51,10 +50,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def dataset_dir(dataset: str) -> Path:
-    """Where the dataset's IDX files are: $MNIST_DIR or $FASHION_MNIST_DIR when set (a git worktree has no
-    ../shared beside it), else the training CLI's default folder."""
-    variable = {"mnist": "MNIST_DIR", "fashion-mnist": "FASHION_MNIST_DIR"}[dataset]
-    return Path(os.environ.get(variable) or DATASETS[dataset].default_dir)
+    """Where the dataset's IDX files are: the training CLI's default folder (MNIST: vendored in datasets/)."""
+    return Path(DATASETS[dataset].default_dir)
 
 
 def held_out(dataset: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ def client():
 @pytest.mark.parametrize("spec", PHOTO_SETS, ids=lambda s: s.condition)
 def test_each_condition_meets_its_goal(client, spec):
     if not (dataset_dir(spec.dataset) / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"{spec.dataset} is not in {dataset_dir(spec.dataset)}: set MNIST_DIR / FASHION_MNIST_DIR")
+        pytest.fail(f"{spec.dataset} is not in {dataset_dir(spec.dataset)}: make test installs it")
     model = MODEL_FOR[spec.dataset]
     classes = client.get(f"/v1/models/{model}").json()["classes"]
     result = measure(client, model, photo_set(spec), classes)
