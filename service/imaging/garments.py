@@ -22,7 +22,9 @@ from service.imaging.paper import ink_against_paper
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 BORDER = 0.03  # the border ring, as a share of the short side, taken as backdrop or surface
 PLAIN_SPREAD = 0.04  # a backdrop whose border varies less than this (robust spread) is plain: a product shot
-PLAIN_LIGHT, PLAIN_DARK = 0.6, 0.15  # a product's backdrop is white or light grey (or black: a 28x28 item)
+PLAIN_LIGHT = 0.6  # a product's backdrop is white or light grey
+BLANK_RANGE = 8 / 255  # a picture whose grey levels span less than this holds nothing at all
+MAX_TILT = 25.0  # a garment lying tilted by less than this (degrees) is turned upright, as Fashion-MNIST's are
 SMALL_PICTURE = 64  # a thumbnail this small is a product shot (or a 28x28 item): no surface to separate
 SEGMENT_SIDE = 160  # GrabCut runs on a copy this large a side
 GRABCUT_ROUNDS = 4
@@ -46,10 +48,20 @@ def find_garment(rgb: np.ndarray) -> Garment | None:
     ring = _border(gray.shape)
     level = float(np.median(gray[ring]))
     spread = 1.4826 * float(np.median(np.abs(gray[ring] - level)))
-    plain = spread < PLAIN_SPREAD and (level > PLAIN_LIGHT or level < PLAIN_DARK)
-    if plain or min(gray.shape) < SMALL_PICTURE:
+    if min(gray.shape) < SMALL_PICTURE:  # a thumbnail or a 28x28 item: its backdrop is plain
         return _on_backdrop(gray)
+    if spread < PLAIN_SPREAD and level > PLAIN_LIGHT:  # a product shot's white or grey backdrop
+        found = _on_backdrop(gray)
+        if found is not None or float(np.ptp(gray)) < BLANK_RANGE:
+            return found
+        return _faint(_on_surface(rgb, gray, ring))  # something is there, too faint for the backdrop's fit
     return _on_surface(rgb, gray, ring)
+
+
+def _faint(garment: Garment) -> Garment:
+    if "low_contrast" not in garment.doubts:
+        garment.doubts.append("low_contrast")
+    return garment
 
 
 def _border(shape: tuple[int, int]) -> np.ndarray:
@@ -84,7 +96,24 @@ def _on_surface(rgb: np.ndarray, gray: np.ndarray, ring: np.ndarray) -> Garment:
         doubts.append("low_contrast")
     white = max(float(np.percentile(gray, 99)), 0.05)
     darkness = np.clip(1.0 - gray / white, SILHOUETTE, 1.0)
-    return Garment(ink=np.where(item, darkness, 0.0).astype(np.float32), doubts=doubts)
+    return Garment(ink=_upright(np.where(item, darkness, 0.0).astype(np.float32), item), doubts=doubts)
+
+
+def _upright(ink: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """The item turned upright when it lies slightly tilted (its outline's smallest enclosing rectangle
+    says by how much): Fashion-MNIST's items stand straight, a garment on a bed rarely does."""
+    contours, _ = cv2.findContours(item.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ink
+    (centre_x, centre_y), _, angle = cv2.minAreaRect(max(contours, key=cv2.contourArea))
+    tilt = (angle + 45.0) % 90.0 - 45.0  # the rectangle's angle, folded into [-45, 45)
+    if not 2.0 <= abs(tilt) <= MAX_TILT:
+        return ink
+    height, width = ink.shape
+    margin = int(0.3 * max(height, width))  # room for the corners that turn out of the frame
+    padded = cv2.copyMakeBorder(ink, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=0)
+    matrix = cv2.getRotationMatrix2D((centre_x + margin, centre_y + margin), tilt, 1.0)
+    return cv2.warpAffine(padded, matrix, padded.shape[::-1], flags=cv2.INTER_LINEAR)
 
 
 def _grabcut(small: np.ndarray) -> np.ndarray | None:
