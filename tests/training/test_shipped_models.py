@@ -28,9 +28,10 @@ def pinned_torch() -> str:
     return pin
 
 
-def test_every_shipped_model_is_there_once():
-    assert sorted(p.parent.name for p in SHIPPED) == sorted(BARS)
-    assert all(p.name == "1" for p in SHIPPED)
+def test_every_shipped_model_is_there_from_version_1():
+    # Later versions are published beside the first (the convnets fine-tuned on photos: docs/photos.md).
+    assert sorted({p.parent.name for p in SHIPPED}) == sorted(BARS)
+    assert all((MODELS / name / "1").is_dir() for name in BARS)
     leftovers = [p for p in MODELS.glob("*/*") if p.name.startswith(".tmp-")]
     assert leftovers == []
 
