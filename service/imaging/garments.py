@@ -55,6 +55,8 @@ def find_garment(rgb: np.ndarray) -> Garment | None:
         if found is not None or float(np.ptp(gray)) < BLANK_RANGE:
             return found
         return _faint(_on_surface(rgb, gray, ring))  # something is there, too faint for the backdrop's fit
+    if float(np.ptp(gray)) < BLANK_RANGE:  # one flat colour: nothing to find
+        return None
     return _on_surface(rgb, gray, ring)
 
 
@@ -90,6 +92,10 @@ def _on_surface(rgb: np.ndarray, gray: np.ndarray, ring: np.ndarray) -> Garment:
         doubts.append("unclear_object")
         item = _unlike_border(small)
     item = cv2.resize(item.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if not item.any():  # no outline at all: the whole picture stands in for the item, and the answer says so
+        if "unclear_object" not in doubts:
+            doubts.append("unclear_object")
+        item = np.ones_like(item)
     surface_colour = np.median(rgb[ring], axis=0)
     item_colour = np.median(rgb[item], axis=0) if item.any() else surface_colour
     if float(np.abs(item_colour - surface_colour).max()) < LOW_CONTRAST:
