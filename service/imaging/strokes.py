@@ -26,6 +26,7 @@ WINDOW = 0.25  # the flattening window, as a share of the picture's short side: 
 SMALL_PICTURE = 112  # below this (a 28x28 digit, a small crop) the background is flat: no flattening needed
 NOISE_LEVELS = 6.0  # ink stands this many robust spreads above the paper's marks
 LIGHT_INK_SHARE = 0.15  # light strokes cover less than this share of a picture; a bright sheet more
+SAMPLE = 3  # medians of large pictures are taken over every third pixel each way
 TILES = 6  # the paper's marks are measured in tiles this many to the short side
 FAINT = 0.12  # ink taking less than this share of the paper's light is faint: predicted, with a warning
 MIN_INK = 0.5 / 255  # half a grey level: an 8-bit picture cannot tell less from nothing
@@ -94,15 +95,16 @@ def _noise_floor(strength: np.ndarray) -> np.ndarray | float:
     """The level each pixel's strength must pass to be ink: the paper's marks (texture, noise) measured
     robustly in tiles, so a textured table does not lower the bar on a smooth sheet; never above half the
     strongest marks' level (or the whole picture's), so a tile filled by a marker's stroke keeps it."""
-    median = float(np.median(strength))
-    whole = max(median + NOISE_LEVELS * 1.4826 * float(np.median(np.abs(strength - median))), MIN_INK)
+    sample = strength[::SAMPLE, ::SAMPLE] if min(strength.shape) >= SMALL_PICTURE else strength
+    median = float(np.median(sample))  # of every SAMPLE-th pixel each way: plenty for a median, far cheaper
+    whole = max(median + NOISE_LEVELS * 1.4826 * float(np.median(np.abs(sample - median))), MIN_INK)
     height, width = strength.shape
-    side = min(height, width) // TILES // 2 * 2  # even: every other pixel of each tile is sampled
+    side = min(height, width) // TILES // SAMPLE * SAMPLE
     if side < SMALL_PICTURE // 4:
         return whole
     rows, cols = height // side, width // side
-    tiles = strength[: rows * side : 2, : cols * side : 2]  # every other pixel: plenty for a median
-    tiles = tiles.reshape(rows, side // 2, cols, -1).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    tiles = strength[: rows * side : SAMPLE, : cols * side : SAMPLE]
+    tiles = tiles.reshape(rows, side // SAMPLE, cols, -1).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
     centre = np.median(tiles, axis=-1)
     spread = 1.4826 * np.median(np.abs(tiles - centre[..., None]), axis=-1)
     local = cv2.resize((centre + NOISE_LEVELS * spread).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
