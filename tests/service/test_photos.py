@@ -65,3 +65,12 @@ def test_a_blank_picture_is_still_refused(client):
     Image.new("RGB", (300, 200), (240, 240, 235)).save(buffer, format="PNG")
     response = client.post("/v1/models/fashion-convnet/predict/image", files={"file": ("blank.png", buffer.getvalue())})
     assert response.status_code == 415 and "no ink found" in response.text
+
+
+def test_the_page_shows_the_warning_with_its_answer(client):
+    files = {"file": ("faint.png", faint_seven(0.05))}
+    answer = client.post("/ui/api/predict", data={"model": "mnist-convnet"}, files=files).json()
+    assert [w["code"] for w in answer["warnings"]] == ["low_contrast"]  # what the page's script shows
+    page = client.post("/", data={"model": "mnist-convnet"}, files=files)  # the form without JavaScript
+    assert page.status_code == 200
+    assert 'data-code="low_contrast"' in page.text and "stands out only faintly" in page.text
