@@ -21,8 +21,8 @@ ORDER=(mnist-convnet mnist-mlp fashion-mlp fashion-convnet)
 # fine-tuned on a mix of clean pictures and synthetic photos run through the service's preprocessing,
 # published as the next version.
 declare -A PHOTO_RECIPES=(
-  [mnist-convnet]="--dataset mnist --arch lenet5 PHOTO_MNIST"
-  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 PHOTO_FASHION"
+  [mnist-convnet]="--dataset mnist --arch lenet5 --epochs 4 --lr 3e-4 --shift 2 --photo-mix 0.3 --photo-pool 1000"
+  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 2 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200"
 )
 
 names=("$@")
