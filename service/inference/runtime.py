@@ -155,21 +155,50 @@ def create_session(
     return session
 
 
-def make_infer_fn(session: ort.InferenceSession, input_name: str, output_name: str) -> InferFn:
-    """A blocking callable: float32 [N,1,28,28] -> float32 [N,C]. ONNX Runtime releases the GIL in run()."""
+def make_infer_fn(
+    session: ort.InferenceSession, input_name: str, output_name: str, *, logits: bool = False, fixed_batch: int | None = None
+) -> InferFn:
+    """A blocking callable: the model's input batch -> float32 [N,C] probabilities. ONNX Runtime releases the GIL
+    in run(). `logits`: the graph answers logits, turned into probabilities here; `fixed_batch`: the graph takes
+    exactly that many pictures a run (an export without a dynamic batch axis), so a batch runs in such slices."""
     outputs = [output_name]
     run = session.run
 
     def infer(images: np.ndarray) -> np.ndarray:
         return run(outputs, {input_name: images})[0]
 
+    if fixed_batch is not None:
+        whole = infer
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            count = len(images)
+            padded = -count % fixed_batch
+            if padded:  # the last slice is filled up with copies of the last picture, and their answers dropped
+                images = np.concatenate([images, np.repeat(images[-1:], padded, axis=0)])
+            parts = [whole(images[start : start + fixed_batch]) for start in range(0, len(images), fixed_batch)]
+            return np.concatenate(parts)[:count]
+
+    output_type = next(o.type for o in session.get_outputs() if o.name == output_name)
+    if logits or output_type != "tensor(float)":  # float16 answers are served as float32
+        raw = infer
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            answer = np.asarray(raw(images), dtype=np.float32)
+            return softmax(answer) if logits else answer
+
     return infer
 
 
-def warm_up(infer: InferFn, num_classes: int) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def warm_up(infer: InferFn, num_classes: int, instance_shape: tuple = (1, 28, 28), dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
     """One inference on a blank picture, so the first request does not pay for lazy initialisation;
     also proves the model answers probabilities of the declared width."""
-    probabilities = np.asarray(infer(np.zeros((1, 1, 28, 28), dtype=np.float32)))
+    probabilities = np.asarray(infer(np.zeros((1, *instance_shape), dtype=dtype)))
     if probabilities.shape != (1, num_classes):
         raise ValueError(f"warm-up answered shape {list(probabilities.shape)}, expected [1, {num_classes}]")
     if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
