@@ -19,13 +19,13 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
-    check_pixels,
     decode_base64_picture,
     format_predictions,
+    instance_forms,
     pictures_to_batch,
     pixel_instance,
     pixels_to_batch,
@@ -138,7 +138,7 @@ async def predict(request: Request, name: ModelName) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
     body = await request.body()
-    numeric = read_numeric_instances(body)
+    numeric = read_numeric_instances(body) if _digits_shaped(request, name) else None
     if numeric is not None:
         instances, payload = numeric
     else:
@@ -147,24 +147,36 @@ async def predict(request: Request, name: ModelName) -> Response:
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
+    model_input = served.input
+    _instance_count(len(instances), served.max_instances, instance_forms(model_input))
+    if numeric is not None and not model_input.is_digits_shape:  # a version named in the body takes other pictures
+        numeric, instances = None, _v1_payload(body)["instances"]
 
     if numeric is not None:
-        return await _answer(request, served, check_pixels(instances, "instances"), top_k)
+        return await _answer(request, served, model_input.check_values(instances, "instances"), top_k)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
-        batch = pixels_to_batch(instances)
+        batch = pixels_to_batch(instances, model_input)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        decoded = await asyncio.to_thread(pictures_to_batch, data, served.spec, model_input, max_pixels=settings.max_image_pixels)
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
             picture_set = set(pictures)
             numeric = [i for i in range(len(instances)) if i not in picture_set]
-            batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
+            batch = np.empty((len(instances), *model_input.instance_shape), dtype=model_input.dtype)
             batch[pictures] = decoded
-            batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
+            batch[numeric] = np.concatenate([pixel_instance(i, instances[i], model_input) for i in numeric])
     return await _answer(request, served, batch, top_k)
+
+
+def _digits_shaped(request: Request, name: str) -> bool:
+    """Whether the model's default version takes 1x28x28 pictures, the shape the JSON fast path reads."""
+    try:
+        return _repository(request).get(name).input.is_digits_shape
+    except ServiceError:  # unknown or not ready: the request's own checks explain it
+        return True
 
 
 @router.post(
@@ -198,10 +210,11 @@ async def predict_image(
         _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
         top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
         served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
+        _instance_count(len(uploads), served.max_instances, UPLOAD_FORMS)
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    batch = await asyncio.to_thread(pictures_to_batch, data, served.spec, served.input, max_pixels=settings.max_image_pixels)
     return await _answer(request, served, batch, top_k)
 
 

@@ -217,17 +217,22 @@ def check_graph(inputs: list, outputs: list, card: ModelCard) -> None:
     ]
     if len(shape) != 4 or fixed_mismatch:
         why = "; ".join(fixed_mismatch) or f"rank {len(shape)}, not 4"
-        raise CardError(f"the graph input is {shape} but the card ({spec.layout}) describes {expected}: {why}")
+        raise CardError(f"the graph input is {_shape(shape)} but the card ({spec.layout}) describes {_shape(expected)}: {why}")
     by_name = {o.name: o for o in outputs}
     if card.output.name not in by_name:
         raise CardError(f"the graph has no output {card.output.name!r} (it has {list(by_name)})")
     out_shape = by_name[card.output.name].shape
     width = out_shape[-1] if len(out_shape) == 2 else None
     if len(out_shape) != 2 or (isinstance(width, int) and width != len(card.classes)):
-        raise CardError(f"the graph output is {out_shape}; [N, {len(card.classes)}] (one column per class) is required")
+        raise CardError(f"the graph output is {_shape(out_shape)}; [N, {len(card.classes)}] (one column per class) is required")
 
 
 def fixed_batch(inputs: list) -> int | None:
     """The batch size the graph's input is fixed to (an export without a dynamic batch axis), or None."""
     first = inputs[0].shape[0] if inputs and inputs[0].shape else None
     return first if isinstance(first, int) and first > 0 else None
+
+
+def _shape(dims: list) -> str:
+    """[N, 3, 224, 224]: a shape as people write it (a dynamic dimension by its name, or '?')."""
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
