@@ -1,5 +1,6 @@
 """`python -m service [--host H --port P ...]` serves the model repository;
-`python -m service predict --model NAME picture.png ...` asks a running server about pictures."""
+`python -m service predict --model NAME picture.png ...` asks a running server about pictures;
+`python -m service import MODEL.onnx --name NAME --labels LABELS.txt ...` adds an ONNX classifier to the repository."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ def predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from service.model_import.cli import main as import_main
+
+        return import_main(argv[1:])
     if argv[:1] == ["predict"]:
         parser = argparse.ArgumentParser(prog="python -m service predict", description="Print the best classes of pictures, asked of a running server.")
         parser.add_argument("pictures", nargs="+", type=Path, help="picture files (PNG, JPEG, GIF, BMP, WebP)")
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Serve the model repository over HTTP. Every setting is also read from PIXELSERVE_* environment variables. "
-        "'python -m service predict --help' describes the client.",
+        "'python -m service predict --help' describes the client, 'python -m service import --help' the importer.",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")

@@ -27,7 +27,7 @@ def instance_forms(model_input: ModelInput | None = None) -> str:
     """What a v1 instance may be, for this model's input (the digits' shapes when no model is known yet)."""
     if model_input is None or model_input.is_digits_shape:
         return INSTANCE_FORMS
-    return f"each instance is {model_input.describe_shapes()} of {model_input.describe_values()}, or {PICTURE_FORM}"
+    return f"each instance is {model_input.describe_shapes()}, {model_input.describe_values()}, or {PICTURE_FORM}"
 
 
 def pixels_to_batch(instances: list, model_input: ModelInput = DIGITS_INPUT) -> np.ndarray:

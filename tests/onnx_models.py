@@ -140,3 +140,60 @@ def write_sha_mismatch(root: Path, name: str, version: int) -> Path:
 def write_wrong_input_shape(root: Path, name: str, version: int) -> Path:
     """A valid model that wants [N,3,32,32] pictures instead of [N,1,28,28]."""
     return write_version(root, name, version, input_shape=("N", 3, 32, 32))
+
+
+# --- colour classifiers for imported models (any size, NCHW or NHWC, logits or probabilities) -------------
+
+
+def photo_weights(seed: int, features: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gemm weights scaled so the logits are of order 1: the probabilities then move with the pixels."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.normal(0.0, 1.0, size=(features, num_classes)) / np.sqrt(features)).astype(np.float32)
+    bias = rng.normal(0.0, 0.1, size=num_classes).astype(np.float32)
+    return weights, bias
+
+
+def make_photo_classifier(
+    *,
+    seed: int = 0,
+    num_classes: int = 5,
+    layout: str = "NCHW",
+    channels: int = 3,
+    height: int = 24,
+    width: int = 32,
+    batch: object = "batch",
+    dtype: int = TensorProto.FLOAT,
+    softmax: bool = False,
+    input_name: str = "pixel_values",
+    output_name: str = "logits",
+    dynamic_size: bool = False,
+    opset: int = 17,
+) -> onnx.ModelProto:
+    """input -> (Cast) -> Flatten -> Gemm [-> Softmax]: a classifier of `channels` x `height` x `width` pictures
+    whose answer depends on every pixel, its place and its channel. Logits unless `softmax`."""
+    features = channels * height * width
+    weights, bias = photo_weights(seed, features, num_classes)
+    dims = [channels, height, width] if layout == "NCHW" else [height, width, channels]
+    if dynamic_size:
+        dims = [channels, "height", "width"] if layout == "NCHW" else ["height", "width", channels]
+    nodes, source = [], input_name
+    if dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT))
+        source = "as_float"
+    nodes += [
+        helper.make_node("Flatten", [source], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "weights", "bias"], ["scores" if softmax else output_name]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["scores"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "photo-classifier",
+        [helper.make_tensor_value_info(input_name, dtype, [batch, *dims])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, num_classes])],
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -66,8 +66,8 @@ class ModelInput:
 
     def describe_values(self) -> str:
         if self._identity:
-            return "integers 0..255"
-        return f"numbers in [{self.low:g}, {self.high:g}]"
+            return "8-bit pixels, integers 0..255"
+        return f"values in [{self.low:g}, {self.high:g}] (pixels mapped by the model card's range, mean and std)"
 
     # --- pictures --------------------------------------------------------------------------------
 
