@@ -19,7 +19,7 @@ from service.inference.card import ModelCard
 
 __all__ = [
     "ACCEPTED_DESCRIPTION", "ACCEPTED_FORMATS", "METHODS", "decode_picture", "picture_pixels", "pixels_and_picture",
-    "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture", "to_png",
+    "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture",
 ]
 
 
@@ -75,21 +75,6 @@ def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     """A decoded picture -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
     _check_method(method)
     return _ink_preprocess(image, method)
-
-
-def to_png(array: np.ndarray, *, scale: int = 1) -> bytes:
-    """A [1, 28, 28] or [28, 28] array in [0, 1] as an 8-bit grayscale PNG, optionally enlarged `scale` times."""
-    pixels = np.asarray(array, dtype=np.float32)
-    if pixels.ndim == 3 and pixels.shape[0] == 1:
-        pixels = pixels[0]
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a [1, H, W] or [H, W] array, got shape {list(np.shape(array))}")
-    image = Image.fromarray(np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _check_method(method: str) -> None:

@@ -17,6 +17,7 @@ from service.inference.card import InputSpec
 # clipped, not rejected: this share of the allowed span.
 SLACK = 1e-3
 NUMPY_TYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "uint8": np.dtype(np.uint8)}
+DIGIT_VALUES = 28 * 28  # the pictures the settings' floors were chosen for
 JSON_BYTES_PER_VALUE = 12  # "0.45098039," : a pixel in JSON, as clients usually write it
 V2_DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}
 
@@ -50,8 +51,10 @@ class ModelInput:
         return max(1, min(ceiling, tensor_budget_bytes // (4 * self.values)))
 
     def max_body_bytes(self, floor: int, instances: int) -> int:
-        """The largest request body: `floor`, more where a full request of numbers in JSON needs it."""
-        return max(floor, instances * self.values * JSON_BYTES_PER_VALUE)
+        """The largest request body: `floor` (set for 28x28 pictures) grown with the picture's size, up to what a
+        full request of numbers in JSON needs."""
+        grown = floor * self.values // DIGIT_VALUES
+        return max(floor, min(grown, instances * self.values * JSON_BYTES_PER_VALUE))
 
     @property
     def is_digits_shape(self) -> bool:
