@@ -4,7 +4,8 @@ model's size, in its colour order, made as torchvision, timm and Hugging Face's 
 
   decode (first frame, EXIF orientation applied), RGB with transparency composited on white (or L), then
   resize-crop: shorter side -> resize_shorter (the longer one truncated, as torchvision's Resize does), or a
-               plain resize to resize_size, then the centre height x width (torchvision's CenterCrop offsets);
+               plain resize to resize_size, then the centre height x width (offsets rounded as torchvision's
+               CenterCrop does, or floored as Hugging Face's: crop_rounding);
   resize:      plain resize to height x width (the aspect is not kept);
   letterbox:   fit inside height x width keeping the aspect, centred on pad_color.
 
@@ -111,6 +112,8 @@ def framed(image: Image.Image, card: ModelCard, full_size: tuple[int, int]) -> I
     else:
         size = (prep.resize_size[1], prep.resize_size[0])
     resized = image.resize(size, resample)
-    top = int(round((size[1] - height) / 2.0))
-    left = int(round((size[0] - width) / 2.0))
+    if prep.crop_rounding == "floor":  # Hugging Face's center_crop
+        top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    else:  # torchvision's CenterCrop (Python's round: half to even)
+        top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
     return resized.crop((left, top, left + width, top + height))

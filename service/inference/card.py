@@ -111,6 +111,9 @@ class Preprocessing(_Section):
     resize_size: tuple[int, int] | None = None  # resize-crop: plain resize to [h, w] before the crop (DeiT, timm 'squash')
     size: tuple[int, int] | None = None  # [h, w] pictures are made at, for a graph whose height and width are dynamic
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
+    # Where an odd margin puts the centre crop: torchvision's CenterCrop rounds half the margin ("round"),
+    # Hugging Face's image processors floor it ("floor").
+    crop_rounding: Literal["round", "floor"] = "round"
     pad_color: tuple[int, ...] | None = None
     description: str | None = None
 

@@ -175,6 +175,8 @@ def input_and_preprocessing(graph, fields: dict) -> tuple[dict, dict]:
     method = fields.get("method") or "resize-crop"
     preprocessing = {"method": method, "interpolation": fields.get("interpolation") or "bilinear"}
     if method == "resize-crop":
+        if fields.get("crop_rounding"):
+            preprocessing["crop_rounding"] = fields["crop_rounding"]
         if fields.get("resize_size"):
             preprocessing["resize_size"] = list(fields["resize_size"])
         elif fields.get("resize_shorter"):

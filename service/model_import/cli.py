@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--resize-shorter", type=int, help="resize-crop: the shorter side before the centre crop")
     g.add_argument("--crop-pct", type=_crop_pct, help="resize-crop: the crop's share of the shorter side (default 0.875)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, help="Pillow filter (default bilinear)")
-    g.add_argument("--range", type=_numbers(2, "--range"), help="lo,hi: 8-bit pixels 0..255 map onto [lo, hi] (default 0,1)")
+    g.add_argument("--range", type=_numbers(2, "--range"), help="lo,hi: 8-bit pixels 0..255 map onto [lo, hi] (default 0,1; write --range=-1,1 for a negative low)")
     g.add_argument("--mean", type=_numbers(None, "--mean"), help="per-channel mean subtracted after the range (default none)")
     g.add_argument("--std", type=_numbers(None, "--std"), help="per-channel std divided by after the mean")
     g.add_argument("--pad-color", type=_numbers(None, "--pad-color"), help="letterbox: 0..255 per channel (default 114)")

@@ -105,7 +105,7 @@ def hf_preprocessing(config: dict) -> dict:
         raise ConfigError("do_resize: false is not supported: the server must bring every picture to the model's size")
     if "size" not in config:
         raise ConfigError("the config gives no size; accepted: size as {\"height\", \"width\"}, {\"shortest_edge\"} or an integer")
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {"crop_rounding": "floor"}  # Hugging Face's center_crop floors an odd margin
     resample = config.get("resample", 2)
     if resample not in PIL_FILTERS:
         raise ConfigError(f"resample {resample!r} is not a Pillow filter; accepted: {', '.join(f'{k} ({v})' for k, v in PIL_FILTERS.items())}")
