@@ -59,7 +59,6 @@ class ServedModel:
         self.spec: ModelCard = parse_card(card)
         self.path = path
         self.classes: list[str] = list(self.spec.classes)
-        self.preprocessing: str = self.spec.preprocessing.method
         self.input = ModelInput(self.spec.input)
         self.input_name: str = self.spec.input.name
         self.output_name: str = self.spec.output.name
