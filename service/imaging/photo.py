@@ -14,7 +14,8 @@ Range, mean / std, layout and element type are the model input's step (service.i
 A JPEG is decoded at a reduced scale (Pillow's draft: 1/2, 1/4 or 1/8, done inside the JPEG decoder and
 far cheaper than decoding every pixel) only while the reduced picture keeps DRAFT_MARGIN times the
 pixels per side that the resize keeps: the resize then still averages several decoded pixels into each
-output pixel, and the result stays within a grey level or two of a full decode (tests/service/test_photo.py).
+output pixel, and the result stays within a few grey levels of a full decode, a fifth of one on average
+(tests/service/test_photo.py).
 """
 
 from __future__ import annotations
