@@ -119,6 +119,7 @@ class ModelDetail(ModelSummary):
     architecture: dict | None = None
     metrics: dict | None = None
     training: dict | None = None
+    source: dict | None = Field(None, description="Where an imported model came from (python -m service import)")
     created_at: str | None = None
     providers: list[str] | None = None
 

@@ -79,7 +79,10 @@ async def describe_model(
     if version is not None or detail["default_version"] is not None:
         served = repository.get(name, version)
         card = served.card
-        detail.update({key: card.get(key) for key in ("task", "input", "output", "preprocessing", "architecture", "metrics", "training", "created_at")})
+        detail.update({key: card.get(key) for key in ("task", "architecture", "metrics", "training", "source", "created_at")})
+        # The card's sections as the server reads them: what a legacy card leaves out is filled in.
+        detail.update({key: getattr(served.spec, key).model_dump(mode="json") for key in ("input", "output")})
+        detail["preprocessing"] = served.spec.preprocessing.model_dump(mode="json", exclude_none=True)
         detail.update(version=served.version, classes=served.classes, providers=served.providers)
     return _json(detail)
 
