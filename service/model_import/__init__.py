@@ -115,7 +115,10 @@ def _import(options: ImportOptions) -> Path:
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     parse_card(card)  # the server's own check of the card, before anything runs
-    model_bytes = model.SerializeToString()
+    try:
+        model_bytes = model.SerializeToString()
+    except ValueError as error:  # protobuf refuses messages of 2 GB and more
+        raise ImportRefused(f"the model cannot be written as one file ({error}); the repository takes models under 2 GB") from None
     try_on_a_photo(model_bytes, card)
     return publish(options.repository, options.name, model, card)
 
