@@ -197,3 +197,34 @@ def make_photo_classifier(
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def make_small_convnet(*, seed: int = 0, num_classes: int = 10, side: int = 224, opset: int = 17) -> onnx.ModelProto:
+    """A ResNet-shaped classifier with random weights: two strided 3x3 convolutions with ReLU, global average
+    pooling, a dense layer; input [N, 3, side, side] float32, logits out."""
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.normal(0.0, 1.0, size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+
+    initializers = {"w1": weight(16, 3, 3, 3), "w2": weight(32, 16, 3, 3), "fc": weight(num_classes, 32),
+                    "fc_bias": rng.normal(0.0, 0.1, num_classes).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "fc", "fc_bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small-convnet",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
@@ -18,8 +19,11 @@ from PIL import Image
 
 from service.app import create_app
 from service.model_import.cli import main as import_main
+from tests.onnx_models import make_small_convnet
 from tests.service.conftest import ServerProcess, make_settings
 from tests.service.imported_models import (
+    Imported,
+    Recipe,
     build_models,
     encode,
     jpeg_turned,
@@ -211,3 +215,30 @@ def test_reload_metrics_and_api_key_work_for_imported_models(imported, tmp_path)
         assert client.post("/v1/models/clip/predict/image", files=upload, headers=headers).json()["version"] == 2
         metrics = client.get("/metrics").text
         assert 'model="clip"' in metrics and 'version="2"' in metrics
+
+
+def test_a_convnet_at_224_with_a_convnext_config_answers_the_reference(tmp_path):
+    """A ResNet-shaped model at 224x224 and Hugging Face's ConvNeXt rule (shortest_edge 224, crop_pct 0.875: shorter
+    side to 256, centre 224), photos large enough to be decoded at a reduced scale."""
+    onnx.save(make_small_convnet(seed=5), tmp_path / "convnet.onnx")
+    (tmp_path / "labels.txt").write_text("\n".join(f"class {i}" for i in range(10)))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "crop_pct": 0.875, "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406],
+        "image_processor_type": "ConvNextImageProcessor", "image_std": [0.229, 0.224, 0.225], "resample": 3,
+        "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 224},
+    }))
+    root = tmp_path / "models"
+    assert import_main([str(tmp_path / "convnet.onnx"), "--name", "convnet", "--model-repository", str(root),
+                        "--labels", str(tmp_path / "labels.txt"), "--config", str(tmp_path / "preprocessor_config.json")]) == 0
+    model = Imported("convnet", tmp_path / "convnet.onnx", "pixel_values",
+                     Recipe(("shorter", 256), (224, 224), True, Image.Resampling.BICUBIC, 1 / 255,
+                            [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], "NCHW"))
+    files = {"big.jpg": encode(photo(2400, 1800, seed=8), "JPEG", quality=90), "turned.jpg": jpeg_turned(photo(480, 640, seed=9)),
+             "photo.png": encode(photo(640, 480, seed=10), "PNG")}
+    expected = reference_run(model, np.concatenate([reference_tensor(data, model.recipe) for data in files.values()]))
+    with TestClient(create_app(make_settings(root))) as client:
+        answer = client.post("/v1/models/convnet/predict/image", files=[("files", (n, d, "image/jpeg")) for n, d in files.items()]).json()
+    served = np.array([list(p["probabilities"].values()) for p in answer["predictions"]])
+    difference = np.abs(served - expected).max(axis=1)
+    print("convnet at 224, largest difference per picture:", dict(zip(files, difference.round(6))))
+    assert difference.max() < UPLOAD_TOLERANCE and difference[2] < 1e-5  # the PNG is decoded in full: the same numbers
