@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from service.inference.card import CardError, check_graph, fixed_batch, parse_card
+from service.inference.card import CardError, parse_card
 from service.model_import.configs import ConfigError, read_config
 from service.model_import.graph import append_softmax, facts, layout_of, read_model
+from service.model_import.publish import publish
+from service.model_import.trial import TrialFailed, try_on_a_photo
 
-CARD_METADATA_KEY = "model_card"  # where training puts the card in the ONNX metadata, too
 DEFAULT_TASK = "image-classification"
 
 
@@ -52,7 +47,7 @@ def import_model(options: ImportOptions) -> Path:
     """Check, convert and publish; returns the new version's directory. Raises ImportRefused."""
     try:
         return _import(options)
-    except (ConfigError, CardError) as error:
+    except (ConfigError, CardError, TrialFailed) as error:
         raise ImportRefused(str(error)) from None
 
 
@@ -225,85 +220,3 @@ def describe(preprocessing: dict, size: list) -> str:
 
 def _dims(dims: list) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
-def synthetic_photo(width: int = 640, height: int = 480) -> bytes:
-    """A JPEG photo-like picture (gradients and a disc), made here: the model's first run needs no download."""
-    from PIL import Image, ImageDraw
-
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(200, 40, 60))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def try_on_a_photo(model_bytes: bytes, card: dict) -> np.ndarray:
-    """Run the model on a synthetic photo (twice in one batch) through the server's own preprocessing, input checks
-    and runtime; it must answer one probability per label, summing to 1."""
-    import onnxruntime as ort
-
-    from service.imaging import picture_pixels
-    from service.inference import runtime
-    from service.inference.model_input import ModelInput
-
-    spec = parse_card(card)
-    try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    except Exception as error:
-        raise ImportRefused(f"ONNX Runtime cannot load the model: {error}") from None
-    check_graph(session.get_inputs(), session.get_outputs(), spec)
-    model_input = ModelInput(spec.input)
-    pixels, full_scale = picture_pixels(synthetic_photo(), spec, max_pixels=10_000_000)
-    batch = model_input.from_pixels(np.stack([pixels, pixels]), full_scale)
-    infer = runtime.make_infer_fn(session, spec.input.name, spec.output.name, fixed_batch=fixed_batch(session.get_inputs()))
-    try:
-        probabilities = np.asarray(infer(batch), dtype=np.float64)
-    except Exception as error:
-        raise ImportRefused(f"the model failed on a {'x'.join(map(str, batch.shape))} {batch.dtype} batch made as the card says: {error}") from None
-    if probabilities.shape != (2, len(spec.classes)):
-        raise ImportRefused(f"the model answered shape {list(probabilities.shape)} for 2 pictures; [2, {len(spec.classes)}] was expected")
-    if not np.isfinite(probabilities).all() or np.abs(probabilities.sum(axis=1) - 1).max() > 1e-3 or probabilities.min() < 0:
-        raise ImportRefused(
-            "the model's answers are not probabilities (they do not sum to 1): it answers logits; "
-            "pass --output-kind logits so that a Softmax is appended"
-        )
-    return probabilities
-
-
-def publish(repository: Path, name: str, model, card: dict) -> Path:
-    """Write model.onnx + model.json into a hidden temporary directory beside the versions, then rename it to
-    the next free version number, so the version appears complete or not at all (as training publishes)."""
-    model_root = Path(repository) / name
-    created_root = not model_root.exists()
-    model_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_root))
-    try:
-        while True:
-            version = max((int(p.name) for p in model_root.iterdir() if p.name.isdigit() and int(p.name) > 0), default=0) + 1
-            card = {**card, "version": version, "onnx": {k: v for k, v in card["onnx"].items() if k != "sha256"}}
-            del model.metadata_props[:]
-            entry = model.metadata_props.add()
-            entry.key, entry.value = CARD_METADATA_KEY, json.dumps(card)  # the file's own sha256 cannot be inside it
-            model_bytes = model.SerializeToString()
-            (staging / "model.onnx").write_bytes(model_bytes)
-            card["onnx"]["sha256"] = hashlib.sha256(model_bytes).hexdigest()
-            (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-            os.chmod(staging, 0o755)  # mkdtemp makes it private; the published version is for everyone
-            try:
-                os.rename(staging, model_root / str(version))
-                return model_root / str(version)
-            except OSError:
-                if not (model_root / str(version)).exists():
-                    raise
-                # Another publisher took this number meanwhile: take the next one.
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_root:
-            try:
-                model_root.rmdir()
-            except OSError:
-                pass
-        raise
