@@ -140,12 +140,25 @@ def read_labels(path: Path) -> list[str]:
         labels = [line.strip() for line in text.splitlines()]
         while labels and not labels[-1]:
             labels.pop()
-    if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
+    if len(labels) < 2 or not all(isinstance(label, str) and label.strip() for label in labels):
         empty = [i + 1 for i, label in enumerate(labels) if not label]
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        why = f"empty lines {empty}" if empty else f"repeated labels {repeated[:5]}" if repeated else f"{len(labels)} label(s)"
-        raise ImportRefused(f"{path.name} must list two or more distinct, non-empty labels, one a line, in output order ({why})")
-    return labels
+        why = f"empty lines {empty}" if empty else f"{len(labels)} label(s)"
+        raise ImportRefused(f"{path.name} must list two or more non-empty labels, one a line, in output order ({why})")
+    return distinct(labels)
+
+
+def distinct(labels: list[str]) -> list[str]:
+    """The labels, a repeated one told apart by its output column: the usual ImageNet list names 'crane' and
+    'maillot' twice, and answers map each label to its probability."""
+    seen: set[str] = set()
+    result = []
+    for column, label in enumerate(labels):
+        name = label
+        if name in seen:
+            name = f"{label} ({column})"
+        seen.add(name)
+        result.append(name)
+    return result
 
 
 def _read_json(path: Path) -> Any:

@@ -108,8 +108,8 @@ def _config(path: Path, **changes) -> None:
 REFUSALS = {
     "labels that do not match the output": (lambda d: None, ["--labels", "labels4.txt", "--config", "preprocessor_config.json"],
                                             "answers 5 classes but labels4.txt lists 4 labels"),
-    "repeated labels": (lambda d: (d / "twice.txt").write_text("a\nb\nc\nd\na\n"), ["--labels", "twice.txt", "--config", "preprocessor_config.json"],
-                        "repeated labels ['a']"),
+    "an empty label": (lambda d: (d / "gap.txt").write_text("a\nb\n\nd\ne\n"), ["--labels", "gap.txt", "--config", "preprocessor_config.json"],
+                       "(empty lines [3])"),
     "an unknown config key": (lambda d: _config(d / "odd.json", do_magic=True, shear=0.1), ["--labels", "labels5.txt", "--config", "odd.json"],
                               "unknown preprocessor_config.json keys: do_magic, shear"),
     "a config setting the card cannot express": (lambda d: _config(d / "pad.json", do_pad=True), ["--labels", "labels5.txt", "--config", "pad.json"],
@@ -160,6 +160,16 @@ def test_a_layout_outside_the_contract_is_refused_by_the_command_line(sources, t
     )
     assert done.returncode == 2 and "invalid choice: 'NCWH' (choose from NCHW, NHWC)" in done.stderr.replace("'NCHW', 'NHWC'", "NCHW, NHWC")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_repeated_labels_are_told_apart_by_their_column(sources, tmp_path):
+    directory, models = sources
+    (tmp_path / "imagenet-like.txt").write_text("crane\ntench\ncrane\nmaillot\nmaillot\n")
+    clip = models[0]
+    assert run_import(clip.onnx_path, "twice", tmp_path, "--labels", str(tmp_path / "imagenet-like.txt"),
+                      "--config", str(directory / "preprocessor_config.json")) == 0
+    card = json.loads((tmp_path / "twice" / "1" / "model.json").read_text())
+    assert card["classes"] == ["crane", "tench", "crane (2)", "maillot", "maillot (4)"]
 
 
 def test_a_sigmoid_output_is_refused_unless_told_to_take_logits(tmp_path, capsys):
