@@ -10,6 +10,7 @@ a setting we do not understand could make pictures unlike those the model was tr
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -24,10 +25,10 @@ HF_READ = {
 HF_PASSED_OVER = {
     "feature_extractor_type", "image_processor_type", "processor_class", "_processor_class", "auto_map",
     "do_reduce_labels", "reduce_labels", "data_format", "input_data_format", "return_tensors", "device",
-    "disable_grouping", "_valid_processor_keys", "num_channels", "image_seq_length",
+    "disable_grouping", "_valid_processor_keys", "num_channels", "image_seq_length", "pad_size",
 }
 # Keys that change the pictures in a way the card cannot express: accepted only at their no-op value.
-HF_ONLY_AS = {"do_pad": False, "rescale_offset": False, "include_top": False, "do_split_into_patches": False}
+HF_ONLY_AS = {"do_pad": False, "rescale_offset": False, "include_top": False, "do_split_into_patches": False, "size_divisor": None}
 HF_HINTS = {"image_mean", "image_std", "do_normalize", "image_processor_type", "feature_extractor_type", "do_resize", "resample"}
 
 TIMM_TOP = {"architecture", "num_classes", "num_features", "global_pool", "model_args", "pretrained_cfg", "label_names", "label_descriptions"}
@@ -93,12 +94,14 @@ def _triple(value: Any, key: str) -> list[float]:
 
 
 def hf_preprocessing(config: dict) -> dict:
-    """A Hugging Face image processor's settings as card fields."""
+    """A Hugging Face image processor's settings as card fields. A key saved as null takes the processor's
+    default (the fast processors save every setting, unset ones as null)."""
+    config = {key: value for key, value in config.items() if value is not None}
     keys = set(config)
     _unknown(keys - HF_READ - HF_PASSED_OVER - set(HF_ONLY_AS), HF_READ | HF_PASSED_OVER | set(HF_ONLY_AS), "preprocessor_config.json")
     for key, harmless in HF_ONLY_AS.items():
-        if key in config and config[key] not in (harmless, None):
-            raise ConfigError(f"{key}: {config[key]!r} is not supported (the card cannot express it); accepted only as {harmless!r}")
+        if key in config and config[key] != harmless:
+            raise ConfigError(f"{key}: {json.dumps(config[key])} is not supported (the card cannot express it); accepted only as {json.dumps(harmless)}")
     if config.get("do_convert_rgb") is False:
         raise ConfigError("do_convert_rgb: false is not supported; pictures are always converted to RGB (or L)")
     if config.get("do_resize", True) is not True:

@@ -113,7 +113,7 @@ REFUSALS = {
     "an unknown config key": (lambda d: _config(d / "odd.json", do_magic=True, shear=0.1), ["--labels", "labels5.txt", "--config", "odd.json"],
                               "unknown preprocessor_config.json keys: do_magic, shear"),
     "a config setting the card cannot express": (lambda d: _config(d / "pad.json", do_pad=True), ["--labels", "labels5.txt", "--config", "pad.json"],
-                                                 "do_pad: True is not supported"),
+                                                 "do_pad: true is not supported"),
     "a model config instead of a preprocessor config": (
         lambda d: (d / "model-config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"], "id2label": {}})),
         ["--labels", "labels5.txt", "--config", "model-config.json"], "pass the model's preprocessor_config.json"),
@@ -183,3 +183,44 @@ def test_a_sigmoid_output_is_refused_unless_told_to_take_logits(tmp_path, capsys
     assert run_import(tmp_path / "sigmoid.onnx", "multi", repository, "--labels", str(tmp_path / "labels.txt")) == 2
     assert "comes from a Sigmoid" in capsys.readouterr().err
     assert run_import(tmp_path / "sigmoid.onnx", "multi", repository, "--labels", str(tmp_path / "labels.txt"), "--output-kind", "logits") == 0
+
+
+FAST_VIT = {  # as transformers' fast image processors save themselves: every setting, unset ones as null
+    "crop_size": None, "data_format": "channels_first", "default_to_square": True, "device": None, "disable_grouping": None,
+    "do_center_crop": None, "do_convert_rgb": None, "do_normalize": True, "do_pad": None, "do_rescale": True, "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "ViTImageProcessorFast", "image_std": [0.5, 0.5, 0.5],
+    "input_data_format": None, "pad_size": None, "resample": 2, "rescale_factor": 0.00392156862745098, "return_tensors": None,
+    "size": {"height": 224, "width": 224},
+}
+CONFIGS = {
+    "a fast processor's nulls take the defaults": (FAST_VIT, {"method": "resize", "size": [224, 224], "range": [0.0, 1.0],
+                                                              "mean": [0.5] * 3, "interpolation": "bilinear"}),
+    "DeiT: a square resize, then the crop": (
+        {"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "resample": 3,
+         "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize-crop", "resize_size": [256, 256], "size": [224, 224], "interpolation": "bicubic"}),
+    "ConvNeXt at 384: a plain resize": (
+        {"size": {"shortest_edge": 384}, "crop_pct": 0.875, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize", "size": [384, 384]}),
+    "a legacy integer size without a crop is a square": (
+        {"size": 224, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "feature_extractor_type": "ViTFeatureExtractor"},
+        {"method": "resize", "size": [224, 224]}),
+    "a legacy integer size with a crop is the shorter side": (
+        {"size": 224, "do_center_crop": True, "crop_size": 224, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize-crop", "resize_shorter": 224, "size": [224, 224]}),
+    "MobileViT's channel flip is BGR, its mean reversed": (
+        {"size": {"shortest_edge": 288}, "do_center_crop": True, "crop_size": {"height": 256, "width": 256},
+         "do_flip_channel_order": True, "do_normalize": True, "image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]},
+        {"color_order": "BGR", "mean": [0.3, 0.2, 0.1]}),
+    "no rescale: raw 0..255": ({"size": {"height": 8, "width": 8}, "do_rescale": False, "do_normalize": False}, {"range": [0.0, 255.0]}),
+    "timm squash": ({"input_size": [3, 240, 240], "crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bicubic"},
+                    {"method": "resize-crop", "resize_size": [240, 240], "size": [240, 240], "mean": [0.485, 0.456, 0.406]}),
+}
+
+
+@pytest.mark.parametrize(("config", "expected"), CONFIGS.values(), ids=CONFIGS.keys())
+def test_configs_become_card_fields(config, expected):
+    from service.model_import.configs import read_config
+
+    _, fields = read_config(config, "config.json")
+    assert {key: fields.get(key) for key in expected} == expected
