@@ -106,8 +106,26 @@ class ModelInput:
             if not (low >= 0 and high <= 255) or (array.dtype.kind == "f" and not np.array_equal(array, np.round(array))):
                 raise InvalidInput(f"{what} hold values that are not 8-bit pixels; this model takes integers 0..255")
             return np.ascontiguousarray(array, dtype=np.uint8)
-        checked = check_range(array, what, self.low, self.high)
+        if self.spec.mean is None:  # pixels in the card's range (the digits: [0, 1]), rounding slack clipped
+            checked = check_range(array, what, self.low, self.high)
+        else:
+            checked = self._check_normalised(array, what)
         return np.ascontiguousarray(checked, dtype=self.dtype)
+
+    def _check_normalised(self, array: np.ndarray, what: str) -> np.ndarray:
+        """A normalised tensor is taken as sent where it is finite and within one span of what the preprocessing
+        makes: tensors from a client's own pipeline (or test noise) pass; 8-bit pixels that were never scaled do not."""
+        least, most = float(array.min()), float(array.max())
+        span = self.high - self.low
+        if least >= self.low - span and most <= self.high + span:
+            return array
+        if math.isnan(least) or math.isnan(most) or math.isinf(least) or math.isinf(most):
+            raise InvalidInput(f"{what} contain NaN, infinity or null; values must be finite numbers")
+        raise InvalidInput(
+            f"{what} hold values from {least:g} to {most:g}; this model's input (pixels mapped by its card's range, mean "
+            f"and std) lies in [{self.low:g}, {self.high:g}], and values beyond [{self.low - span:g}, {self.high + span:g}] "
+            "are refused (scale 8-bit pixels as the card says, or send them as UINT8 over v2)"
+        )
 
 
 def check_range(array: np.ndarray, what: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:

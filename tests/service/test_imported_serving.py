@@ -36,6 +36,7 @@ from tests.service.imported_models import (
 UPLOAD_TOLERANCE = 0.01  # the bound for photo uploads; the measured differences are printed
 TENSOR_TOLERANCE = 1e-4
 V2_DATATYPES = {np.float32: "FP32", np.float16: "FP16"}
+NORMALISED = {"hf-clip", "timm-nhwc"}  # the models whose cards give mean and std
 
 
 def import_all(root: Path, sources: Path) -> list:
@@ -120,6 +121,11 @@ def test_v2_with_tritonclient_on_the_models_own_tensor(server, imported, binary)
             result = client.infer(model.name, [request], outputs=[triton.InferRequestedOutput(output["name"], binary_data=binary)])
             served = result.as_numpy(output["name"])
             np.testing.assert_allclose(served, reference_run(model, x), atol=TENSOR_TOLERANCE)
+            if model.name in NORMALISED:  # a normalised input: any tensor of its scale, noise too
+                noise = np.random.default_rng(1).normal(size=x.shape).astype(model.recipe.dtype)
+                request.set_data_from_numpy(noise, binary_data=binary)
+                served = client.infer(model.name, [request]).as_numpy(output["name"])
+                np.testing.assert_allclose(served, reference_run(model, noise), atol=TENSOR_TOLERANCE)
     finally:
         client.close()
 
@@ -156,7 +162,12 @@ def test_v1_tensors_in_the_models_own_shape_or_flat(server, imported):
     clip = models[0]
     beyond = np.full((3, 24, 32), 9.0).tolist()  # far outside what CLIP's normalisation of 0..255 pixels can make
     refused = httpx.post(f"{server.url}/v1/models/{clip.name}/predict", json={"instances": [beyond]}).json()["error"]["message"]
-    assert "hold values from 9 to 9" in refused and "pixels must be in [-1.79" in refused
+    assert "hold values from 9 to 9" in refused and "lies in [-1.79" in refused
+    # A normalised tensor from elsewhere (here: noise) is taken as sent, a little beyond what pictures make.
+    noise = np.random.default_rng(0).normal(size=(1, 3, 24, 32)).astype(np.float32)
+    noise[0, 0, 0, 0] = 3.5
+    answer = httpx.post(f"{server.url}/v1/models/{clip.name}/predict", json={"instances": noise.tolist()}).json()
+    np.testing.assert_allclose(list(answer["predictions"][0]["probabilities"].values()), reference_run(clip, noise)[0], atol=TENSOR_TOLERANCE)
 
 
 def test_the_digit_models_serve_unchanged_beside_them(server, imported):
