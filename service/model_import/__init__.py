@@ -171,11 +171,13 @@ def _read_json(path: Path) -> Any:
 def input_and_preprocessing(graph, fields: dict) -> tuple[dict, dict]:
     """The card's input and preprocessing sections from the graph and the config / flag fields."""
     dims = graph.input_dims
-    layout = layout_of(dims, fields.get("layout"))
+    layout = layout_of(dims, fields.get("layout"), fields.get("layout_hint"))
     channel_dim, height_dim, width_dim = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
-    channels = fields.get("channels") or channel_dim
+    channels = fields.get("channels") or channel_dim or fields.get("channels_hint")
+    if channels is None:
+        raise ImportRefused(f"the input {_dims(dims)} has a dynamic number of channels; pass --channels 1 or --channels 3")
     if channels not in (1, 3) or (channel_dim is not None and channel_dim != channels):
-        raise ImportRefused(f"the input has {channel_dim or 'a dynamic number of'} channels and the config / flags say {fields.get('channels')}; accepted: 1 or 3, agreeing with the graph")
+        raise ImportRefused(f"the input has {channel_dim} channels and the config / flags say {fields.get('channels')}; accepted: 1 or 3, agreeing with the graph")
     size = fields.get("size")
     if size is None:
         if height_dim is None or width_dim is None:

@@ -19,13 +19,13 @@ PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 HF_READ = {
-    "do_resize", "size", "resample", "do_center_crop", "crop_size", "crop_pct", "do_rescale", "rescale_factor",
+    "data_format", "num_channels", "do_resize", "size", "resample", "do_center_crop", "crop_size", "crop_pct", "do_rescale", "rescale_factor",
     "do_normalize", "image_mean", "image_std", "do_convert_rgb", "default_to_square", "do_flip_channel_order",
 }
 HF_PASSED_OVER = {
     "feature_extractor_type", "image_processor_type", "processor_class", "_processor_class", "auto_map",
-    "do_reduce_labels", "reduce_labels", "data_format", "input_data_format", "return_tensors", "device",
-    "disable_grouping", "_valid_processor_keys", "num_channels", "image_seq_length", "pad_size",
+    "do_reduce_labels", "reduce_labels", "input_data_format", "return_tensors", "device",
+    "disable_grouping", "_valid_processor_keys", "image_seq_length", "pad_size",
 }
 # Keys that change the pictures in a way the card cannot express: accepted only at their no-op value.
 HF_ONLY_AS = {"do_pad": False, "rescale_offset": False, "include_top": False, "do_split_into_patches": False, "size_divisor": None}
@@ -108,7 +108,12 @@ def hf_preprocessing(config: dict) -> dict:
         raise ConfigError("do_resize: false is not supported: the server must bring every picture to the model's size")
     if "size" not in config:
         raise ConfigError("the config gives no size; accepted: size as {\"height\", \"width\"}, {\"shortest_edge\"} or an integer")
-    fields: dict[str, Any] = {"crop_rounding": "floor"}  # Hugging Face's center_crop floors an odd margin
+    # Hugging Face's processors make channels-first RGB (data_format), and its center_crop floors an odd margin.
+    layout = {"channels_first": "NCHW", "channels_last": "NHWC"}.get(config.get("data_format", "channels_first"))
+    if layout is None:
+        raise ConfigError(f"data_format {config['data_format']!r} is not accepted; accepted: channels_first, channels_last")
+    # The layout and channels are hints: the graph's own dimensions decide where they can (an export may be NHWC).
+    fields: dict[str, Any] = {"crop_rounding": "floor", "layout_hint": layout, "channels_hint": config.get("num_channels", 3)}
     resample = config.get("resample", 2)
     if resample not in PIL_FILTERS:
         raise ConfigError(f"resample {resample!r} is not a Pillow filter; accepted: {', '.join(f'{k} ({v})' for k, v in PIL_FILTERS.items())}")
@@ -182,7 +187,8 @@ def timm_preprocessing(document: dict) -> dict:
         raise ConfigError(f"crop_pct {crop_pct!r} must be a number in (0, 1]")
     crop_mode = config.get("crop_mode") or "center"
     scale = (math.floor(height / crop_pct), math.floor(width / crop_pct))
-    fields: dict[str, Any] = {"channels": channels, "size": [height, width], "interpolation": interpolation, "method": "resize-crop"}
+    fields: dict[str, Any] = {"layout_hint": "NCHW", "channels": channels, "size": [height, width], "interpolation": interpolation,
+                              "method": "resize-crop"}  # timm's models take channels-first tensors
     if crop_mode == "center":
         if height != width:
             raise ConfigError(f"crop_mode 'center' with a non-square input {height}x{width} is not supported; accepted: square inputs, or crop_mode 'squash'")

@@ -114,8 +114,9 @@ def _answers(graph, output: str) -> str:
     return "logits"
 
 
-def layout_of(dims: list, requested: str | None) -> str:
-    """NCHW or NHWC: as asked (and consistent with fixed dims), else told by where a 1 or 3 channel axis sits."""
+def layout_of(dims: list, requested: str | None, hint: str | None = None) -> str:
+    """NCHW or NHWC: as asked (and consistent with fixed dims), else told by where a 1 or 3 channel axis sits,
+    else as the config hints (a graph whose every dimension is dynamic)."""
     channels_first = dims[1] in (1, 3)
     channels_last = dims[3] in (1, 3)
     if requested is not None:
@@ -127,6 +128,8 @@ def layout_of(dims: list, requested: str | None) -> str:
         return "NCHW"
     if channels_last and not channels_first:
         return "NHWC"
+    if hint is not None and dims[1] is None and dims[3] is None:
+        return hint
     raise GraphError(f"cannot tell the layout of the input {_show(dims)}; pass --layout NCHW or --layout NHWC")
 
 

@@ -224,3 +224,26 @@ def test_configs_become_card_fields(config, expected):
 
     _, fields = read_config(config, "config.json")
     assert {key: fields.get(key) for key in expected} == expected
+
+
+def test_an_optimum_export_with_every_dimension_dynamic_takes_its_layout_from_the_config(sources, tmp_path, capsys):
+    """Optimum exports pixel_values as [batch_size, num_channels, height, width], all dynamic: a Hugging Face config
+    says channels-first RGB at its size; without one, the command asks for the layout."""
+    directory, _ = sources
+    model = make_photo_classifier(output_name="logits")
+    for axis, name in enumerate(["batch_size", "num_channels", "height", "width"]):
+        dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
+        dim.Clear()
+        dim.dim_param = name
+    onnx.save(model, tmp_path / "optimum.onnx")
+    (tmp_path / "vit.json").write_text(json.dumps({
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "resample": 2, "rescale_factor": 1 / 255, "size": {"height": 24, "width": 32}, "image_processor_type": "ViTImageProcessor"}))
+    labels = str(directory / "labels5.txt")
+    repository = tmp_path / "repository"
+    assert run_import(tmp_path / "optimum.onnx", "vit", repository, "--labels", labels, "--size", "24x32") == 2
+    assert "pass --layout NCHW or --layout NHWC" in capsys.readouterr().err
+    assert run_import(tmp_path / "optimum.onnx", "vit", repository, "--labels", labels, "--config", str(tmp_path / "vit.json")) == 0
+    card = parse_card(json.loads((repository / "vit" / "1" / "model.json").read_text()))
+    assert (card.input.layout, card.input.channels, card.input.height, card.input.width) == ("NCHW", 3, 24, 32)
+    assert card.preprocessing.size == (24, 32) and card.preprocessing.method == "resize"
