@@ -35,12 +35,11 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from serving_bodies import Body, decode_answer, make_bodies, test_digits
-from serving_report import check_targets, write_markdown, write_plot
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from serving_bodies import Body, decode_answer, make_bodies, test_digits  # noqa: E402
+from serving_report import check_targets, write_markdown, write_plot  # noqa: E402
 from service.config import available_cpus  # noqa: E402
 BASELINES = ROOT / "bench" / "baselines"
 LUA = ROOT / "bench" / "wrk" / "post.lua"

@@ -48,9 +48,9 @@ def _crop_pct(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m service import") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m service import",
+        prog=prog,
         description="Publish an ONNX image classifier as the next version of a model in the repository. Preprocessing comes "
         "from --config (a Hugging Face preprocessor_config.json or a timm config.json) and/or the flags below; a flag "
         "overrides the config.",
@@ -79,8 +79,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str], prog: str = "python -m service import") -> int:
+    args = parser(prog).parse_args(argv)
     from service.config import Settings
     from service.model_import import ImportOptions, ImportRefused, import_model
 
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     try:
         version_dir = import_model(options)
     except ImportRefused as refusal:
-        print(f"python -m service import: refused: {refusal}", file=sys.stderr)
+        print(f"{prog}: refused: {refusal}", file=sys.stderr)
         return 2
     print(f"published {args.name} version {version_dir.name} at {version_dir}")
     return 0

@@ -23,7 +23,10 @@ def load_onnx():
     try:
         import onnx
     except ImportError:
-        raise GraphError("importing a model needs the 'onnx' package: pip install onnx (it is in the 'serve' extra)") from None
+        raise GraphError(
+            "importing a model needs the 'onnx' package, which serving itself does not: pip install 'onnx>=1.16' "
+            "(the dev and train extras have it)"
+        ) from None
     return onnx
 
 
