@@ -44,12 +44,13 @@ def serve(args: argparse.Namespace) -> int:
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
         from service.observability import configure_logging
-        from service.workers import supervise
+        from service.workers import Backoff, supervise
 
         configure_logging(settings.log_level, settings.log_format)
         return supervise(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
             uvicorn_options=uvicorn_options,
+            backoff=Backoff(first_s=settings.restart_backoff_s, max_s=max(settings.restart_backoff_s, settings.restart_backoff_max_s)),
         )
 
     import uvicorn
