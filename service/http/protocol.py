@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Coroutine
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
-from service.http import guards
-from service.http.guards import APP, BODY, HEAD, LINGER_BYTES, LINGER_S, REFUSED, ConnectionLimits, DeadlineSweep, error_response
+from service.http.guards import BODY, HEAD, LINGER_BYTES, LINGER_S, ConnectionLimits, DeadlineSweep, error_response
 
 # Every status line uvicorn writes starts so, whatever the request's HTTP version.
 STATUS_LINE_START = b"HTTP/1.1 "
@@ -327,9 +327,14 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._chunk_size = 0
-        self._phase, self._since = HEAD, guards.now()
-        self._body_bytes = self._body_seen = 0
-        self._body_seen_at = self._since
+        # For the deadlines, which the sweep measures from when it first sees a request in a state (a request being
+        # the count of heads received): no clock is read per request.
+        self._requests = 0
+        self._body_bytes = 0
+        self._watched: tuple = ()
+        self._watched_since = self._body_seen_at = 0.0
+        self._body_seen = 0
+        self._refused = False
         self._shutdown_at: float | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._sweep = DeadlineSweep.of(self.server_state, self.loop, limits)
@@ -341,7 +346,7 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the head's bytes counted: a head over the limit is refused before the parser
         # accumulates more of it (httptools joins an unfinished header's pieces anew for each one).
-        if self._phase == REFUSED:
+        if self._refused:
             self._drop(len(data))
             return
         self._unset_keepalive_if_required()
@@ -363,7 +368,7 @@ class HttpProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
-            if self._head_bytes > self._max_head and self._phase != REFUSED:
+            if self._head_bytes > self._max_head and not self._refused:
                 self._refuse_head()
 
     def on_url(self, url: bytes) -> None:
@@ -379,9 +384,8 @@ class HttpProtocol(HttpToolsProtocol):
         if self._head_bytes + self._chunk_size > self._max_head and self._head_size() > self._max_head:
             self._refuse_head()
             raise Refused
-        self._phase, self._since = BODY, guards.now()
-        self._body_bytes = self._body_seen = 0
-        self._body_seen_at = self._since
+        self._requests += 1
+        self._body_bytes = 0
         if self.timeout_keep_alive_task is not None:
             # Armed when a hot request was answered within this same data_received: a request pipelined behind it
             # is under way, and the timer must not close its connection.
@@ -438,25 +442,15 @@ class HttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         # The next bytes begin the next request's head; those left in this chunk are not counted (one chunk at most).
         self._in_head, self._head_bytes = True, -self._chunk_size
-        cycle = self.cycle
-        if cycle is not None and cycle.response_complete and not self.pipeline:  # answered before its body ended
-            self._phase, self._since = HEAD, guards.now()
-        else:
-            self._phase = APP
-        if type(cycle) is HotRequest:
+        if type(self.cycle) is HotRequest:
             self.cycle.start(self.hot_app.hot_entry)
         else:
             super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        if self._phase == APP and not self.pipeline:  # the header deadline runs from the end of the response
-            self._phase, self._since = HEAD, guards.now()
-        super().on_response_complete()
-
     def shutdown(self) -> None:
         """A graceful shutdown: uvicorn closes the idle connections; a request body still arriving then has
         body_timeout_s to arrive whole, however slow its rate was allowed to be."""
-        self._shutdown_at = guards.now()
+        self._shutdown_at = time.monotonic()
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -482,37 +476,50 @@ class HttpProtocol(HttpToolsProtocol):
 
     def check_deadlines(self, moment: float) -> None:
         """Called by the sweep: cut this connection if its request is overdue."""
-        phase, limits = self._phase, self.limits
-        if phase == HEAD:
-            if moment - self._since > limits.header_timeout_s:
-                if self._head_bytes > 0:  # a request began: tell the client why
-                    self.refuse(408, "request_timeout", f"the request line and headers did not arrive within "
-                                f"{limits.header_timeout_s:g} s (PIXELSERVE_HEADER_TIMEOUT_S)", "header deadline")
-                else:
-                    self._sweep.refused["idle, header deadline"] += 1
-                    self.transport.close()
-        elif phase == BODY:
-            if self._body_bytes != self._body_seen or self.flow.read_paused:  # paused by us: no fault of the client's
-                self._body_seen, self._body_seen_at = self._body_bytes, moment
-            timeout = limits.body_timeout_s
-            grace_over = moment - self._since - timeout
-            if moment - self._body_seen_at > timeout:
-                why = f"no byte of the request body arrived for {timeout:g} s (PIXELSERVE_BODY_TIMEOUT_S)"
-            elif grace_over > 0 and self._body_bytes < limits.min_body_rate_bytes * grace_over:
-                why = (f"the request body arrived slower than {limits.min_body_rate_bytes} bytes per second after its first "
-                       f"{timeout:g} s (PIXELSERVE_MIN_BODY_RATE_BYTES)")
-            elif self._shutdown_at is not None and moment - self._shutdown_at > timeout:
-                self.refuse(503, "shutting_down", f"the server is shutting down and the request body did not arrive within "
-                            f"{timeout:g} s", "body unfinished at shutdown")
+        if self._refused:
+            return
+        cycle = self.cycle
+        if not self._in_head:
+            state = BODY  # the head arrived, the body has not all
+        elif cycle is None or (cycle.response_complete and not self.pipeline):
+            state = HEAD  # waiting for a request: the first, or the next after a response
+        else:
+            return  # the app answers: its own limits apply
+        if (state, self._requests) != self._watched:  # first seen so: its deadlines run from now
+            self._watched, self._watched_since = (state, self._requests), moment
+            self._body_seen, self._body_seen_at = self._body_bytes, moment
+            return
+        limits, elapsed = self.limits, moment - self._watched_since
+        if state == HEAD:
+            if elapsed <= limits.header_timeout_s:
                 return
+            if self._head_bytes > 0:  # a request began: tell the client why
+                self.refuse(408, "request_timeout", f"the request line and headers did not arrive within "
+                            f"{limits.header_timeout_s:g} s (PIXELSERVE_HEADER_TIMEOUT_S)", "header deadline")
             else:
-                return
-            self.refuse(408, "request_timeout", why, "body deadline")
+                self._sweep.refused["idle, header deadline"] += 1
+                self.transport.close()
+            return
+        if self._body_bytes != self._body_seen or self.flow.read_paused:  # paused by us: no fault of the client's
+            self._body_seen, self._body_seen_at = self._body_bytes, moment
+        timeout = limits.body_timeout_s
+        if moment - self._body_seen_at > timeout:
+            why = f"no byte of the request body arrived for {timeout:g} s (PIXELSERVE_BODY_TIMEOUT_S)"
+        elif elapsed > timeout and self._body_bytes < limits.min_body_rate_bytes * (elapsed - timeout):
+            why = (f"the request body arrived slower than {limits.min_body_rate_bytes} bytes per second after its first "
+                   f"{timeout:g} s (PIXELSERVE_MIN_BODY_RATE_BYTES)")
+        elif self._shutdown_at is not None and moment - self._shutdown_at > timeout:
+            self.refuse(503, "shutting_down", f"the server is shutting down and the request body did not arrive within "
+                        f"{timeout:g} s", "body unfinished at shutdown")
+            return
+        else:
+            return
+        self.refuse(408, "request_timeout", why, "body deadline")
 
     def refuse(self, status: int, code: str, message: str, reason: str, headers: tuple = ()) -> None:
         """Answer with a JSON error and close: the write side at once, the connection once the client stops
         sending or LINGER_S has passed (what it sends meanwhile is dropped)."""
-        self._phase = REFUSED
+        self._refused = True
         self._sweep.refused[reason] += 1
         cycle = self.cycle
         if type(cycle) is HotRequest:
