@@ -146,7 +146,11 @@ def publish(repository: Path, proto: onnx.ModelProto, model_card: dict) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         version = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
-        model_card = {"name": model_card["name"], "version": version, **model_card}
+        rest = {key: value for key, value in model_card.items() if key not in ("name", "version", "onnx")}
+        model_card = {"name": model_card["name"], "version": version, **rest,
+                      "onnx": {key: value for key, value in model_card["onnx"].items() if key != "sha256"}}
+        # The card inside the file leaves out the file's own hash, as training's cards do.
+        del proto.metadata_props[:]
         embedded = proto.metadata_props.add()
         embedded.key, embedded.value = "model_card", json.dumps(model_card)
         onnx.save_model(proto, temp / "model.onnx")
