@@ -1,6 +1,7 @@
 """A ResNet-18-sized model at 224x224 for the big-model benchmark, published into a model repository.
 
     .venv/bin/python bench/resnet18.py --repository /tmp/bench-models      # -> /tmp/bench-models/resnet18-bench/1
+    .venv/bin/python bench/resnet18.py                                      # into a new temporary repository
 
 ResNet-18 (He et al. 2016; torchvision's layout: 7x7/2 stem, 3x3/2 max pool, four stages of two basic
 blocks at 64, 128, 256, 512 channels, global average pool, 1000-way dense layer), written here because
@@ -166,14 +167,16 @@ def publish(repository: Path, proto: onnx.ModelProto, model_card: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="model repository to publish into")
+    parser.add_argument("--repository", type=Path, default=None,
+                        help="model repository to publish into (default: a new temporary directory, printed)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = build()
     proto = export(model)
     parity = check_parity(proto, model)
-    version_dir = publish(args.repository, proto, card(sum(p.numel() for p in model.parameters()), parity))
+    repository = args.repository or Path(tempfile.mkdtemp(prefix="bench-models-"))
+    version_dir = publish(repository, proto, card(sum(p.numel() for p in model.parameters()), parity))
     print(f"published {version_dir} (ONNX Runtime against torch: max abs difference {parity:.2g})")
     return 0
 
