@@ -8,7 +8,7 @@ blocks at 64, 128, 256, 512 channels, global average pool, 1000-way dense layer)
 torchvision's CPU build for this torch is not installable on this machine (its only wheel is the CUDA
 one, which fails to load against torch's CPU build). Random weights, seeded; batch norm's running
 statistics are set by a few random batches so that activations keep a sensible scale, and the last layer
-is scaled so that the softmax is not one-hot (a top-5 that means something). ~1.8 GFLOPs per picture.
+is scaled so that the softmax is not one-hot (a top-5 that means something). ~1.8 G multiply-adds per picture.
 
 The version directory is written here, model.onnx and a model.json in the generalised card's shape
 (CARD.md: resize-crop 256 -> 224, bilinear, ImageNet mean / std, NCHW RGB float32) with the file's

@@ -4,7 +4,7 @@ holding the class folders, those are the splits; otherwise a share of each class
 split by a hash of its file name (the same files whatever the seed, and a picture added later does not
 move the others). The validation split is drawn from the training pictures, per class, by the seed.
 
-Every picture is decoded once: the training pictures are kept (resized) for the random crops of
+Every picture is decoded once, one at a time: the training pictures are kept (resized) for the random crops of
 training, and the validation and test pictures are turned into exactly the input a server following
 the card computes for them (training/photos.py)."""
 
@@ -122,14 +122,16 @@ def _held_out(paths: list[Path], root: Path, fraction: float) -> tuple[list[Path
     return [p for p in paths if p not in held], [p for p in paths if p in held]
 
 
-def _load(paths: list[Path], channels: int) -> tuple[list, list[str]]:
-    pictures, errors = [], []
+def _load(paths: list[Path], channels: int, keep) -> tuple[list, list[str]]:
+    """`keep(picture)` of each picture, decoded one at a time (only the small arrays it makes stay in
+    memory, not the decoded photos), and the messages of those that cannot be read."""
+    kept, errors = [], []
     for path in paths:
         try:
-            pictures.append(decode(path, channels))
+            kept.append(keep(decode(path, channels)))
         except PictureError as exc:
             errors.append(str(exc))
-    return pictures, errors
+    return kept, errors
 
 
 def load_folder(
@@ -179,9 +181,19 @@ def load_folder(
             f"({sum(len(p) for p in train_files.values())} training pictures); add pictures or raise the fraction"
         )
 
-    decoded, errors = {}, []
+    shorter = options.resize_shorter or default_resize_shorter(options.image_size)
+    if options.resize == "resize-crop" and shorter < options.image_size:
+        raise FolderDatasetError(f"--resize-shorter {shorter} is smaller than --image-size {options.image_size}")
+    if options.normalize not in NORMALIZATIONS:
+        raise FolderDatasetError(f"unknown normalisation {options.normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    # The views (what the model sees) do not depend on the mean / std, which come from the training views.
+    unnormalized = PhotoPreprocessing(options.image_size, options.channels, options.resize,
+                                      shorter if options.resize == "resize-crop" else None,
+                                      (0.0,) * options.channels, (1.0,) * options.channels)
+    kept, errors = {}, []
     for role, items in (("train", train_paths), ("val", val_paths), ("test", test_paths)):
-        decoded[role], role_errors = _load([path for path, _ in items], options.channels)
+        keep = (lambda p: (unnormalized.view(p), unnormalized.training_source(p))) if role == "train" else unnormalized.view
+        kept[role], role_errors = _load([path for path, _ in items], options.channels, keep)
         errors += role_errors
     if errors:
         more = f" (and {len(errors) - ERRORS_LISTED} more)" if len(errors) > ERRORS_LISTED else ""
@@ -191,29 +203,18 @@ def load_folder(
             f"({', '.join(PICTURE_EXTENSIONS)})"
         )
 
-    shorter = options.resize_shorter or default_resize_shorter(options.image_size)
-    if options.resize == "resize-crop" and shorter < options.image_size:
-        raise FolderDatasetError(f"--resize-shorter {shorter} is smaller than --image-size {options.image_size}")
     # The mean / std are measured on the training pictures as the model will see them (the centre views).
-    unnormalized = PhotoPreprocessing(options.image_size, options.channels, options.resize,
-                                      shorter if options.resize == "resize-crop" else None,
-                                      (0.0,) * options.channels, (1.0,) * options.channels)
-    train_views = [unnormalized.view(p) for p in decoded["train"]]
     if options.normalize == "dataset":
-        mean, std = channel_statistics(train_views, options.channels)
-    elif options.normalize == "imagenet":
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if options.channels == 3 else (IMAGENET_GREY_MEAN, IMAGENET_GREY_STD)
+        mean, std = channel_statistics([view for view, _ in kept["train"]], options.channels)
     else:
-        raise FolderDatasetError(f"unknown normalisation {options.normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if options.channels == 3 else (IMAGENET_GREY_MEAN, IMAGENET_GREY_STD)
     preprocessing = PhotoPreprocessing(options.image_size, options.channels, options.resize,
                                        unnormalized.resize_shorter, mean, std)
-
-    test_views = np.stack([preprocessing.view(p) for p in decoded["test"]])
-    val_views = np.stack([preprocessing.view(p) for p in decoded["val"]])
+    test_views, val_views = np.stack(kept["test"]), np.stack(kept["val"])
     return FolderSplits(
         dataset=FolderSpec(name=FOLDER_PREFIX + str(root.resolve()), task="images", classes=tuple(classes)),
         data_dir=root,
-        train_images=[preprocessing.training_source(p) for p in decoded["train"]],
+        train_images=[source for _, source in kept["train"]],
         train_labels=np.array([label for _, label in train_paths], np.int64),
         val_images=preprocessing.to_input(val_views),
         val_labels=np.array([label for _, label in val_paths], np.int64),
