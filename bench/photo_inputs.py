@@ -54,6 +54,8 @@ class CardInput:
     range: tuple[float, float]
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    layout: str = "NCHW"
+    dtype: str = "float32"
 
     @classmethod
     def from_card(cls, card: dict) -> CardInput:
@@ -64,6 +66,7 @@ class CardInput:
             resize_shorter=preprocessing.get("resize_shorter"),
             interpolation=preprocessing.get("interpolation", "bilinear"),
             range=tuple(section.get("range", (0.0, 1.0))), mean=section.get("mean"), std=section.get("std"),
+            layout=section.get("layout", "NCHW"), dtype=section.get("dtype", "float32"),
         )
 
 
@@ -96,13 +99,17 @@ def resize(picture: Image.Image, card: CardInput) -> Image.Image:
 
 
 def to_input(picture: Image.Image, card: CardInput) -> np.ndarray:
-    """[1, C, H, W] float32: 0..255 onto the card's range, then (x - mean) / std."""
-    low, high = card.range
-    pixels = np.asarray(picture, np.float32).reshape(card.height, card.width, card.channels)
-    pixels = pixels * np.float32((high - low) / 255.0) + np.float32(low)
-    if card.mean is not None:
-        pixels = (pixels - np.asarray(card.mean, np.float32)) / np.asarray(card.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)
+    """[1, C, H, W] (or [1, H, W, C]) in the card's dtype: 0..255 onto the card's range, then (x - mean) / std;
+    a uint8 input takes the pixels as they are."""
+    pixels = np.asarray(picture).reshape(card.height, card.width, card.channels)
+    if card.dtype != "uint8":
+        low, high = card.range
+        pixels = pixels.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+        if card.mean is not None:
+            pixels = (pixels - np.asarray(card.mean, np.float32)) / np.asarray(card.std, np.float32)
+    if card.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels[None], dtype={"float32": np.float32, "float16": np.float16, "uint8": np.uint8}[card.dtype])
 
 
 def reference_input(jpeg: bytes, card: CardInput, draft: tuple[int, int] | None = None) -> np.ndarray:

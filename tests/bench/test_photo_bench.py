@@ -97,6 +97,10 @@ def test_reference_pipeline_follows_the_card():
     pixels = np.asarray(resized, np.float32) / 255
     expected = ((pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
     np.testing.assert_allclose(x[0], expected, atol=1e-5)
+    # A model that takes raw pixels NHWC (a uint8 input, as TensorFlow-style exports do) gets them as they are.
+    raw = CardInput.from_card({**resnet18.card(1, 0.0), "input": {**resnet18.card(1, 0.0)["input"],
+                                                                   "layout": "NHWC", "dtype": "uint8"}})
+    np.testing.assert_array_equal(reference_input(jpeg, raw)[0], np.asarray(resized))
 
 
 def test_same_top_is_strict_about_labels_and_probabilities():
