@@ -198,6 +198,7 @@ def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarra
     deadline = time.monotonic() + 120
     with httpx.Client(timeout=10) as client:
         for protocol in running.server.paths:
+            last = "no answer"
             while True:
                 if running.process.poll() is not None:
                     raise SystemExit(f"{running.server.label} exited; its log:\n{running.log.read_text()[-3000:]}")
@@ -205,10 +206,12 @@ def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarra
                     response = post(client, running.url(protocol), bodies[protocol])
                     if response.status_code == 200:
                         break
+                    last = f"{response.status_code} {response.text[:500]}"
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{running.server.label} did not answer {protocol}; its log:\n{running.log.read_text()[-3000:]}")
+                    raise SystemExit(f"{running.server.label} did not answer {protocol} (its last answer: {last}); "
+                                     f"its log:\n{running.log.read_text()[-3000:]}")
                 time.sleep(0.25)
             if protocol == "upload":
                 matches, top = answer_matches(response.content, expected, classes)
