@@ -32,10 +32,14 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    from service.http.protocol import HttpProtocol
+    from service.http.uvicorn_compat import http_protocol
+    from service.observability import configure_logging
 
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn_options = dict(
-        http=HttpProtocol,  # httptools; hot requests skip uvicorn's request cycle; each response in one socket write
+        # httptools; hot requests skip uvicorn's request cycle; each response in one socket write; limits on request
+        # heads, deadlines, a connection cap (uvicorn's own protocol, with a warning, should its internals differ)
+        http=http_protocol(),
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client
@@ -46,13 +50,12 @@ def serve(args: argparse.Namespace) -> int:
     # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
-        from service.observability import configure_logging
-        from service.workers import supervise
+        from service.workers import Backoff, supervise
 
-        configure_logging(settings.log_level, settings.log_format)
         return supervise(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
             uvicorn_options=uvicorn_options,
+            backoff=Backoff(first_s=settings.restart_backoff_s, max_s=max(settings.restart_backoff_s, settings.restart_backoff_max_s)),
         )
 
     import uvicorn
