@@ -23,6 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
@@ -191,6 +192,9 @@ class RequestContextMiddleware:
             if not response_started:
                 status = 499  # no answer yet: the client closed the connection (nginx's code for it), or a shutdown ran out of time
             raise
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, and nothing wrong here (logged at info below).
+            status = 499
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if response_started:

@@ -11,6 +11,7 @@ import base64
 import binascii
 
 import numpy as np
+import orjson
 
 from service.errors import InvalidInput
 
@@ -20,10 +21,21 @@ INSTANCE_FORMS = (
     "each instance is 28 rows of 28 pixels, a flat list of 784 pixels, or {\"image_base64\": \"<PNG/JPEG/... bytes in base64>\"}"
 )
 _BATCH_SHAPES = {(28, 28), (784,), (1, 28, 28)}
+# What nested lists of JSON numbers write as: numpy would also take "0.5" strings and true/false as pixels.
+_NUMBER_LIST_BYTES = b"0123456789-+.eE[],"
+NOT_NUMBERS = "pixels must be JSON numbers (not strings, true/false or null)"
+
+
+def only_numbers(instances: object) -> bool:
+    """Whether `instances` (parsed JSON) holds nothing but lists and numbers: its JSON text, written again
+    by orjson (in C), then holds only the bytes of numbers, brackets and commas."""
+    return not orjson.dumps(instances).translate(None, _NUMBER_LIST_BYTES)
 
 
 def pixels_to_batch(instances: list) -> np.ndarray:
     """Numeric instances (each 28x28, 784 or 1x28x28) -> float32 [N,1,28,28] in [0, 1]."""
+    if not only_numbers(instances):
+        return np.concatenate([pixel_instance(i, item) for i, item in enumerate(instances)])
     try:
         with np.errstate(over="ignore"):  # numbers beyond float32 become infinity, rejected below
             array = np.asarray(instances, dtype=np.float32)
@@ -41,6 +53,8 @@ def pixel_instance(index: int, item: object) -> np.ndarray:
     """Convert one instance on its own, to say exactly which one is wrong and how."""
     if not isinstance(item, list):
         raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {INSTANCE_FORMS}")
+    if not only_numbers(item):
+        raise InvalidInput(f"instance {index}: {NOT_NUMBERS}")
     try:
         with np.errstate(over="ignore"):
             array = np.asarray(item, dtype=np.float32)

@@ -8,6 +8,7 @@ service.predictions). Answers are serialised with orjson. The OpenAPI document s
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated
 
 import numpy as np
@@ -38,6 +39,7 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
 ModelName = Annotated[str, Path(description="A model of the repository", examples=["mnist-convnet"])]
+ASCII_DIGITS = re.compile(r"[0-9]+")
 UPLOAD_FORMS = "send multipart/form-data with one picture in field 'file' or several in 'files' (PNG, JPEG, GIF, BMP, WebP)"
 
 
@@ -85,10 +87,11 @@ async def describe_model(
 
 
 def _optional_int(value: object, field: str, *, text: bool = False) -> int | None:
-    """A positive integer option; `text` for form fields, which arrive as strings."""
+    """A positive integer option; `text` for form fields, which arrive as strings. ASCII digits only: str.isdigit()
+    is true for '²' (which int() refuses) and '٣' (which int() reads as 3)."""
     if value is None:
         return None
-    if text and isinstance(value, str) and value.strip().isdigit():
+    if text and isinstance(value, str) and ASCII_DIGITS.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(f"{field} must be a positive integer, got {value!r}")
