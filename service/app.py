@@ -30,6 +30,7 @@ from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
+from service.memory import LARGE_BODY_BYTES, WorkerMemory
 from service.http.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.inference.registry import ModelRepository
@@ -136,22 +137,25 @@ class RequestContextMiddleware:
     the body limit, checked on Content-Length before anything is read and on the bytes as they stream
     in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, memory: WorkerMemory) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.memory = memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id, content_length = None, None
+        request_id, content_length, chunked = None, None, False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif key == b"content-length":
                 content_length = value
+            elif key == b"transfer-encoding":
+                chunked = True
         if request_id is None or not _CLIENT_REQUEST_ID.fullmatch(request_id):
             request_id = f"{_ID_PREFIX}{next(_id_counter):020x}"
         token = request_id_var.set(request_id)
@@ -179,6 +183,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
+        body_held = 0
         try:
             declared = int(content_length) if content_length is not None and content_length.isdigit() else None
             if declared is not None and declared > self.max_body_bytes:
@@ -186,8 +191,17 @@ class RequestContextMiddleware:
                 response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
+                if chunked or (declared is not None and declared > LARGE_BODY_BYTES):
+                    # Before anything of a large body is read: it waits its turn for the worker's body budget.
+                    cost = self.memory.body_cost(None if chunked else declared)
+                    await self.memory.body.acquire(cost)
+                    body_held = cost
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
                 await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
+        except ServiceError as error:  # the body budget's 413 or 503, before the app ran
+            response = too_large_page(scope, error.message) if error.status_code == 413 else None
+            response = response or error_response(scope["path"], error.status_code, error.code, error.message, error.headers)
+            await response(scope, receive, send_with_id)
         except asyncio.CancelledError:
             if not response_started:
                 status = 499  # no answer yet: the client closed the connection (nginx's code for it), or a shutdown ran out of time
@@ -202,6 +216,8 @@ class RequestContextMiddleware:
             response = error_response(scope["path"], 500, "internal_error", f"internal error; quote request id {request_id}")
             await response(scope, receive, send_with_id)
         finally:
+            if body_held:
+                self.memory.body.release(body_held)
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
@@ -290,6 +306,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     repository = ModelRepository(settings, metrics)
+    memory = WorkerMemory(
+        memory_limit=settings.memory_limit_bytes, workers=settings.workers, max_body_bytes=settings.max_body_bytes,
+        decode_budget=settings.decode_budget_bytes, body_budget=settings.body_budget_bytes, wait_s=settings.budget_wait_s,
+        return_memory=settings.return_memory,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -299,6 +320,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # from garbage collection, whose full passes over it otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        budgets = memory.resize()  # from this worker's memory with its models loaded
+        logger.info(
+            "memory: %d MiB for the service (%s), %d MiB for this worker of which %d MiB in use; budgets: %d MiB for "
+            "decoding pictures, %d MiB for large request bodies", budgets.limit >> 20, budgets.limit_source,
+            budgets.worker_share >> 20, budgets.baseline >> 20, budgets.decode >> 20, budgets.body >> 20,
+        )
         try:
             yield
         finally:
@@ -317,6 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
+    app.state.memory = memory
     install_error_handlers(app, settings)
     _document_api_key(app)
 
@@ -339,12 +367,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors)
     # Added last, so it wraps everything else, CORS answers included.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory)
 
     # v1 predict and v2 infer: the same request context and CORS, around a direct call of the endpoint.
     app.hot_paths = HotPaths(routes=hot, exception_handlers=app.exception_handlers)
     hot_entry: ASGIApp = app.hot_paths
     if settings.cors_origins:
         hot_entry = CORSMiddleware(hot_entry, **cors)
-    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory)
     return app

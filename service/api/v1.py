@@ -7,8 +7,8 @@ service.predictions). Answers are serialised with orjson. The OpenAPI document s
 
 from __future__ import annotations
 
-import asyncio
 import re
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
+from service.decoding import decode_within_budget
 from service.errors import InvalidInput
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
@@ -117,6 +118,15 @@ async def _answer(request: Request, served: ServedModel, batch, top_k: int | Non
     return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
 
 
+async def _decode(request: Request, pictures: list[bytes], method: str) -> np.ndarray:
+    """Picture files -> the model's input batch, decoded within the worker's memory budget."""
+    settings = request.app.state.settings
+    return await decode_within_budget(
+        pictures, partial(pictures_to_batch, pictures, method, max_pixels=settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+    )
+
+
 def _v1_payload(body: bytes) -> dict:
     """The predict body parsed with orjson, with its fields checked; instances are left as JSON values."""
     try:
@@ -158,7 +168,7 @@ async def predict(request: Request, name: ModelName) -> Response:
         batch = pixels_to_batch(instances)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        decoded = await _decode(request, data, served.preprocessing)
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
@@ -204,7 +214,7 @@ async def predict_image(
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    batch = await _decode(request, data, served.preprocessing)
     return await _answer(request, served, batch, top_k)
 
 

@@ -7,12 +7,12 @@ place; that endpoint answers the v1 prediction plus the 28x28 input as a PNG and
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 
 from service.api.dependencies import tag_request
 from service.api.forms import read_form
+from service.decoding import decode_within_budget
 from service.errors import InvalidInput, ServiceError
 from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_and_picture, to_png
 from service.predictions import format_predictions
@@ -164,8 +165,11 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
     tag_request(request, served.name, served.version)
 
     started = time.perf_counter()
-    # Decoding is CPU work: off the event loop, as the v1 endpoints do it.
-    x, picture_png = await asyncio.to_thread(prepare_picture, data, served.preprocessing, settings.max_image_pixels)
+    # Decoding is CPU work: off the event loop and within the worker's memory budget, as the v1 endpoints do it.
+    x, picture_png = await decode_within_budget(
+        [data], partial(prepare_picture, data, served.preprocessing, settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+    )
     preprocessed = time.perf_counter()
     probabilities = await served.predict(x[np.newaxis])
     finished = time.perf_counter()

@@ -26,6 +26,7 @@ import contextvars
 from collections.abc import Coroutine
 
 import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 # Every status line uvicorn writes starts so, whatever the request's HTTP version.
@@ -33,7 +34,7 @@ STATUS_LINE_START = b"HTTP/1.1 "
 # Largest body a hot request gathers before its app starts; a larger one goes through uvicorn's cycle,
 # which reads it under flow control. A request with one to a few dozen digits is 6 to 400 KB.
 HOT_BODY_LIMIT = 1 << 20
-INTERNAL_ERROR = b"Internal Server Error"
+INTERNAL_ERROR = b'{"error":{"code":"internal_error","message":"Internal Server Error"}}'
 # A hot request starts in the loop callback that read it while fewer than this many are under way in the process
 # (see HotRequest.start).
 EAGER_BELOW = 8
@@ -181,7 +182,7 @@ class HotRequest:
             self._protocol.logger.exception("Exception in ASGI application")
             if self._head is None and not self.response_complete:
                 self.keep_alive = False
-                self._send_start(500, [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")])
+                self._send_start(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(INTERNAL_ERROR))])
                 self._send_body(INTERNAL_ERROR, more_body=False)
             else:
                 self._transport.close()
@@ -378,6 +379,16 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle = None  # type: ignore[assignment]  # uvicorn's bookkeeping below is for its own cycles
             request.client_left()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, as the service's JSON error rather than plain text."""
+        body = orjson.dumps({"error": {"code": "bad_request", "message": msg}})
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        content += (b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
 
 def _hot_app(app):
