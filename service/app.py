@@ -191,14 +191,25 @@ class RequestContextMiddleware:
                 response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
-                if chunked or (declared is not None and declared > LARGE_BODY_BYTES):
-                    # Before anything of a large body is read: it waits its turn for the worker's body budget.
-                    cost = self.memory.body_cost(None if chunked else declared)
-                    await self.memory.body.acquire(cost)
-                    body_held = cost
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
-                await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
-        except ServiceError as error:  # the body budget's 413 or 503, before the app ran
+                body_receive = app_receive = receive if declared is not None else receive_within_limit
+                if chunked or (declared is not None and declared > LARGE_BODY_BYTES):
+                    cost = self.memory.body_cost(None if chunked else declared)
+
+                    async def receive_within_budget() -> Message:
+                        # Once the app starts reading a large body (after its API key check), it waits its turn for
+                        # the worker's body budget; the socket is not read meanwhile.
+                        nonlocal body_held
+                        if not body_held:
+                            await self.memory.body.acquire(cost)
+                            body_held = cost
+                        return await body_receive()
+
+                    app_receive = receive_within_budget
+                await self.app(scope, app_receive, send_with_id)
+        except ServiceError as error:  # the body budget's 413 or 503, where no handler of the app answered it
+            if response_started:
+                raise
             response = too_large_page(scope, error.message) if error.status_code == 413 else None
             response = response or error_response(scope["path"], error.status_code, error.code, error.message, error.headers)
             await response(scope, receive, send_with_id)
