@@ -12,10 +12,12 @@ from service.errors import ImageTooLarge, InvalidImage
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO, which phone cameras write
 ACCEPTED_DESCRIPTION = "PNG, JPEG, GIF, BMP, WebP or TIFF"
 JPEG_START = b"\xff\xd8\xff"  # the first bytes of every JPEG (and MPO) file
-# Peak memory of decoding and preparing a picture, per decoded pixel, by how many bytes Pillow stores a pixel in
-# (1: "1", L, P; 2: I;16; 4: RGB, RGBA, CMYK, I, F...), measured with /proc/self/status's VmHWM on 4000x4000
-# PNGs (L 1.7, I;16 6.6, RGB 5.4, RGBA 8.5 bytes per pixel), with a margin; plus a fixed part for the decoder.
-PEAK_BYTES_PER_PIXEL = {1: 3, 2: 8, 4: 10}
+# Peak memory of decoding and preparing a picture, in bytes per decoded pixel, by its mode (Pillow keeps 1 byte a
+# pixel for 1, L and P, 2 for I;16, 4 for the rest), measured with /proc/self/status's VmHWM on 4000x4000 PNGs
+# (L 1.7, I;16 6.6, RGB 5.4, RGBA 8.5 bytes a pixel: the picture, its gray or RGBA copy, the reduced one), with a
+# margin; plus a fixed part for the decoder. Modes not listed: the most.
+PEAK_BYTES_PER_PIXEL = {"1": 3, "L": 3, "P": 3, "I;16": 8, "I;16B": 8, "I;16L": 8, "RGB": 7, "YCbCr": 7, "CMYK": 7}
+TRANSPARENT_BYTES_PER_PIXEL = 10  # converted to RGBA (4 bytes) besides itself
 DECODER_BYTES = 8 << 20
 
 
@@ -30,8 +32,8 @@ def decode_cost(data: bytes, *, reduce_to: int | None) -> tuple[int, int]:
         if reduce_to is not None and image.format in ("JPEG", "MPO"):
             image.draft("L", (reduce_to, reduce_to))  # sets the scale only; size is now the reduced one
         pixels = image.width * image.height
-        stored = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
-    return pixels, pixels * PEAK_BYTES_PER_PIXEL[stored] + DECODER_BYTES
+        per_pixel = TRANSPARENT_BYTES_PER_PIXEL if "transparency" in image.info else PEAK_BYTES_PER_PIXEL.get(image.mode, 10)
+    return pixels, pixels * per_pixel + DECODER_BYTES
 
 
 def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
