@@ -177,7 +177,7 @@ def trim() -> None:
 
 # How many worker processes share the memory, as the supervisor tells its workers (not a setting).
 WORKER_PROCESSES = "PIXELSERVE_WORKER_PROCESSES"
-SUPERVISOR_BYTES = 64 << 20  # what the supervisor of several workers holds (measured: ~40 MiB RSS)
+SUPERVISOR_BYTES = 96 << 20  # what the supervisor of several workers holds (measured: ~90 MiB RSS; it loads ONNX Runtime to probe for a GPU)
 DECODE_SHARE, BODY_SHARE = 0.55, 0.25  # of what a worker has beyond its own baseline; the rest is headroom
 MIN_DECODE_BUDGET = 32 << 20
 BODY_COPIES = 2  # a large body is held as received and once more as read (a picture's bytes, a parsed document)
