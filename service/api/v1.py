@@ -37,7 +37,7 @@ from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
 ModelName = Annotated[str, Path(description="A model of the repository", examples=["mnist-convnet"])]
 ASCII_DIGITS = re.compile(r"[0-9]+")

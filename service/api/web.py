@@ -53,6 +53,7 @@ CONTENT_SECURITY_POLICY = (
 ERROR_TITLES = {
     "invalid_image": "That file is not a picture we can read.",
     "image_too_large": "That picture is too large.",
+    "over_memory_budget": "That picture is too large for this server's memory.",
     "payload_too_large": "That file is too large.",
     "invalid_input": "That upload could not be used.",
     "model_not_found": "That model does not exist.",
