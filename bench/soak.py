@@ -1,13 +1,14 @@
 """The combined soak of issue 19: predictions under a reload storm, a killed worker, slow clients and large uploads.
 
-    nice -n 10 .venv/bin/python bench/soak.py [--seconds 60] [--connections 64] [--reloads-per-s 50]
-        [--slow-clients 20] [--uploads-per-s 1] [--workers 2] [--memory-limit-bytes 1073741824]
+    nice -n 10 .venv/bin/python bench/soak.py [--seconds 60] [--connections 64] [--reload-connections 4]
+        [--reloads-per-s 200] [--slow-clients 20] [--upload-connections 2] [--uploads-per-s 1] [--workers 2]
+        [--memory-limit-bytes 1073741824]
 
 Starts `python -m service` on a free loopback port over a copy of the shipped models (its memory limit set as
 compose and Kubernetes give it), then for `--seconds`: `--connections` keep-alive connections send v1 predictions
-(one digit each) as fast as they are answered; one connection POSTs reload as fast as `--reloads-per-s` allows;
+(one digit each) as fast as they are answered; `--reload-connections` POST reload, each at most `--reloads-per-s`;
 `--slow-clients` connections trickle a request header and as many trickle a body, one byte a second; large
-uploads (4 RGB PNGs of 3000x3000) go out at `--uploads-per-s`; halfway, one worker process is killed with
+uploads (4 RGB PNGs of 3000x3000) go out on `--upload-connections`, each at most `--uploads-per-s`; halfway, one worker process is killed with
 SIGKILL. Every answer is counted by kind and status, every request that got no answer (connection reset or
 closed) as lost, those within a second of the kill apart; the RSS of all the service's processes together is
 sampled each second. At the end: is it still serving, and does SIGTERM stop it. Figures go to
@@ -193,9 +194,9 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict:
     kill = {"start": start}
     tasks = [requester(port, "predict", predict, tally, until) for _ in range(args.connections)]
     if args.reloads_per_s > 0:
-        tasks.append(requester(port, "reload", reload, tally, until, pause_s=1.0 / args.reloads_per_s))
+        tasks += [requester(port, "reload", reload, tally, until, pause_s=1.0 / args.reloads_per_s) for _ in range(args.reload_connections)]
     if args.uploads_per_s > 0:
-        tasks.append(requester(port, "upload", upload, tally, until, pause_s=1.0 / args.uploads_per_s))
+        tasks += [requester(port, "upload", upload, tally, until, pause_s=1.0 / args.uploads_per_s) for _ in range(args.upload_connections)]
     tasks += [slow_client(port, slow_header, slow_outcomes["header"], until) for _ in range(args.slow_clients)]
     tasks += [slow_client(port, slow_body, slow_outcomes["body"], until) for _ in range(args.slow_clients)]
     tasks += [sample_memory(pid, memory, until), kill_a_worker(pid, start + args.seconds / 2, kill)]
@@ -217,9 +218,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--reloads-per-s", type=float, default=50)
+    parser.add_argument("--reload-connections", type=int, default=4)
+    parser.add_argument("--reloads-per-s", type=float, default=200, help="per reload connection, at most")
     parser.add_argument("--slow-clients", type=int, default=20)
-    parser.add_argument("--uploads-per-s", type=float, default=1)
+    parser.add_argument("--upload-connections", type=int, default=2)
+    parser.add_argument("--uploads-per-s", type=float, default=1, help="per upload connection, at most")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit-bytes", type=int, default=1 << 30)
     parser.add_argument("--output", default="soak", help="file name (no suffix) under bench/results")
@@ -290,8 +293,9 @@ def main() -> int:
 def report(f: dict) -> str:
     args = f["args"]
     lines = [
-        f"# Soak: {args['seconds']:.0f} s, {args['connections']} connections predicting, reloads at {args['reloads_per_s']}/s, "
-        f"{args['slow_clients']} + {args['slow_clients']} slow clients, uploads at {args['uploads_per_s']}/s, a worker killed halfway",
+        f"# Soak: {args['seconds']:.0f} s, {args['connections']} connections predicting, {args['reload_connections']} reloading "
+        f"(at most {args['reloads_per_s']}/s each), {args['slow_clients']} + {args['slow_clients']} slow clients, "
+        f"{args['upload_connections']} uploading (at most {args['uploads_per_s']}/s each), a worker killed halfway",
         "",
         f"`bench/soak.py`; {args['workers']} workers, PIXELSERVE_MEMORY_LIMIT_BYTES = {f['memory_limit_mib']} MiB; {f['machine']}, "
         f"load average {f['load_average_before'][0]:.1f} before, {f['load_average_after'][0]:.1f} after (a shared machine: "
