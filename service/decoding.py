@@ -19,7 +19,8 @@ T = TypeVar("T")
 async def decode_within_budget(pictures: list[bytes], work: Callable[[], T], *, memory: WorkerMemory,
                                max_request_pixels: int) -> T:
     """Run `work` (blocking: it decodes `pictures` one by one) on a thread once the memory it needs is free."""
-    costs = [decode_cost(data, reduce_to=WORK_SIDE) for data in pictures]
+    # Headers only, but up to max_instances of them, some with large metadata: off the event loop too.
+    costs = await asyncio.to_thread(lambda: [decode_cost(data, reduce_to=WORK_SIDE) for data in pictures])
     pixels = sum(p for p, _ in costs)
     if pixels > max_request_pixels:
         raise ImageTooLarge(
