@@ -135,7 +135,8 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
 class RequestContextMiddleware:
     """Per request: a request id (echoed from X-Request-ID or generated) in logs and the response header;
     the body limit, checked on Content-Length before anything is read and on the bytes as they stream
-    in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
+    in (a chunked body has no Content-Length); the worker's body budget for a large body (service.memory);
+    metrics and a log line (499 for a client that left); a JSON 500 for a bug."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, memory: WorkerMemory) -> None:
         self.app = app
