@@ -97,3 +97,13 @@ def test_a_version_that_cannot_load_answers_400_not_a_retryable_503(server, url)
     assert response.status_code == 400, response.text
     assert "Retry-After" not in response.headers and "cannot load" in response.text
     assert requests_counted(server.url, 503) == 0
+
+
+@pytest.mark.parametrize("value", [b"1_0", b"+10", b"10\xb2"])  # \xb2: a superscript two, in latin-1
+def test_the_v2_header_length_takes_ascii_digits_only(server, value):
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}]})
+    body = header + bytes(3136)
+    head = (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nInference-Header-Content-Length: " + value
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+    reply = exchange(server.port, head + body)
+    assert status_of(reply) == 422 and b"ASCII digits" in reply
