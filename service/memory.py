@@ -47,9 +47,12 @@ def physical_memory() -> int:
 
 
 def resident_bytes(pid: int | str = "self") -> int:
-    """A process's resident set size (RSS), from /proc."""
-    with open(f"/proc/{pid}/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """A process's resident set size (RSS), from /proc; 0 where there is none (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 class ByteBudget:
