@@ -194,7 +194,7 @@ class RequestContextMiddleware:
             else:
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
                 body_receive = app_receive = receive if declared is not None else receive_within_limit
-                if chunked or (declared is not None and declared > LARGE_BODY_BYTES):
+                if chunked or (declared is not None and declared > LARGE_BODY_BYTES and "pixelserve.gathered" not in scope):
                     cost = self.memory.body_cost(None if chunked else declared)
 
                     async def receive_within_budget() -> Message:

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     )
     body_budget_bytes: int | None = Field(
         None, ge=1 << 20,
-        description="Memory for request bodies over 1 MiB being received and held at once in one worker process (each "
+        description="Memory for request bodies over 64 KiB being received and held at once in one worker process (each "
         "counts twice its length; a chunked one, twice max_body_bytes): a request waits its turn before its body is "
         "read (budget_wait_s), 503 with Retry-After past that. Default: 25% of what a worker has left of its part "
         "of memory_limit_bytes, at least twice max_body_bytes",

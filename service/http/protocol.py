@@ -35,6 +35,11 @@ STATUS_LINE_START = b"HTTP/1.1 "
 # which reads it under flow control. A request with one to a few dozen digits is 6 to 400 KB.
 HOT_BODY_LIMIT = 1 << 20
 INTERNAL_ERROR = b'{"error":{"code":"internal_error","message":"Internal Server Error"}}'
+# Bytes of bodies that hot requests of this process may be gathering at once (declared, not yet whole). Past it, a
+# request goes through uvicorn's cycle, which reads at most 64 KiB ahead of the app, and the app reads its body
+# within the worker's body budget (service.memory): many clients that stop halfway through a body of up to
+# HOT_BODY_LIMIT cannot make the process gather more than this.
+HOT_GATHERING_LIMIT = 32 << 20
 # A hot request starts in the loop callback that read it while fewer than this many are under way in the process
 # (see HotRequest.start).
 EAGER_BELOW = 8
@@ -115,9 +120,13 @@ class HotRequest:
     with the attributes uvicorn's protocol reads there (`response_complete`, `keep_alive`)."""
 
     __slots__ = ("_protocol", "_transport", "scope", "_chunks", "keep_alive", "response_complete", "_task",
-                 "_client_left", "_head", "_unsent", "_chunked", "_ended")
+                 "_client_left", "_head", "_unsent", "_chunked", "_ended", "_gathering")
 
-    def __init__(self, protocol: HttpProtocol, scope: dict, keep_alive: bool) -> None:
+    gathering = 0  # bytes declared by the hot requests of this process whose bodies are not yet whole
+
+    def __init__(self, protocol: HttpProtocol, scope: dict, keep_alive: bool, declared: int = 0) -> None:
+        self._gathering = declared
+        HotRequest.gathering += declared
         self._protocol = protocol
         self._transport: HeaderHoldingTransport = protocol.transport  # type: ignore[assignment]
         self.scope = scope
@@ -147,6 +156,7 @@ class HotRequest:
         running any. Starting 32 requests in flight per worker at once, as each was read, cost ~10% more CPU per
         request (the code of reading and of answering taking turns in the processor's caches); below
         EAGER_BELOW, starting at once measured as fast at 8 connections, and 0.04 ms faster at one."""
+        self._gathered()
         tasks = self._protocol.tasks
         if len(tasks) >= EAGER_BELOW:
             self._task = self._protocol.loop.create_task(self._run(app))
@@ -165,11 +175,17 @@ class HotRequest:
         """The connection closed. A request not yet answered is cancelled: one still queued for the model
         is dropped before inference."""
         self._client_left = True
+        self._gathered()
         if not self.response_complete:
             self.response_complete = True
             if self._task is not None:
                 self._task.cancel()
         self._end()
+
+    def _gathered(self) -> None:
+        """The body is whole, or will never be: it no longer counts as being gathered."""
+        HotRequest.gathering -= self._gathering
+        self._gathering = 0
 
     async def _run(self, app) -> None:
         try:
@@ -345,6 +361,8 @@ class HttpProtocol(HttpToolsProtocol):
                 return None
         if declared is None or not declared.isdigit() or int(declared) > HOT_BODY_LIMIT:
             return None
+        if HotRequest.gathering + int(declared) > HOT_GATHERING_LIMIT:
+            return None
         url = httptools.parse_url(self.url)
         if b"%" in url.path:  # percent-escapes: uvicorn unquotes the path
             return None
@@ -359,7 +377,8 @@ class HttpProtocol(HttpToolsProtocol):
         if not self.hot_app.hot_paths.match(scope):  # refuses a root_path, as the ASGI path does
             return None
         scope["app"] = self.hot_app
-        return HotRequest(self, scope, keep_alive=http_version != "1.0" and parser.should_keep_alive())
+        scope["pixelserve.gathered"] = True  # the body is in memory before the app runs (the app's body budget skips it)
+        return HotRequest(self, scope, keep_alive=http_version != "1.0" and parser.should_keep_alive(), declared=int(declared))
 
     def on_body(self, body: bytes) -> None:
         if type(self.cycle) is HotRequest:

@@ -129,3 +129,33 @@ def test_too_many_pixels_in_one_request_is_a_413_before_decoding(server):
     count = 160_000_000 // (SIDE * SIDE) + 1  # over max_request_pixels
     response = upload(server.url, large_png(SIDE), count)
     assert response.status_code == 413 and "per request" in response.json()["error"]["message"]
+
+
+def unfinished_bodies(port: int, count: int, size: int) -> list[socket.socket]:
+    """`count` connections that each send all but the last KiB of a `size`-byte predict body, and wait."""
+    head = (f"POST /v1/models/digits/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connection.setblocking(False)
+        try:
+            connection.sendall(head + b"[" * (size - 1024))
+        except BlockingIOError:  # the server does not read it (yet): the kernel's buffers hold the rest
+            pass
+        connections.append(connection)
+    return connections
+
+
+def test_many_unfinished_bodies_under_a_mebibyte_stay_under_the_limit(server):
+    # Bodies of up to 1 MiB on v1 predict are gathered by the HTTP protocol itself before the app runs: without
+    # a bound, 400 stalled ones held ~400 MiB in one worker.
+    with PeakRss(server.process.pid) as memory:
+        connections = unfinished_bodies(server.port, 400, 1 << 20)
+        time.sleep(4)
+        assert httpx.post(f"{server.url}/v1/models/digits/predict", json={"instances": [[0.5] * 784]}, timeout=30).status_code == 200
+        for connection in connections:
+            connection.close()
+        time.sleep(0.5)
+    assert memory.peak < LIMIT, f"the service's processes reached {memory.peak >> 20} MiB, over {LIMIT >> 20} MiB"
+    assert requests_counted(server.url, 500) == 0
