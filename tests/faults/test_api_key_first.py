@@ -54,6 +54,15 @@ def test_a_wrong_key_in_a_header_is_a_401_before_the_body_is_read(server, path):
         assert status_of(read_answer(connection)) == 401
 
 
+@pytest.mark.parametrize("path", ["/v1/models/digits/predict", "/v2/models/digits/infer"])
+def test_a_small_body_without_the_key_is_refused_before_it_is_whole(server, path):
+    # Bodies up to 1 MiB on these two routes are otherwise gathered whole by the HTTP protocol before the app runs.
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {500_000}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(head.encode() + b'{"instances": [[' + b"0.5, " * 1000)
+        assert status_of(read_answer(connection)) == 401
+
+
 def test_the_page_form_with_a_wrong_key_field_is_refused_before_its_file(server):
     key_field = b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nwrong\r\n'
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
