@@ -355,15 +355,13 @@ class HttpProtocol(HttpToolsProtocol):
             or parser.should_upgrade()
         ):
             return None
-        declared, key = None, b""
+        declared = None
         for name, value in self.headers:
             if name == b"content-length":
                 declared = value
             elif name == b"transfer-encoding":
                 return None
-            elif name == b"x-api-key" or (name == b"authorization" and value[:7].lower() == b"bearer "):
-                key = key or (value if name == b"x-api-key" else value[7:].strip())
-        if self.api_key is not None and not hmac.compare_digest(key, self.api_key):
+        if self.api_key is not None and not hmac.compare_digest(_sent_key(self.headers), self.api_key):
             # Without the key: uvicorn's cycle, where the endpoint refuses it before reading the body.
             return None
         if declared is None or not declared.isdigit() or int(declared) > HOT_BODY_LIMIT:
@@ -421,6 +419,17 @@ def _api_key(app) -> bytes | None:
     """The key the service's app requires (its settings' api_key), if any: hot requests must carry it."""
     key = getattr(getattr(getattr(app, "state", None), "settings", None), "api_key", None)
     return key.get_secret_value().encode() if key is not None else None
+
+
+def _sent_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The key a request's headers carry (X-API-Key, else Authorization: Bearer), as service.api.dependencies reads it."""
+    bearer = b""
+    for name, value in headers:
+        if name == b"x-api-key" and value:
+            return value
+        if name == b"authorization" and value[:7].lower() == b"bearer " and not bearer:
+            bearer = value[7:].strip()
+    return bearer
 
 
 def _hot_app(app):
