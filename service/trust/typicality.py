@@ -1,0 +1,79 @@
+"""The typicality score: how much a picture and its features look like the training pictures'.
+
+Mahalanobis (Lee et al. 2018), with its feature ensemble: on each feature tensor (the picture itself, pooled
+small, and the input of every linear layer), one Gaussian per class, all sharing one covariance; each tensor's
+score is minus the squared Mahalanobis distance to the nearest class mean, standardised by its mean and spread
+on held-out training-distribution pictures; typicality is the lowest of them (in those standard units). Where
+no such features can be found in a graph, the energy score (Liu et al. 2020), log-sum-exp of the logits, is
+used instead. Both are "higher = more like the training pictures". numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+MAHALANOBIS, ENERGY = "mahalanobis", "energy"
+# Shrinks the shared covariance towards its mean variance, so it stays invertible when features are
+# fewer-valued than their dimension (dead ReLUs, few pictures).
+SHRINKAGE = 1e-2
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """What the graph needs: features f -> g = f @ whitening; distances to the whitened class means."""
+
+    whitening: np.ndarray  # [D, D] float64: L with L L^T = precision
+    whitened_means: np.ndarray  # [C, D]
+    offset: float = 0.0  # mean and spread of `score` on held-out pictures, to standardise it
+    scale: float = 1.0
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Minus the squared Mahalanobis distance to the nearest class mean (not standardised)."""
+        g = np.asarray(features, dtype=np.float64) @ self.whitening
+        distances = (g * g).sum(1)[:, None] - 2.0 * g @ self.whitened_means.T + (self.whitened_means**2).sum(1)[None, :]
+        return -distances.min(axis=1)
+
+    def standardised(self, features: np.ndarray) -> np.ndarray:
+        return (self.score(features) - self.offset) / self.scale
+
+    def calibrated(self, held_out_features: np.ndarray) -> GaussianFit:
+        """The same fit, standardised by its scores on held-out pictures of the training distribution."""
+        scores = self.score(held_out_features)
+        return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+
+
+def combined(fits: list[GaussianFit], features: list[np.ndarray]) -> np.ndarray:
+    """typicality: the lowest standardised score over the feature tensors (as the graph computes it)."""
+    return np.min(np.stack([fit.standardised(f) for fit, f in zip(fits, features)]), axis=0)
+
+
+def fit_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) -> GaussianFit:
+    features = np.asarray(features, dtype=np.float64)
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError("class-conditional Gaussians need training pictures of at least two classes")
+    means = np.stack([features[labels == c].mean(axis=0) for c in present])
+    centred = features - means[np.searchsorted(present, labels)]
+    covariance = centred.T @ centred / len(features)
+    dimension = covariance.shape[0]
+    covariance += SHRINKAGE * (np.trace(covariance) / dimension + 1e-12) * np.eye(dimension)
+    precision = np.linalg.inv(covariance)
+    precision = (precision + precision.T) / 2.0
+    whitening = np.linalg.cholesky(precision)
+    return GaussianFit(whitening=whitening, whitened_means=means @ whitening)
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """log-sum-exp of the logits (Liu et al. 2020, temperature 1)."""
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+def threshold_for(scores: np.ndarray, flag_rate: float) -> float:
+    """The largest threshold that flags (score < threshold) at most `flag_rate` of `scores`."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    allowed = int(np.floor(flag_rate * len(ordered)))
+    return float(ordered[min(allowed, len(ordered) - 1)])
