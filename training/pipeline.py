@@ -17,8 +17,9 @@ from training.data import load_splits
 from training.download import sha256_of
 from training.export import OPSET, check_parity, export_onnx, onnx_probabilities, publish
 from training.models import build_model, count_parameters
-from training.report import summarize, write_report
+from training.report import plot_reliability, summarize, write_report
 from training.train import TrainConfig, fit
+from training.trust import fit_on_splits, with_trust
 
 
 def train_and_publish(
@@ -53,6 +54,10 @@ def train_and_publish(
 
     proto = export_onnx(classifier)
     probabilities = check_parity(proto, classifier, splits.test_images)
+    # Calibration and typicality: fitted on the exported graph, folded into the graph that is published.
+    trust = fit_on_splits(proto, {"output": {"name": "probabilities"}}, splits)
+    proto = trust.model
+    probabilities = onnx_probabilities(proto, splits.test_images)
     summary = summarize(splits.test_labels, probabilities, classes)
     architecture = {
         "arch": arch,
@@ -64,6 +69,7 @@ def train_and_publish(
         name=name, splits=splits, architecture=architecture, config=config,
         result=result, test_summary=summary, opset=OPSET,
     )
+    card = with_trust(card, trust)
     history = [asdict(stats) for stats in result.history]
 
     def write_extras(directory: Path) -> None:
@@ -71,6 +77,7 @@ def train_and_publish(
             directory, summary=summary, history=history, classes=classes,
             test_images=splits.test_images, test_labels=splits.test_labels, probabilities=probabilities,
         )
+        plot_reliability(trust.reliability, directory / "reliability.png", title=name)
 
     version_dir = publish(models_dir, name, proto, card, write_extras)
     return version_dir, json.loads((version_dir / "model.json").read_text())
