@@ -31,6 +31,7 @@ from service.predictions import (
     pixels_to_batch,
 )
 from service.inference.registry import ModelDescription, ModelRepository, ServedModel
+from service.trust.explain import copies_per_picture, explain_batch
 from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -108,10 +109,36 @@ def _served(request: Request, name: str, version: int | None) -> ServedModel:
     return served
 
 
-async def _answer(request: Request, served: ServedModel, batch, top_k: int | None) -> Response:
-    probabilities = await served.predict(batch)
+async def _answer(request: Request, served: ServedModel, batch, top_k: int | None, explain: bool = False) -> Response:
+    probabilities, typicality = await served.predict_scored(batch)
     top_k = request.app.state.settings.default_top_k if top_k is None else top_k
-    return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
+    predictions = format_predictions(probabilities, served.classes, top_k, typicality, served.trust)
+    if explain:
+        for prediction, explanation in zip(predictions, await explain_batch(served, batch, probabilities)):
+            prediction["explanation"] = explanation
+    return _json({"model": served.name, "version": served.version, "predictions": predictions})
+
+
+def _explain_flag(value: object, *, text: bool = False) -> bool:
+    if value is None:
+        return False
+    if text and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on"):
+        return value.lower() in ("true", "1", "on")
+    if not isinstance(value, bool):
+        raise InvalidInput(f"explain must be true or false, got {value!r}")
+    return value
+
+
+def _explained_count(count: int, explain: bool, batch_shape: tuple[int, int], limit: int) -> None:
+    """With explain, each picture runs 1 + its occluded copies: the request's images are counted that way."""
+    if not explain:
+        return
+    per_picture = 1 + copies_per_picture(*batch_shape)
+    if count * per_picture > limit:
+        raise InvalidInput(
+            f"explain=true runs {per_picture} images per picture ({count} pictures: {count * per_picture}); at most "
+            f"{limit} images are accepted per request, so send at most {max(limit // per_picture, 0)} pictures with explain"
+        )
 
 
 def _v1_payload(body: bytes) -> dict:
@@ -124,7 +151,7 @@ def _v1_payload(body: bytes) -> dict:
         raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
     unknown = set(payload) - V1_FIELDS
     if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: {', '.join(sorted(V1_FIELDS))}")
     return payload
 
 
@@ -146,10 +173,12 @@ async def predict(request: Request, name: ModelName) -> Response:
         instances = payload["instances"]
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
+    explain = _explain_flag(payload.get("explain"))
+    _explained_count(len(instances), explain, (28, 28), settings.max_instances)
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
 
     if numeric is not None:
-        return await _answer(request, served, check_pixels(instances, "instances"), top_k)
+        return await _answer(request, served, check_pixels(instances, "instances"), top_k, explain)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
         batch = pixels_to_batch(instances)
@@ -164,7 +193,7 @@ async def predict(request: Request, name: ModelName) -> Response:
             batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
             batch[pictures] = decoded
             batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
-    return await _answer(request, served, batch, top_k)
+    return await _answer(request, served, batch, top_k, explain)
 
 
 @router.post(
@@ -177,6 +206,7 @@ async def predict_image(
     name: ModelName,
     top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
     version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
+    explain: bool = Query(False, description="Add an occlusion-sensitivity map of the top class to each prediction"),
 ) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
@@ -197,12 +227,14 @@ async def predict_image(
             raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
         _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
         top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
+        explain = _explain_flag(form.get("explain"), text=True) or explain
+        _explained_count(len(uploads), explain, (28, 28), settings.max_instances)
         served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
     batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
-    return await _answer(request, served, batch, top_k)
+    return await _answer(request, served, batch, top_k, explain)
 
 
 @router.post(

@@ -28,6 +28,7 @@ from service.inference.batching import DirectRunner, DynamicBatcher
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
+from service.trust.assess import TrustPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,14 @@ class ServedModel:
         self.input_name: str = card["input"]["name"]
         self.output_name: str = card["output"]["name"]
         self.providers: list[str] = list(session.get_providers())
+        self.trust = TrustPolicy.from_card(card)
+        graph_outputs = {o.name for o in session.get_outputs()}
+        # A card that names a typicality output the graph lacks is served without it (typicality null).
+        self.has_typicality = self.trust.typicality_output is not None and self.trust.typicality_output in graph_outputs
         self._session = session
-        raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name)
+        raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name, self.trust.typicality_output if self.has_typicality else None)
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
-        runtime.warm_up(raw_infer, len(self.classes))
+        runtime.warm_up(raw_infer, len(self.classes), 1 if self.has_typicality else 0)
         batching = settings.batching_for(name)
         # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
         # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
@@ -86,6 +91,17 @@ class ServedModel:
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 [N,1,28,28] in [0,1] -> float32 [N,C] probabilities, through this version's runner."""
+        answer = await self._submit(images)
+        return answer[:, : len(self.classes)] if self.has_typicality else answer
+
+    async def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [N,C], typicality [N] or None when the model has no typicality output)."""
+        answer = await self._submit(images)
+        if not self.has_typicality:
+            return answer, None
+        return answer[:, : len(self.classes)], answer[:, len(self.classes)]
+
+    async def _submit(self, images: np.ndarray) -> np.ndarray:
         if self._retired:  # a request that got this version just before it was replaced
             return await asyncio.to_thread(self.infer, images)
         self._in_flight += 1

@@ -155,21 +155,34 @@ def create_session(
     return session
 
 
-def make_infer_fn(session: ort.InferenceSession, input_name: str, output_name: str) -> InferFn:
-    """A blocking callable: float32 [N,1,28,28] -> float32 [N,C]. ONNX Runtime releases the GIL in run()."""
-    outputs = [output_name]
+def make_infer_fn(session: ort.InferenceSession, input_name: str, output_name: str, typicality_output: str | None = None) -> InferFn:
+    """A blocking callable: float32 [N,1,28,28] -> float32 [N,C], or [N,C+1] with the typicality score as the last
+    column when `typicality_output` is given (one array keeps the runners' batching unchanged). ONNX Runtime
+    releases the GIL in run()."""
     run = session.run
+    if typicality_output is None:
+        outputs = [output_name]
 
-    def infer(images: np.ndarray) -> np.ndarray:
-        return run(outputs, {input_name: images})[0]
+        def infer(images: np.ndarray) -> np.ndarray:
+            return run(outputs, {input_name: images})[0]
 
-    return infer
+        return infer
+    both = [output_name, typicality_output]
+
+    def infer_with_typicality(images: np.ndarray) -> np.ndarray:
+        probabilities, typicality = run(both, {input_name: images})
+        return np.concatenate([probabilities, typicality.reshape(-1, 1).astype(probabilities.dtype, copy=False)], axis=1)
+
+    return infer_with_typicality
 
 
-def warm_up(infer: InferFn, num_classes: int) -> np.ndarray:
+def warm_up(infer: InferFn, num_classes: int, extra_columns: int = 0) -> np.ndarray:
     """One inference on a blank picture, so the first request does not pay for lazy initialisation;
-    also proves the model answers probabilities of the declared width."""
-    probabilities = np.asarray(infer(np.zeros((1, 1, 28, 28), dtype=np.float32)))
+    also proves the model answers probabilities of the declared width (then `extra_columns`, e.g. typicality)."""
+    answer = np.asarray(infer(np.zeros((1, 1, 28, 28), dtype=np.float32)))
+    if answer.shape != (1, num_classes + extra_columns):
+        raise ValueError(f"warm-up answered shape {list(answer.shape)}, expected [1, {num_classes + extra_columns}]")
+    probabilities = answer[:, :num_classes]
     if probabilities.shape != (1, num_classes):
         raise ValueError(f"warm-up answered shape {list(probabilities.shape)}, expected [1, {num_classes}]")
     if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
