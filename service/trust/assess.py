@@ -54,3 +54,13 @@ class TrustPolicy:
 
 def typicality_values(typicality: np.ndarray | None, count: int) -> list[float | None]:
     return [None] * count if typicality is None else [float(v) for v in np.asarray(typicality, dtype=np.float64)]
+
+
+def trust_parameters(probabilities: np.ndarray, typicality: np.ndarray | None, classes: list[str], trust: TrustPolicy) -> dict:
+    """The v2 response parameters: {"typicality": [one per picture, or null], "warnings": [[...] per picture]}."""
+    scores = typicality_values(typicality, len(probabilities))
+    if trust.threshold is None and trust.margin is None:
+        return {"typicality": scores, "warnings": [[] for _ in scores]}
+    rows = probabilities.tolist()
+    best_two = np.argsort(-probabilities, axis=1, kind="stable")[:, :2].tolist()
+    return {"typicality": scores, "warnings": [trust.warnings(r, o, classes, s) for r, o, s in zip(rows, best_two, scores)]}
