@@ -25,6 +25,9 @@
     label: document.getElementById("prediction-label"),
     picture: document.getElementById("picture"),
     modelInput: document.getElementById("model-input"),
+    explanation: document.getElementById("explanation"),
+    explainedLabel: document.getElementById("explained-label"),
+    warnings: document.getElementById("warnings"),
     bars: document.getElementById("probabilities"),
     barTemplate: document.getElementById("bar-template"),
     model: document.getElementById("result-model"),
@@ -66,6 +69,17 @@
     elements.label.textContent = answer.label;
     elements.picture.src = answer.picture_png;
     elements.modelInput.src = answer.input_png;
+    elements.explanation.src = answer.explanation_png;
+    elements.explainedLabel.textContent = answer.explained_label;
+    elements.warnings.replaceChildren();
+    (answer.warnings || []).forEach(function (warning) {
+      const item = document.createElement("li");
+      item.className = "warning warning-" + warning.code;
+      item.dataset.code = warning.code;
+      item.textContent = capitalise(warning.message);
+      elements.warnings.appendChild(item);
+    });
+    elements.warnings.hidden = !(answer.warnings || []).length;
     elements.bars.replaceChildren();
     answer.top.forEach(function (item, index) {
       const row = elements.barTemplate.content.firstElementChild.cloneNode(true);
