@@ -12,6 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+from service.errors import InvalidInput
 from service.imaging import to_model_input
 
 MAX_PIXELS = 40_000_000
@@ -33,11 +34,15 @@ def scribbles(count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def as_uploaded(images: np.ndarray, method: str) -> np.ndarray:
-    """[N,1,28,28] in [0, 1] -> the tensors the service makes of them sent as PNG uploads to a `method` model."""
-    out = np.empty_like(images, dtype=np.float32)
-    for i, picture in enumerate(images):
+def as_uploaded(images: np.ndarray, method: str) -> tuple[np.ndarray, int]:
+    """[N,1,28,28] in [0, 1] -> the tensors the service makes of them sent as PNG uploads to a `method` model, and
+    how many it refuses to answer (a 422, e.g. "no ink found" for uniform noise)."""
+    kept, refused = [], 0
+    for picture in images:
         buffer = io.BytesIO()
         Image.fromarray(np.rint(picture[0] * 255).astype(np.uint8)).save(buffer, format="PNG")
-        out[i] = to_model_input(buffer.getvalue(), method, max_pixels=MAX_PIXELS)
-    return out
+        try:
+            kept.append(to_model_input(buffer.getvalue(), method, max_pixels=MAX_PIXELS))
+        except InvalidInput:
+            refused += 1
+    return (np.stack(kept) if kept else np.empty((0, 1, 28, 28), np.float32)), refused

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the next version, with the card's calibration and typicality sections and a reliability diagram.",
     )
     calibrate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
+    calibrate.add_argument("--layers", default="input", choices=["input", "all", "none"],
+                           help="Mahalanobis members of the typicality score beside the energy score: the picture "
+                           "(pooled), the picture and the input of every linear layer, or none")
     add_data_options(calibrate)
 
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
@@ -180,7 +183,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
-    version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download)
+    version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
     calibration, typicality = card["calibration"], card["typicality"]
     print(
         f"published {version_dir}: temperature {calibration['temperature']:.4f}, test ECE {calibration['ece_before']:.4f} -> "

@@ -28,10 +28,11 @@ def model_inputs(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images, dtype=np.float32) / 255.0)[:, np.newaxis]
 
 
-def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits) -> TrustFit:
+def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input") -> TrustFit:
     return fit_trust(
         proto,
         output=card["output"]["name"],
+        layers=layers,
         validation_inputs=model_inputs(splits.val_images), validation_labels=splits.val_labels,
         train_inputs=model_inputs(splits.train_images), train_labels=splits.train_labels,
         test_inputs=model_inputs(splits.test_images), test_labels=splits.test_labels,
@@ -49,14 +50,16 @@ def with_trust(card: dict, fit: TrustFit) -> dict:
     return {**card, "output": output, "calibration": fit.calibration, "typicality": fit.typicality}
 
 
-def calibrate_published(version_dir: Path, data_dir: Path | None = None, *, download: bool = False) -> tuple[Path, dict]:
+def calibrate_published(
+    version_dir: Path, data_dir: Path | None = None, *, download: bool = False, layers: str = "input"
+) -> tuple[Path, dict]:
     """Fit trust on a published version and publish it as the next version of the same model."""
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
     proto = onnx.load(version_dir / card["onnx"]["file"])
     del proto.metadata_props[:]  # the card embedded by publish() is rewritten for the new version
     splits = load_splits(card["training"]["dataset"], data_dir, download=download, seed=card["training"].get("seed", 0))
-    fit = fit_on_splits(proto, card, splits)
+    fit = fit_on_splits(proto, card, splits, layers)
     accuracy = fit.calibration["accuracy"]
     if not np.isclose(accuracy, card["metrics"]["test_accuracy"], atol=5e-4):
         raise RuntimeError(f"test accuracy {accuracy} differs from the card's {card['metrics']['test_accuracy']}")

@@ -9,7 +9,7 @@ Needs `onnx` (fitting time only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -17,11 +17,12 @@ import onnxruntime as ort
 
 from service.trust import calibration as cal
 from service.trust import typicality as typ
-from service.trust.graph import TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
+from service.trust.graph import INPUT_VIEW, TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
 
 FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
 LOW_CONFIDENCE_MARGIN = 0.2  # top two calibrated probabilities closer than this: say the model hesitates
 BATCH = 500
+LAYER_CHOICES = ("input", "all", "none")
 
 
 @dataclass
@@ -59,30 +60,39 @@ def fit_trust(
     test_labels: np.ndarray | None = None,
     flag_rate: float = FLAG_RATE,
     margin: float = LOW_CONFIDENCE_MARGIN,
+    layers: str = "input",
     splits: dict[str, str] | None = None,
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
     measure, and choose the threshold, on the test pictures (the validation pictures when none are given).
-    `splits` names each set for the card."""
+    `layers` picks the Mahalanobis members: "input" (the picture, pooled), "all" (also the input of every linear
+    layer) or "none" (the energy score alone). `splits` names each set for the card."""
+    if layers not in LAYER_CHOICES:
+        raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
         model = onnx.load_from_string(model)
     validation_labels = np.asarray(validation_labels, dtype=np.int64)
     parts = anatomy(model, output, kind)
+    if train_inputs is None or train_labels is None or layers == "none":
+        parts = replace(parts, features=[])
+    elif layers == "input":
+        parts = replace(parts, features=[f for f in parts.features if f[0] == INPUT_VIEW])
     probe, names = with_fitting_outputs(model, parts)
     val_parts = run_outputs(probe, validation_inputs, names)
     num_classes = val_parts[0].shape[1]
     temperature = cal.fit_temperature(val_parts[0], validation_labels)
 
-    gaussians = None
-    if parts.features and train_inputs is not None and train_labels is not None:
+    gaussians = []
+    if parts.features:
         train_features = run_outputs(probe, train_inputs, names[1:])
         train_labels = np.asarray(train_labels, dtype=np.int64)
         gaussians = [
             typ.fit_gaussians(features, train_labels, num_classes).calibrated(held_out)
             for features, held_out in zip(train_features, val_parts[1:])
         ]
-    folded = fold(model, parts, temperature, gaussians)
+    energy = typ.EnergyFit.on(val_parts[0])
+    folded = fold(model, parts, temperature, gaussians, energy)
 
     val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
     measured = "test" if test_inputs is not None and test_labels is not None else "validation"
@@ -119,17 +129,20 @@ def fit_trust(
     }
     typicality = {
         "output": TYPICALITY_OUTPUT,
-        "method": typ.MAHALANOBIS if gaussians is not None else typ.ENERGY,
+        "method": "+".join([typ.MAHALANOBIS] * bool(gaussians) + [typ.ENERGY]),
         "description": (
-            "the lowest, over the picture (pooled) and the input of each linear layer, of minus the squared "
-            "Mahalanobis distance to the nearest class mean (class-conditional Gaussians with one shared covariance, "
-            "Lee et al. 2018), in standard deviations of its value on held-out pictures of the training distribution"
-            if gaussians is not None
-            else "the energy score, log-sum-exp of the logits (Liu et al. 2020)"
+            "the lowest of its members' scores, each in standard deviations from its mean on held-out pictures of the "
+            "training distribution (higher = more typical); members: minus the squared Mahalanobis distance to the "
+            "nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018) on each feature "
+            "tensor listed, and the energy score, log-sum-exp of the logits (Liu et al. 2020)"
         ),
-        "features": [{"tensor": t, "dimension": d} for t, d in parts.features] if gaussians is not None else None,
+        "members": [
+            *({"kind": typ.MAHALANOBIS, "tensor": t, "dimension": d} for t, d in parts.features),
+            {"kind": typ.ENERGY, "tensor": "logits"},
+        ],
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
-        if gaussians is not None else None,
+        if gaussians else None,
+        "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
         "threshold": threshold,
         "threshold_chosen_on": names_of.get(measured, f"{len(labels)} {measured} pictures"),
         "flag_rate_target": flag_rate,

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import GaussianFit
+from service.trust.typicality import EnergyFit, GaussianFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
@@ -195,10 +195,12 @@ def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, 
     return helper.make_node(op, [tensor], [out], axes=[1], keepdims=keepdims)
 
 
-def fold(model: onnx.ModelProto, parts: Anatomy, temperature: float, gaussians: list[GaussianFit] | None) -> onnx.ModelProto:
+def fold(
+    model: onnx.ModelProto, parts: Anatomy, temperature: float, gaussians: list[GaussianFit], energy: EnergyFit | None
+) -> onnx.ModelProto:
     """The served graph with the logits divided by `temperature` before the softmax (or before the served logits),
-    and a `typicality` output: the Mahalanobis scores when `gaussians` (one per `parts.features`) are given, else
-    the energy of the raw logits."""
+    and a `typicality` output: the lowest standardised score of the members, one Mahalanobis score per
+    `parts.features` (with `gaussians`, in that order) and the energy of the raw logits (with `energy`)."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
@@ -207,11 +209,14 @@ def fold(model: onnx.ModelProto, parts: Anatomy, temperature: float, gaussians: 
     t = numpy_helper.from_array(np.array(temperature, dtype=np_type), _PREFIX + "temperature")
     graph.initializer.append(t)
 
-    # The typicality score reads the raw (unscaled) logits or the features, so build it before rewiring.
-    if gaussians:
-        _add_mahalanobis(graph, parts, gaussians)
-    else:
-        _add_energy(graph, parts)
+    # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
+    columns = _add_mahalanobis(graph, parts, gaussians) if gaussians else []
+    if energy is not None:
+        columns.append(_add_energy(graph, parts, energy))
+    if not columns:
+        raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
+    graph.node.append(helper.make_node("Concat", columns, [_PREFIX + "standard_scores"], axis=1))
+    graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
 
     if parts.softmax is not None:  # ... -> logits -> Div(T) -> Softmax -> probabilities
         position = next(i for i, n in enumerate(graph.node) if n.op_type == "Softmax" and list(n.output) == list(parts.softmax.output))
@@ -246,9 +251,17 @@ def _batch_dim(graph: onnx.GraphProto):
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") else "N"
 
 
-def _add_mahalanobis(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit]) -> None:
-    """Per feature tensor: score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised by
-    its spread on the validation pictures; typicality = the lowest standardised score, in float32."""
+def _standardise(graph: onnx.GraphProto, score: str, offset: float, scale: float, out: str, negate: bool) -> list[onnx.NodeProto]:
+    """out = (s - offset) / scale with s = -score when `negate`, as one Mul and one Add."""
+    factor = numpy_helper.from_array(np.array((-1.0 if negate else 1.0) / scale, np.float32), out + "_factor")
+    shift = numpy_helper.from_array(np.array(-offset / scale, np.float32), out + "_shift")
+    graph.initializer.extend([factor, shift])
+    return [helper.make_node("Mul", [score, factor.name], [out + "_scaled"]), helper.make_node("Add", [out + "_scaled", shift.name], [out])]
+
+
+def _add_mahalanobis(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit]) -> list[str]:
+    """Per feature tensor: score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised;
+    returns the [N, 1] float32 columns."""
     columns = []
     for index, (fit, source) in enumerate(zip(fits, _feature_tensors(graph, parts))):
         p = f"{_PREFIX}m{index}_"
@@ -256,9 +269,7 @@ def _add_mahalanobis(graph: onnx.GraphProto, parts: Anatomy, fits: list[Gaussian
         means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
         mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
         ones = numpy_helper.from_array(np.ones((fit.whitening.shape[1], 1), np.float32), p + "ones")
-        scale = numpy_helper.from_array(np.array(-1.0 / fit.scale, np.float32), p + "minus_inverse_scale")
-        offset = numpy_helper.from_array(np.array(-fit.offset / fit.scale, np.float32), p + "offset")
-        graph.initializer.extend([whitening, means_t, mean_norms, ones, scale, offset])
+        graph.initializer.extend([whitening, means_t, mean_norms, ones])
         graph.node.extend([
             helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
             helper.make_node("Mul", [p + "g", p + "g"], [p + "g2"]),
@@ -267,14 +278,16 @@ def _add_mahalanobis(graph: onnx.GraphProto, parts: Anatomy, fits: list[Gaussian
             helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
             helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
             _reduce("ReduceMin", p + "distances", p + "nearest", parts.opset, graph, keepdims=1),  # [N, 1]
-            helper.make_node("Mul", [p + "nearest", scale.name], [p + "scaled"]),
-            helper.make_node("Add", [p + "scaled", offset.name], [p + "standard"]),
+            *_standardise(graph, p + "nearest", fit.offset, fit.scale, p + "standard", negate=True),
         ])
         columns.append(p + "standard")
-    graph.node.append(helper.make_node("Concat", columns, [_PREFIX + "standard_scores"], axis=1))
-    graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
+    return columns
 
 
-def _add_energy(graph: onnx.GraphProto, parts: Anatomy) -> None:
+def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> str:
+    """The standardised energy of the raw logits, an [N, 1] float32 column."""
     logits = _logits_tensor(graph, parts)
-    graph.node.append(_reduce("ReduceLogSumExp", logits, TYPICALITY_OUTPUT, parts.opset, graph))
+    out = _PREFIX + "energy_standard"
+    graph.node.append(_reduce("ReduceLogSumExp", logits, _PREFIX + "energy", parts.opset, graph, keepdims=1))
+    graph.node.extend(_standardise(graph, _PREFIX + "energy", fit.offset, fit.scale, out, negate=False))
+    return out

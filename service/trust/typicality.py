@@ -1,11 +1,14 @@
 """The typicality score: how much a picture and its features look like the training pictures'.
 
-Mahalanobis (Lee et al. 2018), with its feature ensemble: on each feature tensor (the picture itself, pooled
-small, and the input of every linear layer), one Gaussian per class, all sharing one covariance; each tensor's
-score is minus the squared Mahalanobis distance to the nearest class mean, standardised by its mean and spread
-on held-out training-distribution pictures; typicality is the lowest of them (in those standard units). Where
-no such features can be found in a graph, the energy score (Liu et al. 2020), log-sum-exp of the logits, is
-used instead. Both are "higher = more like the training pictures". numpy only.
+Two kinds of members, each standardised by its mean and spread on held-out training-distribution pictures, and
+typicality is the lowest of them (in those standard units, higher = more typical):
+- Mahalanobis (Lee et al. 2018): on a feature tensor (the picture itself, pooled small; optionally the input of
+  every linear layer, Lee et al.'s feature ensemble), one Gaussian per class sharing one covariance; the score
+  is minus the squared Mahalanobis distance to the nearest class mean. It catches pictures unlike the training
+  pictures (noise, another dataset's pictures).
+- the energy score (Liu et al. 2020), log-sum-exp of the logits: how much evidence the model finds for any class.
+  It catches pictures that are framed like the training pictures but hold none of their classes.
+numpy only.
 """
 
 from __future__ import annotations
@@ -44,9 +47,20 @@ class GaussianFit:
         return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
 
 
-def combined(fits: list[GaussianFit], features: list[np.ndarray]) -> np.ndarray:
-    """typicality: the lowest standardised score over the feature tensors (as the graph computes it)."""
-    return np.min(np.stack([fit.standardised(f) for fit, f in zip(fits, features)]), axis=0)
+@dataclass(frozen=True)
+class EnergyFit:
+    """The energy score standardised by its mean and spread on held-out training-distribution pictures."""
+
+    offset: float
+    scale: float
+
+    @classmethod
+    def on(cls, held_out_logits: np.ndarray) -> EnergyFit:
+        scores = energy(held_out_logits)
+        return cls(offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+
+    def standardised(self, logits: np.ndarray) -> np.ndarray:
+        return (energy(logits) - self.offset) / self.scale
 
 
 def fit_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) -> GaussianFit:
