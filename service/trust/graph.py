@@ -17,8 +17,11 @@ from service.trust.typicality import EnergyFit, GaussianFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
-INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most MAX_FEATURES values, flattened
-MAX_FEATURES = 4096  # wider layers are left out of the score (a D x D whitening matrix each)
+INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most INPUT_VIEW_MAX values, flattened
+# A D x D whitening matrix per member is run for every picture served: the picture's view is pooled to at most
+# INPUT_VIEW_MAX values (14x14 for 28x28, 9x9x3 for 224x224 colour) and wider layers are left out.
+INPUT_VIEW_MAX = 256
+MAX_FEATURES = 4096
 
 
 class GraphNotUnderstood(ValueError):
@@ -29,8 +32,8 @@ class GraphNotUnderstood(ValueError):
 class Anatomy:
     """Where the parts are: `logits` (a tensor name, or None when they must be rebuilt as log(probabilities)),
     the Softmax node that turns them into the served probabilities (None for a logits output), and the
-    feature tensors [N, D] the typicality score reads: the picture itself (`INPUT_VIEW`, pooled down to at
-    most MAX_FEATURES values) and the input of every linear layer with at most MAX_FEATURES columns."""
+    feature tensors [N, D] the typicality score may read: the picture itself (`INPUT_VIEW`, pooled down to at
+    most INPUT_VIEW_MAX values) and the input of every linear layer with at most MAX_FEATURES columns."""
 
     output: str
     kind: str  # "probabilities" | "logits"
@@ -95,7 +98,7 @@ def _input_pool(model: onnx.ModelProto) -> tuple[int, bool, int] | None:
     nhwc = shape[1] not in (1, 3)
     c, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
     side = 1
-    while c * (h // side) * (w // side) > MAX_FEATURES:
+    while c * (h // side) * (w // side) > INPUT_VIEW_MAX:
         side += 1
     return side, nhwc, c * (h // side) * (w // side)
 
