@@ -83,16 +83,15 @@ def fit_trust(
     num_classes = val_parts[0].shape[1]
     temperature = cal.fit_temperature(val_parts[0], validation_labels)
 
-    gaussians = []
+    members = []
     if parts.features:
         train_features = run_outputs(probe, train_inputs, names[1:])
         train_labels = np.asarray(train_labels, dtype=np.int64)
-        gaussians = [
-            typ.fit_gaussians(features, train_labels, num_classes).calibrated(held_out)
-            for features, held_out in zip(train_features, val_parts[1:])
-        ]
+        for (tensor, _), features, held_out in zip(parts.features, train_features, val_parts[1:]):
+            member = typ.fit_subspace(features) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
+            members.append(member.calibrated(held_out))
     energy = typ.EnergyFit.on(val_parts[0])
-    folded = fold(model, parts, temperature, gaussians, energy)
+    folded = fold(model, parts, temperature, members, energy)
 
     val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
     measured = "test" if test_inputs is not None and test_labels is not None else "validation"
@@ -129,19 +128,20 @@ def fit_trust(
     }
     typicality = {
         "output": TYPICALITY_OUTPUT,
-        "method": "+".join([typ.MAHALANOBIS] * bool(gaussians) + [typ.ENERGY]),
+        "method": "+".join(dict.fromkeys([*(_kind(m) for m in members), typ.ENERGY])),
         "description": (
             "the lowest of its members' scores, each in standard deviations from its mean on held-out pictures of the "
-            "training distribution (higher = more typical); members: minus the squared Mahalanobis distance to the "
-            "nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018) on each feature "
-            "tensor listed, and the energy score, log-sum-exp of the logits (Liu et al. 2020)"
+            "training distribution (higher = more typical): pca-residual, minus the squared distance of the picture "
+            "from the principal subspace of the training pictures; mahalanobis, minus the squared Mahalanobis distance "
+            "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
+            "log-sum-exp of the logits (Liu et al. 2020)"
         ),
         "members": [
-            *({"kind": typ.MAHALANOBIS, "tensor": t, "dimension": d} for t, d in parts.features),
+            *(_member(m, t, d) for m, (t, d) in zip(members, parts.features)),
             {"kind": typ.ENERGY, "tensor": "logits"},
         ],
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
-        if gaussians else None,
+        if members else None,
         "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
         "threshold": threshold,
         "threshold_chosen_on": names_of.get(measured, f"{len(labels)} {measured} pictures"),
@@ -156,3 +156,14 @@ def fit_trust(
         reliability={"before": cal.reliability(before, labels), "after": cal.reliability(after, labels)},
         scores={"validation": val_scores, measured: scores},
     )
+
+
+def _kind(member) -> str:
+    return typ.RESIDUAL if isinstance(member, typ.SubspaceFit) else typ.MAHALANOBIS
+
+
+def _member(member, tensor: str, dimension: int) -> dict:
+    described = {"kind": _kind(member), "tensor": tensor, "dimension": dimension}
+    if isinstance(member, typ.SubspaceFit):
+        described["components"] = int(member.components.shape[1])
+    return described

@@ -13,15 +13,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import EnergyFit, GaussianFit
+from service.trust.typicality import EnergyFit, GaussianFit, SubspaceFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
 INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most INPUT_VIEW_MAX values, flattened
-# A D x D whitening matrix per member is run for every picture served: the picture's view is pooled to at most
-# INPUT_VIEW_MAX values (14x14 for 28x28, 9x9x3 for 224x224 colour) and wider layers are left out.
-INPUT_VIEW_MAX = 256
-MAX_FEATURES = 4096
+INPUT_VIEW_MAX = 4096  # 28x28 as it is, 224x224 colour pooled to 32x32x3
+MAX_FEATURES = 4096  # wider layers are left out of the Mahalanobis members (a D x D whitening matrix each)
 
 
 class GraphNotUnderstood(ValueError):
@@ -199,11 +197,11 @@ def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, 
 
 
 def fold(
-    model: onnx.ModelProto, parts: Anatomy, temperature: float, gaussians: list[GaussianFit], energy: EnergyFit | None
+    model: onnx.ModelProto, parts: Anatomy, temperature: float, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None
 ) -> onnx.ModelProto:
     """The served graph with the logits divided by `temperature` before the softmax (or before the served logits),
-    and a `typicality` output: the lowest standardised score of the members, one Mahalanobis score per
-    `parts.features` (with `gaussians`, in that order) and the energy of the raw logits (with `energy`)."""
+    and a `typicality` output: the lowest standardised score of the members, one per `parts.features` (in that
+    order: a PCA residual or a Mahalanobis score) and the energy of the raw logits (with `energy`)."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
@@ -213,7 +211,7 @@ def fold(
     graph.initializer.append(t)
 
     # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
-    columns = _add_mahalanobis(graph, parts, gaussians) if gaussians else []
+    columns = _add_feature_members(graph, parts, members) if members else []
     if energy is not None:
         columns.append(_add_energy(graph, parts, energy))
     if not columns:
@@ -262,29 +260,56 @@ def _standardise(graph: onnx.GraphProto, score: str, offset: float, scale: float
     return [helper.make_node("Mul", [score, factor.name], [out + "_scaled"]), helper.make_node("Add", [out + "_scaled", shift.name], [out])]
 
 
-def _add_mahalanobis(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit]) -> list[str]:
-    """Per feature tensor: score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised;
-    returns the [N, 1] float32 columns."""
+def _add_feature_members(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit | SubspaceFit]) -> list[str]:
+    """One standardised [N, 1] float32 column per feature tensor."""
     columns = []
     for index, (fit, source) in enumerate(zip(fits, _feature_tensors(graph, parts))):
         p = f"{_PREFIX}m{index}_"
-        whitening = numpy_helper.from_array(fit.whitening.astype(np.float32), p + "whitening")
-        means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
-        mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
-        ones = numpy_helper.from_array(np.ones((fit.whitening.shape[1], 1), np.float32), p + "ones")
-        graph.initializer.extend([whitening, means_t, mean_norms, ones])
-        graph.node.extend([
-            helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
-            helper.make_node("Mul", [p + "g", p + "g"], [p + "g2"]),
-            helper.make_node("MatMul", [p + "g2", ones.name], [p + "g_norm"]),  # [N, 1]
-            helper.make_node("MatMul", [p + "g", means_t.name], [p + "cross"]),  # [N, C]
-            helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
-            helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
-            _reduce("ReduceMin", p + "distances", p + "nearest", parts.opset, graph, keepdims=1),  # [N, 1]
-            *_standardise(graph, p + "nearest", fit.offset, fit.scale, p + "standard", negate=True),
-        ])
-        columns.append(p + "standard")
+        if isinstance(fit, SubspaceFit):
+            columns.append(_add_residual(graph, source, fit, p))
+        else:
+            columns.append(_add_mahalanobis(graph, source, fit, p, parts.opset))
     return columns
+
+
+def _add_residual(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str) -> str:
+    """score = -(|x - m|^2 - |(x - m) P|^2): the squared distance from the principal subspace, standardised."""
+    mean = numpy_helper.from_array(fit.mean.astype(np.float32)[None, :], p + "mean")
+    components = numpy_helper.from_array(fit.components.astype(np.float32), p + "components")
+    ones_d = numpy_helper.from_array(np.ones((fit.components.shape[0], 1), np.float32), p + "ones_d")
+    ones_k = numpy_helper.from_array(np.ones((fit.components.shape[1], 1), np.float32), p + "ones_k")
+    graph.initializer.extend([mean, components, ones_d, ones_k])
+    graph.node.extend([
+        helper.make_node("Sub", [source, mean.name], [p + "centred"]),
+        helper.make_node("Mul", [p + "centred", p + "centred"], [p + "centred2"]),
+        helper.make_node("MatMul", [p + "centred2", ones_d.name], [p + "norm"]),  # [N, 1]
+        helper.make_node("MatMul", [p + "centred", components.name], [p + "coords"]),  # [N, k]
+        helper.make_node("Mul", [p + "coords", p + "coords"], [p + "coords2"]),
+        helper.make_node("MatMul", [p + "coords2", ones_k.name], [p + "explained"]),  # [N, 1]
+        helper.make_node("Sub", [p + "norm", p + "explained"], [p + "residual"]),
+        *_standardise(graph, p + "residual", fit.offset, fit.scale, p + "standard", negate=True),
+    ])
+    return p + "standard"
+
+
+def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> str:
+    """score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised."""
+    whitening = numpy_helper.from_array(fit.whitening.astype(np.float32), p + "whitening")
+    means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
+    mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
+    ones = numpy_helper.from_array(np.ones((fit.whitening.shape[1], 1), np.float32), p + "ones")
+    graph.initializer.extend([whitening, means_t, mean_norms, ones])
+    graph.node.extend([
+        helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
+        helper.make_node("Mul", [p + "g", p + "g"], [p + "g2"]),
+        helper.make_node("MatMul", [p + "g2", ones.name], [p + "g_norm"]),  # [N, 1]
+        helper.make_node("MatMul", [p + "g", means_t.name], [p + "cross"]),  # [N, C]
+        helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
+        helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
+        _reduce("ReduceMin", p + "distances", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
+        *_standardise(graph, p + "nearest", fit.offset, fit.scale, p + "standard", negate=True),
+    ])
+    return p + "standard"
 
 
 def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> str:

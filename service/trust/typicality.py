@@ -1,11 +1,12 @@
 """The typicality score: how much a picture and its features look like the training pictures'.
 
-Two kinds of members, each standardised by its mean and spread on held-out training-distribution pictures, and
-typicality is the lowest of them (in those standard units, higher = more typical):
-- Mahalanobis (Lee et al. 2018): on a feature tensor (the picture itself, pooled small; optionally the input of
-  every linear layer, Lee et al.'s feature ensemble), one Gaussian per class sharing one covariance; the score
-  is minus the squared Mahalanobis distance to the nearest class mean. It catches pictures unlike the training
-  pictures (noise, another dataset's pictures).
+Members, each standardised by its mean and spread on held-out training-distribution pictures; typicality is the
+lowest of them (in those standard units, higher = more typical):
+- PCA residual, on the picture itself (pooled when large): minus its squared distance from the principal subspace
+  of the training pictures. It catches pictures unlike the training pictures (noise, scribbles, another dataset's
+  pictures).
+- Mahalanobis (Lee et al. 2018), optionally, on the input of every linear layer (their feature ensemble): one
+  Gaussian per class sharing one covariance; minus the squared Mahalanobis distance to the nearest class mean.
 - the energy score (Liu et al. 2020), log-sum-exp of the logits: how much evidence the model finds for any class.
   It catches pictures that are framed like the training pictures but hold none of their classes.
 numpy only.
@@ -17,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-MAHALANOBIS, ENERGY = "mahalanobis", "energy"
+MAHALANOBIS, RESIDUAL, ENERGY = "mahalanobis", "pca-residual", "energy"
+COMPONENTS = 64  # principal components of the training pictures kept by the residual member
 # Shrinks the shared covariance towards its mean variance, so it stays invertible when features are
 # fewer-valued than their dimension (dead ReLUs, few pictures).
 SHRINKAGE = 1e-2
@@ -45,6 +47,37 @@ class GaussianFit:
         """The same fit, standardised by its scores on held-out pictures of the training distribution."""
         scores = self.score(held_out_features)
         return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+
+
+@dataclass(frozen=True)
+class SubspaceFit:
+    """The training pictures' principal subspace: the score is minus the squared distance of a picture from it
+    (what the first COMPONENTS principal components cannot reconstruct)."""
+
+    mean: np.ndarray  # [D]
+    components: np.ndarray  # [D, k], orthonormal columns
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        return -((centred * centred).sum(1) - ((centred @ self.components) ** 2).sum(1))
+
+    def standardised(self, features: np.ndarray) -> np.ndarray:
+        return (self.score(features) - self.offset) / self.scale
+
+    def calibrated(self, held_out_features: np.ndarray) -> SubspaceFit:
+        scores = self.score(held_out_features)
+        return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+
+
+def fit_subspace(features: np.ndarray, components: int = COMPONENTS) -> SubspaceFit:
+    features = np.asarray(features, dtype=np.float64)
+    mean = features.mean(axis=0)
+    centred = features - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred / len(features))  # ascending eigenvalues
+    kept = min(components, features.shape[1] - 1)
+    return SubspaceFit(mean=mean, components=vectors[:, ::-1][:, :kept].copy())
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def test_fit_trust_folds_the_temperature_and_adds_typicality(shape):
     assert typicality.shape == (len(test_x),) and typicality.dtype == np.float32
     # The picture's view (pooled when large) is a Mahalanobis member beside the energy score.
     members = fit.typicality["members"]
-    assert members[0]["tensor"] == INPUT_VIEW and members[0]["dimension"] <= 4096 and members[-1]["kind"] == "energy"
+    assert members[0]["tensor"] == INPUT_VIEW and members[0]["kind"] == "pca-residual" and members[0]["dimension"] <= 4096
+    assert members[-1]["kind"] == "energy"
     # The threshold flags at most 5% of the test pictures; noise far brighter than them is flagged.
     assert np.mean(typicality < fit.typicality["threshold"]) <= 0.05
     noise = np.random.default_rng(0).random((200, *shape), dtype=np.float32)
