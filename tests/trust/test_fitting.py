@@ -49,9 +49,9 @@ def test_temperature_fit_finds_the_true_temperature_and_lowers_ece():
 def test_fit_trust_folds_the_temperature_and_adds_typicality(shape):
     seed = 5
     model = make_classifier(seed=seed, input_shape=("N", *shape))
-    val_x, val_y = overconfident_data(shape, seed, 1500)
-    train_x, train_y = overconfident_data(shape, seed + 1, 1500)
-    test_x, test_y = overconfident_data(shape, seed + 2, 1500)
+    val_x, val_y = overconfident_data(shape, seed, 1000)
+    train_x, train_y = overconfident_data(shape, seed + 1, 1000)
+    test_x, test_y = overconfident_data(shape, seed + 2, 1000)
     fit = fit_trust(
         model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
         train_inputs=train_x, train_labels=train_y, test_inputs=test_x, test_labels=test_y,
@@ -125,3 +125,24 @@ def test_the_graph_parts_are_found_in_a_shipped_model():
     assert [t for t, _ in parts.features][0] == INPUT_VIEW and len(parts.features) >= 3
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
+
+
+def test_the_graph_computes_the_members_as_numpy_does():
+    """layers="all": the picture's PCA residual, a Mahalanobis member on the Gemm's input, and the energy; the
+    graph's typicality is the lowest of the three standardised scores."""
+    from service.trust import typicality as typ
+
+    model = make_classifier(seed=4)
+    val_x, val_y = overconfident_data((1, 28, 28), 4, 600)
+    train_x, train_y = overconfident_data((1, 28, 28), 5, 600)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
+                    train_inputs=train_x, train_labels=train_y, layers="all")
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "mahalanobis", "energy"]
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731  the input view and the Gemm's input are both the picture
+    residual = typ.fit_subspace(flat(train_x)).calibrated(flat(val_x))
+    gaussians = typ.fit_gaussians(flat(train_x), train_y, 10).calibrated(flat(val_x))
+    energy = typ.EnergyFit.on(logits_of(val_x, 4))
+    x = np.concatenate([val_x[:50], np.random.default_rng(1).random((20, 1, 28, 28), dtype=np.float32)])
+    expected = np.min([residual.standardised(flat(x)), gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
