@@ -143,8 +143,10 @@ def display_picture(image: Image.Image) -> str:
 
 
 def overlay_png(x: np.ndarray, heat: np.ndarray) -> bytes:
-    """The model's input in grey with the occlusion map over it in red (stronger = the class lost more there)."""
-    grey = np.clip(x.reshape(x.shape[-2], x.shape[-1]), 0.0, 1.0)[..., np.newaxis] * np.ones(3, np.float32)
+    """The model's input ([C, H, W], 1 or 3 channels in [0, 1]) with the occlusion map over it in red (stronger =
+    the class lost more there)."""
+    pixels = np.clip(np.asarray(x, dtype=np.float32).reshape(-1, *heat.shape), 0.0, 1.0)
+    grey = pixels.transpose(1, 2, 0) if len(pixels) == 3 else pixels[0][..., np.newaxis] * np.ones(3, np.float32)
     weight = np.clip(heat / max(float(heat.max()), 1e-6), 0.0, 1.0)[..., np.newaxis] * 0.7
     rgb = grey * (1.0 - weight) + np.array([1.0, 0.15, 0.1], np.float32) * weight
     buffer = io.BytesIO()
