@@ -10,6 +10,7 @@
 #   docker build --target train -t pixelserve-train .       training (torch CPU build): python -m training ...
 #
 # Serving images hold the service, ONNX Runtime and the shipped models in /models; no torch.
+# Every stage installs from the hashed lock files in locks/ (make lock; docs/development.md).
 
 FROM python:3.11-slim AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,13 +27,17 @@ ARG ORT_PACKAGE=onnxruntime-gpu
 ARG ORT_EXTRAS=cuda,cudnn
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml ./
-COPY deploy/pyproject_requirements.py deploy/
-# Dependencies in a layer of their own: changing the source does not reinstall them.
-RUN python deploy/pyproject_requirements.py pyproject.toml serve \
-        --ort-package "$ORT_PACKAGE" --ort-extras "$ORT_EXTRAS" > requirements.txt \
- && pip install -r requirements.txt
-COPY README.md ./
+COPY locks/serve.txt locks/serve-gpu.txt locks/serve-cpu.txt locks/
+# Dependencies in a layer of their own, from the hashed lock of the chosen ONNX Runtime (make lock writes
+# them): changing the source does not reinstall them.
+RUN case "$ORT_PACKAGE[$ORT_EXTRAS]" in \
+        "onnxruntime-gpu[cuda,cudnn]") lock=serve-gpu ;; \
+        "onnxruntime-gpu[]") lock=serve ;; \
+        "onnxruntime[]") lock=serve-cpu ;; \
+        *) echo "no lock file for ORT_PACKAGE=$ORT_PACKAGE ORT_EXTRAS=$ORT_EXTRAS (see locks/)" >&2; exit 1 ;; \
+    esac \
+ && pip install --require-hashes --no-deps -r "locks/$lock.txt"
+COPY pyproject.toml README.md ./
 COPY service service
 # pip and setuptools are build tools: the serving image has no use for them.
 RUN pip install --no-deps . \
@@ -44,20 +49,19 @@ FROM python-base AS train-builder
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml ./
-COPY deploy/pyproject_requirements.py deploy/
-RUN torch=$(python deploy/pyproject_requirements.py pyproject.toml train | grep '^torch') \
- && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch" \
- && python deploy/pyproject_requirements.py pyproject.toml train --ort-package onnxruntime --ort-extras "" \
-        > requirements.txt \
- && pip install -r requirements.txt
+COPY locks/train.txt locks/torch-cpu.txt locks/
+# torch's dependencies hashed in train.txt; torch itself pinned by version, from PyTorch's CPU index
+# (its wheel's hash depends on where it comes from: scripts/lock.sh).
+RUN pip install --require-hashes --no-deps -r locks/train.txt \
+ && pip install --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} -r locks/torch-cpu.txt
 
 FROM python-base AS train
 COPY --from=train-builder /opt/venv /opt/venv
-# Laid out like a checkout, so the CLI's defaults apply: it publishes into /app/models and
-# downloads datasets into /app/data (compose mounts its volumes there).
+# Laid out like a checkout, so the CLI's defaults apply: it publishes into /app/models, reads the
+# vendored MNIST test split from /app/datasets and downloads into /app/data (compose mounts its volumes there).
 WORKDIR /app
 COPY training training
+COPY datasets/mnist datasets/mnist
 # The shipped repository too: whichever image first mounts an empty models volume fills it.
 COPY --chown=pixelserve:pixelserve models models
 RUN mkdir data && chown pixelserve:pixelserve data

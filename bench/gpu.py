@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.inference import runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from training.data import DATASETS, TEST_IMAGES, TEST_LABELS  # noqa: E402
+from training.data import DATASETS, TEST_IMAGES, TEST_LABELS, verified_file  # noqa: E402
 from training.idx import read_pair  # noqa: E402
 
 CUDA = runtime.CUDA
@@ -47,6 +47,8 @@ def load_test_split(task: str, directories: dict[str, Path]) -> tuple[np.ndarray
     """The task's official test split as float32 [N,1,28,28] in [0, 1] and int labels."""
     spec = next(spec for spec in DATASETS.values() if spec.task == task)
     folder = directories.get(spec.name, spec.default_dir)
+    if spec.name == "mnist":  # the published t10k files, wherever they lie (Debian re-compresses Fashion-MNIST's)
+        verified_file(spec.name, TEST_IMAGES, folder), verified_file(spec.name, TEST_LABELS, folder)
     images, labels = read_pair(folder / TEST_IMAGES, folder / TEST_LABELS, len(spec.classes))
     return (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28), labels.astype(np.int64)
 
@@ -169,7 +171,7 @@ def gpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository (default models/)")
-    parser.add_argument("--mnist-dir", type=Path, help="folder with MNIST's t10k IDX files (default ../shared/data/mnist)")
+    parser.add_argument("--mnist-dir", type=Path, help="folder with MNIST's t10k IDX files (default datasets/mnist, vendored)")
     parser.add_argument("--fashion-dir", type=Path, help="folder with Fashion-MNIST's t10k IDX files")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (default bench/results)")
     args = parser.parse_args(argv)

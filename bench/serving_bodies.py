@@ -9,22 +9,17 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-MNIST_TEST_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+from training.data import TEST_IMAGES, verified_file
+
 
 
 def test_digits(count: int = 1) -> np.ndarray:
-    """The first MNIST test images as float32 [count, 1, 28, 28] in [0, 1]; fixed synthetic strokes if the file is absent."""
-    if MNIST_TEST_IMAGES.exists():
-        with gzip.open(MNIST_TEST_IMAGES) as file:
-            pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:count]
-    else:
-        pixels = np.zeros((count, 28, 28), dtype=np.uint8)
-        for index, stroke in enumerate(pixels):
-            stroke[6:22, 10 + index % 8 : 13 + index % 8] = 255
+    """The first MNIST test images (datasets/mnist/, sha256-checked) as float32 [count, 1, 28, 28] in [0, 1]."""
+    with gzip.open(verified_file("mnist", TEST_IMAGES)) as file:
+        pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:count]
     return (pixels.astype(np.float64) / 255.0).astype(np.float32).reshape(count, 1, 28, 28)
 
 

@@ -1,7 +1,7 @@
 """Print the requirements of pyproject.toml extras, one per line, for `pip install -r`.
 
-The Dockerfile installs these in a layer of their own, before the source is copied, so that
-a source change rebuilds in seconds instead of reinstalling every dependency.
+scripts/lock.sh (make lock) compiles each install target's list into a hashed lock file in locks/,
+from which make serve, make test and the Dockerfile install.
 
     python deploy/pyproject_requirements.py pyproject.toml serve \
         --ort-package onnxruntime-gpu --ort-extras cuda,cudnn

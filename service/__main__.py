@@ -1,5 +1,6 @@
 """`python -m service [--host H --port P ...]` serves the model repository;
-`python -m service predict --model NAME picture.png ...` asks a running server about pictures."""
+`python -m service predict --model NAME picture.png ...` asks a running server about pictures.
+The `pixelserve` console script (`cli`) names the same two: `pixelserve serve ...`, `pixelserve predict ...`."""
 
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    from service.http.protocol import HttpProtocol
+    from service.http.uvicorn_compat import http_protocol
+    from service.observability import configure_logging
 
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn_options = dict(
-        http=HttpProtocol,  # httptools; hot requests skip uvicorn's request cycle; each response in one socket write
+        # httptools; hot requests skip uvicorn's request cycle; each response in one socket write; limits on request
+        # heads, deadlines, a connection cap (uvicorn's own protocol, with a warning, should its internals differ)
+        http=http_protocol(),
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client
@@ -43,13 +48,12 @@ def serve(args: argparse.Namespace) -> int:
     # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
-        from service.observability import configure_logging
-        from service.workers import supervise
+        from service.workers import Backoff, supervise
 
-        configure_logging(settings.log_level, settings.log_format)
         return supervise(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
             uvicorn_options=uvicorn_options,
+            backoff=Backoff(first_s=settings.restart_backoff_s, max_s=max(settings.restart_backoff_s, settings.restart_backoff_max_s)),
         )
 
     import uvicorn
@@ -66,10 +70,10 @@ def predict(args: argparse.Namespace) -> int:
     return run(args.url, args.model, args.pictures, top_k=args.top_k, version=args.version, api_key=args.api_key)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
-        parser = argparse.ArgumentParser(prog="python -m service predict", description="Print the best classes of pictures, asked of a running server.")
+        parser = argparse.ArgumentParser(prog=f"{prog} predict", description="Print the best classes of pictures, asked of a running server.")
         parser.add_argument("pictures", nargs="+", type=Path, help="picture files (PNG, JPEG, GIF, BMP, WebP)")
         parser.add_argument("--model", required=True, help="model name, e.g. mnist-convnet")
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="server address (default %(default)s)")
@@ -79,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return predict(parser.parse_args(argv[1:]))
 
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=prog,
         description="Serve the model repository over HTTP. Every setting is also read from PIXELSERVE_* environment variables. "
-        "'python -m service predict --help' describes the client.",
+        f"'{prog.removesuffix(' serve')} predict --help' describes the client.",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -92,6 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="worker processes, each with its own listening socket on the port (default: one per CPU; one when a GPU serves)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests in flight on shutdown")
     return serve(parser.parse_args(argv))
+
+
+COMMANDS = {
+    "serve": "serve the model repository over HTTP (what `python -m service` does)",
+    "predict": "print the best classes of pictures, asked of a running server",
+}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The `pixelserve` console script: a command name first, then that command's options."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return main(argv[1:], prog="pixelserve serve")
+    if argv[:1] == ["predict"]:
+        return main(argv, prog="pixelserve")
+    usage = "usage: pixelserve {serve,predict} [options]\n\n" + "".join(
+        f"  {name:<9}{text}\n" for name, text in COMMANDS.items()) + "\n'pixelserve COMMAND --help' lists a command's options."
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    print(usage if not argv else f"pixelserve: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
+from service.http.guards import ConnectionLimits
 from service.http.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.inference.registry import ModelRepository
@@ -343,4 +344,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         hot_entry = CORSMiddleware(hot_entry, **cors)
     app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.connection_limits = ConnectionLimits.from_settings(settings)  # read by service.http.protocol, per connection
     return app

@@ -107,10 +107,47 @@ class Settings(BaseSettings):
     default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")
 
     api_key: SecretStr | None = Field(None, description="When set, predict and reload endpoints require this key")
+    allow_reload: bool = Field(
+        True,
+        description="Whether POST /v1/models/{name}/reload may rescan a model's directory. false: it answers 403 (the "
+        "repository watcher, watch_interval_s, still picks up new versions). Reloads at any rate coalesce into one "
+        "pending rescan per process",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (comma-separated)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs or plain text")
     watch_interval_s: float = Field(2.0, ge=0, description="Seconds between scans of the repository for new versions (0 = off)")
+
+    # Connections (service/http/protocol.py): every limit holds per worker process, without a proxy in front.
+    max_request_line_bytes: int = Field(
+        8 * 1024, ge=256, description="Longest request target (the URL in the request line); 414 and the connection closed above",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Most bytes of request line and headers together; 431 and the connection closed above",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Seconds a client has to send a request's line and headers, counted from the connection's start or "
+        "the end of the previous response; 408 and the connection closed after",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Seconds a request body may go without a byte arriving; also the grace period after which the body "
+        "must arrive at min_body_rate_bytes per second on average. 408 and the connection closed otherwise",
+    )
+    min_body_rate_bytes: int = Field(
+        4096, ge=0,
+        description="Slowest average rate, in bytes per second, at which a request body may arrive once body_timeout_s "
+        "has passed since its headers (0: no minimum rate)",
+    )
+    max_connections: int = Field(
+        1000, ge=1,
+        description="Most open connections per worker process; one over it is answered 503 with Retry-After and closed",
+    )
+    restart_backoff_s: float = Field(
+        0.25, ge=0, description="Delay before restarting a worker process that died; doubled each time its replacement dies again soon",
+    )
+    restart_backoff_max_s: float = Field(10.0, ge=0, description="Longest delay before restarting a worker process")
 
     def worker_count(self, gpu_serves: bool) -> int:
         """The worker processes to start: as configured, else one per CPU, or one when a GPU serves."""

@@ -81,6 +81,20 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ReloadDisabled(ServiceError):
+    """The server was started with reloads over HTTP switched off."""
+
+    status_code = 403
+    code = "reload_disabled"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "reloading models over HTTP is switched off on this server (PIXELSERVE_ALLOW_RELOAD=false); restart it "
+            "with PIXELSERVE_ALLOW_RELOAD=true to enable it, or publish a new version directory for the repository "
+            "watcher (PIXELSERVE_WATCH_INTERVAL_S) to pick up"
+        )
+
+
 class Overloaded(ServiceError):
     """The model's queue is full: the client should retry after a short wait."""
 

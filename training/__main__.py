@@ -11,10 +11,23 @@ from pathlib import Path
 from training.data import DATASETS, DatasetNotFound, download_dataset, get_spec, resolve_data_dir
 from training.download import DownloadError
 from training.export import ExportRefused
+from training.folders import FOLDER_PREFIX, NORMALIZATIONS, FolderDatasetError, FolderOptions, folder_path
 from training.idx import IdxError
 from training.models import ACTIVATIONS, ARCHITECTURES, DEFAULT_OPTIONS
-from training.pipeline import ModelCheckFailed, evaluate_published, train_and_publish
+from training.photos import RESIZE_METHODS
+from training.pipeline import ModelCheckFailed, PhotoAugmentation, evaluate_published, train_and_publish
 from training.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+
+def dataset_name(text: str) -> str:
+    """A named dataset, or folder:PATH (a folder of your own pictures)."""
+    if text in DATASETS or (text.startswith(FOLDER_PREFIX) and len(text) > len(FOLDER_PREFIX)):
+        return text
+    choices = ", ".join(repr(name) for name in sorted(DATASETS))
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {choices}), or folder:PATH for a folder of your own pictures "
+        "with one sub-folder per class"
+    )
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -57,7 +70,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train MNIST / Fashion-MNIST classifiers and publish them as ONNX models with a model card.",
+        description="Train MNIST / Fashion-MNIST classifiers, or classifiers of a folder of your own pictures, and "
+        "publish them as ONNX models with a model card.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,calibrate,download}")
 
@@ -67,12 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
         "images, and publish model.onnx, model.json (the card), report.json and plots as the next version.",
         formatter_class=HelpFormatter,
     )
-    train.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which dataset to learn")
+    train.add_argument("--dataset", required=True, type=dataset_name, metavar="{fashion-mnist,mnist,folder:PATH}",
+                       help="which dataset to learn: a named one, or folder:PATH, a folder of your own pictures with "
+                       "one sub-folder per class (and train/ and test/ above them, if you have chosen a test split)")
     add_data_options(train)
     train.add_argument("--validation-fraction", type=float, default=0.1,
                        help="share of the training images held out to choose the best epoch")
     train.add_argument("--limit-train", type=int, default=None, metavar="N",
                        help="train on only the first N training images (quick trials)")
+
+    folder_defaults, augment_defaults = FolderOptions(), PhotoAugmentation()
+    pictures = train.add_argument_group("folders of pictures (--dataset folder:PATH)")
+    pictures.add_argument("--image-size", type=int, default=folder_defaults.image_size,
+                          help="the model's input is IMAGE_SIZE x IMAGE_SIZE pixels, e.g. 32, 64, 96")
+    pictures.add_argument("--resize", default=folder_defaults.resize, choices=RESIZE_METHODS,
+                          help="resize-crop: shorter side to --resize-shorter, then the centre square; "
+                          "resize: squeeze the whole picture square")
+    pictures.add_argument("--resize-shorter", type=int, default=None,
+                          help="resize-crop's shorter side (default floor(image size / 0.875), e.g. 73 for 64)")
+    pictures.add_argument("--normalize", default=folder_defaults.normalize, choices=NORMALIZATIONS,
+                          help="the mean / std the card declares: the training pictures' own, or ImageNet's")
+    pictures.add_argument("--test-fraction", type=float, default=folder_defaults.test_fraction,
+                          help="share of each class held out for the test split when PATH has no train/ and test/")
+    pictures.add_argument("--crop-scale", type=float, default=augment_defaults.min_scale,
+                          help="augmentation: random resized crops cover at least this share of the picture "
+                          "(1: no random crops)")
+    pictures.add_argument("--color-jitter", type=float, default=augment_defaults.jitter,
+                          help="augmentation: brightness, contrast and saturation vary by up to this factor (0: none)")
 
     model = train.add_argument_group("model")
     model.add_argument("--arch", default="convnet", choices=ARCHITECTURES,
@@ -82,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "convnet uses the first as its dense layer, default 128)")
     model.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP activation")
     model.add_argument("--channels", type=int_list, default=None,
+                       help="the pictures' channels for folder:PATH, 1 (grey) or 3 (RGB, the default); "
+                       "two sizes, e.g. 16,32, mean --widths, as they always have")
+    model.add_argument("--widths", type=int_list, default=None,
                        help="channels of the two convolution stages (lenet5 default 6,16; convnet 16,32)")
     model.add_argument("--dropout", type=float, default=None, help="dropout rate (mlp default 0.2, lenet5 0.1, convnet 0.3)")
 
@@ -96,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES, help="learning-rate schedule")
     opt.add_argument("--shift", type=int, default=defaults.shift,
                      help="augmentation: random shifts of up to this many pixels")
-    opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
+    opt.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                     help="augmentation: random horizontal mirroring (default: on for folders of pictures, "
+                     "off for the named datasets)")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
     opt.add_argument("--patience", type=int, default=defaults.patience,
                      help="stop after this many epochs without a better validation accuracy "
@@ -137,27 +177,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_channels(args: argparse.Namespace) -> tuple[int, tuple[int, ...] | None]:
+    """(the pictures' channels, the convolution widths) from --channels and --widths."""
+    picture_channels, widths = 3, args.widths
+    if args.channels is not None and len(args.channels) == 1:
+        picture_channels = args.channels[0]
+        if picture_channels not in (1, 3):
+            raise SystemExit(f"error: --channels for pictures is 1 (grey) or 3 (RGB), got {picture_channels}")
+    elif args.channels is not None:
+        if widths is not None:
+            raise SystemExit("error: give the convolution widths once, as --widths (or the older --channels A,B)")
+        widths = args.channels
+    if widths is not None and len(widths) != 2:
+        raise SystemExit("error: --widths takes two sizes, e.g. 16,32")
+    return picture_channels, widths
+
+
 def run_train(args: argparse.Namespace) -> int:
+    folder = args.dataset.startswith(FOLDER_PREFIX)
+    picture_channels, widths = split_channels(args)
+    if not folder and args.channels is not None and len(args.channels) == 1:
+        raise SystemExit("error: --channels 1|3 is for folders of pictures; the named datasets are grey 28x28")
+    if folder and args.shift:
+        raise SystemExit("error: --shift is for the 28x28 datasets; pictures are augmented by --crop-scale")
+    hflip = folder if args.hflip is None else args.hflip
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=args.hflip,
+        weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=hflip,
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
     )
+    folder_options = augmentation = None
+    if folder:
+        folder_options = FolderOptions(
+            image_size=args.image_size, channels=picture_channels, resize=args.resize,
+            resize_shorter=args.resize_shorter, normalize=args.normalize, test_fraction=args.test_fraction,
+        )
+        augmentation = PhotoAugmentation(min_scale=args.crop_scale, hflip=hflip, jitter=args.color_jitter)
     arch_options: dict = {}
     defaults = DEFAULT_OPTIONS.get(args.arch, {})
     if args.arch == "mlp":
         arch_options = {"hidden": args.hidden or defaults["hidden"], "activation": args.activation}
     elif args.arch in ("lenet5", "convnet"):
-        if args.channels is not None and len(args.channels) != 2:
-            raise SystemExit("error: --channels takes two sizes, e.g. 16,32")
-        arch_options = {"channels": args.channels or defaults["channels"], "hidden": args.hidden or defaults["hidden"]}
+        arch_options = {"channels": widths or defaults["channels"], "hidden": args.hidden or defaults["hidden"]}
     if args.dropout is not None and args.arch in ("mlp", "lenet5", "convnet"):
         arch_options["dropout"] = args.dropout
+    default_name = f"{folder_path(args.dataset).resolve().name if folder else args.dataset}-{args.arch}"
     version_dir, card = train_and_publish(
-        dataset=args.dataset, arch=args.arch, name=args.name or f"{args.dataset}-{args.arch}",
+        dataset=args.dataset, arch=args.arch, name=args.name or default_name,
         models_dir=args.models_dir, config=config, arch_options=arch_options, data_dir=args.data_dir,
         download=args.download, mirrors=args.mirror, validation_fraction=args.validation_fraction,
         limit_train=args.limit_train, progress=not args.no_progress,
+        folder_options=folder_options, augmentation=augmentation,
     )
     metrics, training = card["metrics"], card["training"]
     print(
@@ -206,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"train": run_train, "evaluate": run_evaluate, "calibrate": run_calibrate, "download": run_download}
     try:
         return runners[args.command](args)
-    except (DatasetNotFound, IdxError, DownloadError) as exc:
+    except (DatasetNotFound, IdxError, DownloadError, FolderDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ExportRefused, ModelCheckFailed) as exc:

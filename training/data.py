@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.download import download_verified
+from training.download import download_verified, sha256_of
 from training.idx import read_pair
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOWNLOAD_ROOT = PROJECT_ROOT / "data"
+# The official MNIST test split, vendored in the repository (datasets/mnist/README.md: source, licence).
+MNIST_DIR = PROJECT_ROOT / "datasets" / "mnist"
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -40,7 +42,7 @@ DATASETS = {
         name="mnist",
         task="digits",
         classes=tuple(str(digit) for digit in range(10)),
-        default_dir=PROJECT_ROOT.parent / "shared" / "data" / "mnist",
+        default_dir=MNIST_DIR,
         sha256={
             TRAIN_IMAGES: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
             TRAIN_LABELS: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
@@ -81,6 +83,23 @@ DATASETS = {
 
 class DatasetNotFound(FileNotFoundError):
     """The dataset's files are not where we looked; the message says where and how to get them."""
+
+
+class DatasetCorrupt(ValueError):
+    """A dataset file's sha256 is not the published one (truncated, converted, or another file)."""
+
+
+def verified_file(dataset: str, file_name: str, directory: Path | None = None) -> Path:
+    """`directory/file_name` (default: the dataset's own folder), checked against its published sha256.
+
+    For MNIST (vendored) and downloads; Debian's re-compressed Fashion-MNIST files have other checksums."""
+    spec = get_spec(dataset)
+    path = (directory or spec.default_dir) / file_name
+    if not path.is_file():
+        raise DatasetNotFound(f"{path} is missing; {spec.how_to_get}")
+    if (actual := sha256_of(path)) != spec.sha256[file_name]:
+        raise DatasetCorrupt(f"{path} has sha256 {actual}, not the published {spec.sha256[file_name]}")
+    return path
 
 
 @dataclass
@@ -137,6 +156,11 @@ def load_splits(
     if download:
         download_dataset(spec, directory, mirrors)
     present = {f for f in spec.sha256 if (directory / f).is_file()}
+    if directory == MNIST_DIR:
+        # The vendored copy must be the published files (not truncated, not an LFS pointer, not re-encoded).
+        # Debian's Fashion-MNIST is re-compressed (other gzip bytes, same pictures): dpkg vouches for it.
+        for file_name in present:
+            verified_file(spec.name, file_name)
     has_test = {TEST_IMAGES, TEST_LABELS} <= present
     has_train = {TRAIN_IMAGES, TRAIN_LABELS} <= present
     num_classes = len(spec.classes)

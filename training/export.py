@@ -33,8 +33,8 @@ class ExportRefused(RuntimeError):
     """The exported graph is not faithful to the trained model (or not well-formed); nothing was published."""
 
 
-def export_onnx(classifier: nn.Module) -> onnx.ModelProto:
-    """Trace classifier + softmax into an ONNX graph: input `input` [N,1,28,28], output `probabilities` [N,C]."""
+def export_onnx(classifier: nn.Module, input_shape: tuple[int, int, int] = (1, 28, 28)) -> onnx.ModelProto:
+    """Trace classifier + softmax into an ONNX graph: input `input` [N, *input_shape], output `probabilities` [N,C]."""
     model = WithSoftmax(classifier).eval()
     batch = torch.export.Dim("N", min=1, max=1 << 20)
     # The exporter narrates its steps and warns about optional packages; keep the console for training.
@@ -43,7 +43,7 @@ def export_onnx(classifier: nn.Module) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
-            (torch.rand(2, 1, 28, 28),),
+            (torch.rand(2, *input_shape),),
             input_names=["input"],
             output_names=["probabilities"],
             opset_version=OPSET,

@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ReloadDisabled
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
@@ -238,12 +238,16 @@ async def predict_image(
 
 
 @router.post(
-    "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS,
+    "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS | {403: {"model": schemas.ErrorBody}},
     summary="Rescan the model's directory now: load new versions, drop removed ones",
+    description="Needs the API key when the server has one; answers 403 when the server runs with "
+    "PIXELSERVE_ALLOW_RELOAD=false. Reloads coalesce: however many arrive, one rescan runs and one waits.",
     openapi_extra=API_KEY_SECURITY,
 )
 async def reload_model(request: Request, name: ModelName) -> Response:
-    check_api_key(request)
+    check_api_key(request)  # first: a client without the key learns nothing of the server's settings
+    if not request.app.state.settings.allow_reload:
+        raise ReloadDisabled()
     description = await _repository(request).reload(name)
     ask_workers_to_rescan()  # the other worker processes, if any, rescan too
     tag_request(request, name, description.default_version)

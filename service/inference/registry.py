@@ -6,7 +6,7 @@ answered probabilities. Anything else leaves the version UNAVAILABLE with the re
 and the log; the other versions and models keep serving.
 
 New, changed and removed versions are picked up by `refresh()` (run every `watch_interval_s` and by
-the reload endpoint). The table of served versions is replaced as a whole, so a request that already
+the reload endpoint, through `CoalescingRescans`: reloads at any rate cost one running and one pending scan). The table of served versions is replaced as a whole, so a request that already
 holds a `ServedModel` finishes on it; a retired version stops its runner only once its requests are done.
 """
 
@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from service.inference import runtime
 from service.inference.batching import DirectRunner, DynamicBatcher
+from service.inference.rescans import CoalescingRescans
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
@@ -220,7 +222,7 @@ class ModelRepository:
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
-        self._rescans: set[asyncio.Task] = set()  # asked for by another worker process (refresh_soon)
+        self._rescans = CoalescingRescans(self.refresh)  # reloads, the watcher, other worker processes
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -233,10 +235,10 @@ class ModelRepository:
             self._watch_task = asyncio.create_task(self._watch(), name="model-repository-watch")
 
     async def stop(self) -> None:
-        scans = [task for task in (self._watch_task, *self._rescans) if task is not None]
-        for task in scans:
-            task.cancel()
-        await asyncio.gather(*scans, return_exceptions=True)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await self._rescans.stop()
         async with self._lock:
             models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
             self._models, self._defaults = {}, {}
@@ -246,21 +248,16 @@ class ModelRepository:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
-            await self._refresh_logged()
-
-    async def _refresh_logged(self) -> None:
-        try:
-            await self.refresh()
-        except Exception:  # a scan that failed once (e.g. a directory vanishing mid-scan) is retried
-            logger.exception("scanning the model repository failed")
+            try:
+                await self._rescans.rescan()
+            except Exception:  # logged where it failed; a scan that failed once (a directory vanishing mid-scan) is retried
+                pass
 
     def refresh_soon(self) -> None:
-        """Rescan the whole repository in the background (another worker process was asked to reload)."""
-        if not self.started:
-            return
-        task = asyncio.create_task(self._refresh_logged())
-        self._rescans.add(task)  # held until done: the loop keeps only weak references to tasks
-        task.add_done_callback(self._rescans.discard)
+        """Rescan the whole repository in the background (another worker process was asked to reload); joins a
+        pending rescan if there is one."""
+        if self.started:
+            self._rescans.ask()
 
     # --- lookups (event loop, no awaits: they see one consistent table) -----------------------------
 
@@ -304,13 +301,14 @@ class ModelRepository:
     async def reload(self, name: str) -> ModelDescription:
         """Rescan one model's directory now (new, changed, removed versions) and describe the result."""
         check_model_name(name)
-        await self.refresh(only=name)
+        await self._rescans.rescan(name)  # joins the pending rescan, if any: a storm of reloads costs one or two scans
         return self.describe(name)
 
-    async def refresh(self, only: str | None = None) -> None:
+    async def refresh(self, only: Collection[str] | None = None) -> None:
+        """Rescan the whole repository, or only the directories of the models named in `only`."""
         async with self._lock:
             scan = await asyncio.to_thread(self._scan, only)
-            names = [only] if only else sorted(set(self._models) | set(scan))
+            names = sorted(only) if only is not None else sorted(set(self._models) | set(scan))
             retired: list[ServedModel] = []
             for name in names:
                 on_disk = scan.get(name)
@@ -330,9 +328,9 @@ class ModelRepository:
             self._retiring.add(task)  # held until done: the loop keeps only weak references to tasks
             task.add_done_callback(self._retiring.discard)
 
-    def _scan(self, only: str | None) -> _OnDisk:
+    def _scan(self, only: Collection[str] | None) -> _OnDisk:
         scan: _OnDisk = {}
-        model_dirs = [self.root / only] if only else sorted(self.root.iterdir())
+        model_dirs = [self.root / name for name in sorted(only)] if only is not None else sorted(self.root.iterdir())
         for model_dir in model_dirs:
             if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
                 continue

@@ -126,8 +126,7 @@ def keyed_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 # which would break asyncio.run() in the test modules collected after this one.
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: scripts/install-system-deps.sh installs Debian's chromium"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -9,25 +9,25 @@ import functools
 import gzip
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from training.data import TEST_IMAGES, TEST_LABELS, verified_file
+
 pytestmark = pytest.mark.browser
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 MODEL = "mnist-convnet"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
 def mnist_test_split() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(MNIST / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(verified_file("mnist", TEST_IMAGES)) as f:
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(MNIST / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(verified_file("mnist", TEST_LABELS)) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     return images, labels
 

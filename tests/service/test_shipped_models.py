@@ -17,17 +17,21 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import DEFAULT_REPOSITORY, Settings
+from training.data import DATASETS, TEST_IMAGES, TEST_LABELS
 
 SHIPPED = sorted(p.parent for p in DEFAULT_REPOSITORY.glob("*/*/model.json") if p.parent.name.isdigit())
 HELD_OUT = {
     # dataset -> (images, labels, first held-out index): the MNIST models train on the first 8,000 test images.
-    "mnist": (Path(__file__).resolve().parents[3] / "shared/data/mnist", 8000),
-    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"), 0),
+    "mnist": (DATASETS["mnist"].default_dir, 8000),  # vendored in datasets/mnist/
+    "fashion-mnist": (DATASETS["fashion-mnist"].default_dir, 0),  # Debian's dataset-fashion-mnist
 }
 SAMPLE = 300  # sent 100 per request, under the default limit of 256
 UPLOADS = 50
 
-pytestmark = pytest.mark.skipif(not SHIPPED, reason="models/ holds no trained model yet")
+
+
+def test_models_are_shipped():
+    assert SHIPPED, "models/ holds no trained model: scripts/train-shipped-models.sh produces them"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -38,9 +42,10 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def held_out(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    directory, start = HELD_OUT["fashion-mnist" if "fashion" in dataset else "mnist"]
-    images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[start:]
-    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[start:]
+    name = "fashion-mnist" if "fashion" in dataset else "mnist"
+    directory, start = HELD_OUT[name]
+    images = read_idx(directory / TEST_IMAGES)[start:]
+    labels = read_idx(directory / TEST_LABELS)[start:]
     picks = np.random.default_rng(0).choice(len(images), SAMPLE, replace=False)
     return images[picks], labels[picks]
 

@@ -1,9 +1,10 @@
-import hashlib
-
 import numpy as np
 import pytest
 
-from training.data import DATASETS, TEST_IMAGES, TEST_LABELS, DatasetNotFound, load_splits
+from training.data import (
+    DATASETS, MNIST_DIR, PROJECT_ROOT, TEST_IMAGES, TEST_LABELS, DatasetCorrupt, DatasetNotFound, load_splits,
+    verified_file,
+)
 
 
 def test_mnist_with_only_the_test_file_trains_on_the_first_8000(mnist_t10k_dir):
@@ -52,11 +53,23 @@ def test_unknown_dataset():
         load_splits("cifar")
 
 
-def test_checksum_table_matches_the_local_mnist_test_files():
-    """The MNIST test files at hand are the published ones; their sha256 must match our table."""
-    spec = DATASETS["mnist"]
+def test_the_vendored_mnist_test_files_are_the_published_ones():
+    """datasets/mnist/ in the repository holds the official t10k files; their sha256 match our table."""
+    assert DATASETS["mnist"].default_dir == MNIST_DIR and MNIST_DIR.is_relative_to(PROJECT_ROOT)
     for name in (TEST_IMAGES, TEST_LABELS):
-        path = spec.default_dir / name
-        if not path.exists():
-            pytest.skip(f"{path} is not on this machine")
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256[name]
+        assert verified_file("mnist", name) == MNIST_DIR / name
+
+
+def test_mnist_loads_from_the_repository_by_default():
+    splits = load_splits("mnist")
+    assert splits.data_dir == MNIST_DIR
+    assert (len(splits.train_labels) + len(splits.val_labels), len(splits.test_labels)) == (8000, 2000)
+    assert sorted(np.unique(splits.test_labels)) == list(range(10))
+
+
+def test_a_file_that_is_not_the_published_one_is_refused(tmp_path):
+    (tmp_path / TEST_IMAGES).write_bytes((MNIST_DIR / TEST_IMAGES).read_bytes()[:-1])
+    with pytest.raises(DatasetCorrupt, match="not the published"):
+        verified_file("mnist", TEST_IMAGES, tmp_path)
+    with pytest.raises(DatasetNotFound, match=TEST_LABELS):
+        verified_file("mnist", TEST_LABELS, tmp_path)
