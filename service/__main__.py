@@ -1,6 +1,8 @@
 """`python -m service [--host H --port P ...]` serves the model repository;
-`python -m service predict --model NAME picture.png ...` asks a running server about pictures.
-The `pixelserve` console script (`cli`) names the same two: `pixelserve serve ...`, `pixelserve predict ...`."""
+`python -m service predict --model NAME picture.png ...` asks a running server about pictures;
+`python -m service import MODEL.onnx --name NAME --labels LABELS.txt ...` adds an ONNX classifier to the repository.
+The `pixelserve` console script (`cli`) names the same three: `pixelserve serve ...`, `pixelserve predict ...`,
+`pixelserve import ...`."""
 
 from __future__ import annotations
 
@@ -72,6 +74,10 @@ def predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from service.model_import.cli import main as import_main
+
+        return import_main(argv[1:], prog=f"{prog} import")
     if argv[:1] == ["predict"]:
         parser = argparse.ArgumentParser(prog=f"{prog} predict", description="Print the best classes of pictures, asked of a running server.")
         parser.add_argument("pictures", nargs="+", type=Path, help="picture files (PNG, JPEG, GIF, BMP, WebP)")
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve the model repository over HTTP. Every setting is also read from PIXELSERVE_* environment variables. "
-        f"'{prog.removesuffix(' serve')} predict --help' describes the client.",
+        f"'{prog.removesuffix(' serve')} predict --help' describes the client, "
+        f"'{prog.removesuffix(' serve')} import --help' the importer.",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
 COMMANDS = {
     "serve": "serve the model repository over HTTP (what `python -m service` does)",
     "predict": "print the best classes of pictures, asked of a running server",
+    "import": "add an ONNX image classifier to the model repository",
 }
 
 
@@ -109,9 +117,9 @@ def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return main(argv[1:], prog="pixelserve serve")
-    if argv[:1] == ["predict"]:
+    if argv[:1] in (["predict"], ["import"]):
         return main(argv, prog="pixelserve")
-    usage = "usage: pixelserve {serve,predict} [options]\n\n" + "".join(
+    usage = "usage: pixelserve {serve,predict,import} [options]\n\n" + "".join(
         f"  {name:<9}{text}\n" for name, text in COMMANDS.items()) + "\n'pixelserve COMMAND --help' lists a command's options."
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         if error.status_code == 404:
             message = f"no endpoint at {request.method} {request.url.path}; see /docs for the API"
         elif error.status_code == 413:
-            message = f"the request body is larger than the {settings.max_body_bytes} bytes accepted"
+            message = f"the request body is larger than the {request.scope.get('body_limit', settings.max_body_bytes)} bytes accepted"
             page = too_large_page(request.scope, message)
             if page is not None:
                 return page
@@ -136,10 +137,12 @@ class RequestContextMiddleware:
     the body limit, checked on Content-Length before anything is read and on the bytes as they stream
     in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, body_limit: Callable[[Scope], int] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # A model's predict and infer routes may take more (larger pictures); asked only past the floor.
+        self.body_limit = body_limit or (lambda scope: max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,15 +162,17 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
-        received = 0
+        received, limit = 0, self.max_body_bytes
 
         async def receive_within_limit() -> Message:
             # An HTTPException passes through FastAPI's body and form parsing unchanged, to the 413 handler.
-            nonlocal received
+            nonlocal received, limit
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit and limit == self.max_body_bytes:
+                    limit = scope["body_limit"] = self.body_limit(scope)
+                if received > limit:
                     raise StarletteHTTPException(413)
             return message
 
@@ -181,8 +186,10 @@ class RequestContextMiddleware:
 
         try:
             declared = int(content_length) if content_length is not None and content_length.isdigit() else None
-            if declared is not None and declared > self.max_body_bytes:
-                message = f"the request body ({declared} bytes) is larger than the {self.max_body_bytes} bytes accepted"
+            if declared is not None and declared > limit:
+                limit = self.body_limit(scope)
+            if declared is not None and declared > limit:
+                message = f"the request body ({declared} bytes) is larger than the {limit} bytes accepted"
                 response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
@@ -212,6 +219,28 @@ class RequestContextMiddleware:
                     extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1000, 3)},
                 )
             request_id_var.reset(token)
+
+
+MODEL_ROUTE = re.compile(
+    r"/v1/models/(?P<v1>[^/]+)/predict(?:/image)?|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer"
+)
+
+
+def model_body_limit(repository: ModelRepository, floor: int) -> Callable[[Scope], int]:
+    """The body limit of a request: its model's (which grows with its pictures' size) on the predict and infer
+    routes, else `floor`."""
+
+    def limit(scope: Scope) -> int:
+        match = MODEL_ROUTE.fullmatch(scope["path"])
+        if match is None:
+            return floor
+        version = int(match["version"]) if match["version"] else None
+        try:
+            return repository.get(match["v1"] or match["v2"], version).max_body_bytes
+        except ServiceError:  # the route answers why the model cannot serve
+            return floor
+
+    return limit
 
 
 def _document_api_key(app: FastAPI) -> None:
@@ -335,14 +364,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=[REQUEST_ID_HEADER])
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors)
+    body_limit = model_body_limit(repository, settings.max_body_bytes)
     # Added last, so it wraps everything else, CORS answers included.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, body_limit=body_limit)
 
     # v1 predict and v2 infer: the same request context and CORS, around a direct call of the endpoint.
     app.hot_paths = HotPaths(routes=hot, exception_handlers=app.exception_handlers)
     hot_entry: ASGIApp = app.hot_paths
     if settings.cors_origins:
         hot_entry = CORSMiddleware(hot_entry, **cors)
-    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes, body_limit=body_limit)
     app.connection_limits = ConnectionLimits.from_settings(settings)  # read by service.http.protocol, per connection
     return app

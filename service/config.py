@@ -101,9 +101,19 @@ class Settings(BaseSettings):
         description='Per-model batching over the global settings, as JSON: {"mnist-convnet": {"max_batch_size": 16, "max_delay_ms": 1}}',
     )
 
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above); a model's predict and infer routes accept more where its pictures need it (see max_request_tensor_bytes)")
     max_image_pixels: int = Field(40_000_000, ge=784, description="Largest decoded picture, in pixels (413 above)")
-    max_instances: int = Field(256, ge=1, description="Most images in one request")
+    max_instances: int = Field(
+        256, ge=1,
+        description="Most images in one request, for a model with small pictures; a model with larger ones takes fewer "
+        "(see max_request_tensor_bytes)",
+    )
+    max_request_tensor_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096,
+        description="Byte budget of one request's pictures as float32 tensors: a model takes at most this many bytes' "
+        "worth of its input per request (224x224 RGB: 111 pictures), at most max_instances. The body limit of its "
+        "predict and infer routes grows to match (12 bytes a value, as JSON numbers), never below max_body_bytes",
+    )
     default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")
 
     api_key: SecretStr | None = Field(None, description="When set, predict and reload endpoints require this key")

@@ -1,7 +1,7 @@
 """The v1 data path: request instances -> the model's input batch, probabilities -> the v1 answer.
 
-Numeric instances become one float32 array in one `np.asarray` call, then shape, NaN and range are
-checked on the whole array at once; per-instance work happens only to explain an error or to decode
+Numeric instances become one float32 array in one `np.asarray` call, then shape, NaN and range (what the
+card's preprocessing can make) are checked on the whole array at once; per-instance work happens only to explain an error or to decode
 pictures.
 """
 
@@ -13,60 +13,61 @@ import binascii
 import numpy as np
 
 from service.errors import InvalidInput
+from service.inference.card import InputSpec, ModelCard
+from service.inference.model_input import ModelInput, check_range
 from service.trust.assess import TrustPolicy, typicality_values
 
 NO_TRUST = TrustPolicy()
 
-# Pixels a little outside [0, 1] (float rounding in a client's scaling) are clipped, not rejected.
-PIXEL_TOLERANCE = 1e-3
 INSTANCE_FORMS = (
     "each instance is 28 rows of 28 pixels, a flat list of 784 pixels, or {\"image_base64\": \"<PNG/JPEG/... bytes in base64>\"}"
 )
-_BATCH_SHAPES = {(28, 28), (784,), (1, 28, 28)}
+DIGITS_INPUT = ModelInput(InputSpec(name="input", shape=["N", 1, 28, 28]))  # the shipped models' input
+PICTURE_FORM = '{"image_base64": "<PNG/JPEG/... bytes in base64>"}'
 
 
-def pixels_to_batch(instances: list) -> np.ndarray:
-    """Numeric instances (each 28x28, 784 or 1x28x28) -> float32 [N,1,28,28] in [0, 1]."""
+def instance_forms(model_input: ModelInput | None = None) -> str:
+    """What a v1 instance may be, for this model's input (the digits' shapes when no model is known yet)."""
+    if model_input is None or model_input.is_digits_shape:
+        return INSTANCE_FORMS
+    return f"each instance is {model_input.describe_shapes()}, {model_input.describe_values()}, or {PICTURE_FORM}"
+
+
+def pixels_to_batch(instances: list, model_input: ModelInput = DIGITS_INPUT) -> np.ndarray:
+    """Numeric instances, each in one of the model's accepted shapes -> the model's batch (checked)."""
     try:
         with np.errstate(over="ignore"):  # numbers beyond float32 become infinity, rejected below
             array = np.asarray(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
-        return np.concatenate([pixel_instance(i, item) for i, item in enumerate(instances)])
-    if array.shape[1:] not in _BATCH_SHAPES:
+        return np.concatenate([pixel_instance(i, item, model_input) for i, item in enumerate(instances)])
+    if array.shape[1:] not in model_input.shapes:
         if array.ndim >= 2:
             # Uniform but wrong: say so for the first instance.
-            raise InvalidInput(f"instance 0 has shape {list(array.shape[1:])}; {INSTANCE_FORMS}")
-        return np.concatenate([pixel_instance(i, item) for i, item in enumerate(instances)])
-    return check_pixels(array.reshape(len(array), 1, 28, 28), "instances")
+            raise InvalidInput(f"instance 0 has shape {list(array.shape[1:])}; {instance_forms(model_input)}")
+        return np.concatenate([pixel_instance(i, item, model_input) for i, item in enumerate(instances)])
+    return model_input.check_values(array.reshape(len(array), *model_input.instance_shape), "instances")
 
 
-def pixel_instance(index: int, item: object) -> np.ndarray:
+def pixel_instance(index: int, item: object, model_input: ModelInput = DIGITS_INPUT) -> np.ndarray:
     """Convert one instance on its own, to say exactly which one is wrong and how."""
+    forms = instance_forms(model_input)
     if not isinstance(item, list):
-        raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {INSTANCE_FORMS}")
+        raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {forms}")
     try:
         with np.errstate(over="ignore"):
             array = np.asarray(item, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(
-            f"instance {index} is not a regular array of numbers (ragged rows, or a value that is not a number); {INSTANCE_FORMS}"
+            f"instance {index} is not a regular array of numbers (ragged rows, or a value that is not a number); {forms}"
         ) from None
-    if array.shape not in _BATCH_SHAPES:
-        raise InvalidInput(f"instance {index} has shape {list(array.shape)}; {INSTANCE_FORMS}")
-    return check_pixels(array.reshape(1, 1, 28, 28), f"instance {index}")
+    if array.shape not in model_input.shapes:
+        raise InvalidInput(f"instance {index} has shape {list(array.shape)}; {forms}")
+    return model_input.check_values(array.reshape(1, *model_input.instance_shape), f"instance {index}")
 
 
 def check_pixels(array: np.ndarray, what: str) -> np.ndarray:
     """Reject NaN, infinity (and JSON null, which arrives as NaN) and values outside [0, 1]; clip rounding slack."""
-    low, high = float(array.min()), float(array.max())
-    if low >= 0.0 and high <= 1.0:
-        return array
-    if np.isnan(low) or np.isnan(high) or np.isinf(low) or np.isinf(high):
-        raise InvalidInput(f"{what} contain NaN, infinity or null; pixels must be finite numbers in [0, 1]")
-    if low < -PIXEL_TOLERANCE or high > 1.0 + PIXEL_TOLERANCE:
-        hint = " (divide 8-bit pixels by 255)" if high > 1.0 + PIXEL_TOLERANCE else ""
-        raise InvalidInput(f"{what} hold values from {low:g} to {high:g}; pixels must be in [0, 1]{hint}")
-    return np.clip(array, 0.0, 1.0, out=array)
+    return check_range(array, what, 0.0, 1.0)
 
 
 def decode_base64_picture(index: int, item: dict) -> bytes:
@@ -85,11 +86,12 @@ def decode_base64_picture(index: int, item: dict) -> bytes:
     return data
 
 
-def pictures_to_batch(pictures: list[bytes], method: str, *, max_pixels: int) -> np.ndarray:
-    """Picture files -> float32 [N,1,28,28] prepared as the model card's preprocessing says (blocking)."""
-    from service.imaging import to_model_input  # Pillow is only needed once a picture arrives
+def pictures_to_batch(pictures: list[bytes], card: ModelCard, model_input: ModelInput, *, max_pixels: int) -> np.ndarray:
+    """Picture files -> the model's batch, prepared as the model card's preprocessing says (blocking)."""
+    from service.imaging import picture_pixels  # Pillow is only needed once a picture arrives
 
-    return np.stack([to_model_input(data, method, max_pixels=max_pixels) for data in pictures])
+    made = [picture_pixels(data, card, max_pixels=max_pixels) for data in pictures]
+    return model_input.from_pixels(np.stack([pixels for pixels, _ in made]), made[0][1])
 
 
 def format_predictions(

@@ -22,8 +22,10 @@ PREDICT_REQUEST_SCHEMA = {
         "instances": {
             "type": "array",
             "minItems": 1,
-            "description": "Images, answered in this order. Each is 28 rows of 28 pixels, a flat list of 784 pixels "
-            "(row-major), or a picture file as {\"image_base64\": ...}. Pixels are floats in [0, 1], white ink on black.",
+            "description": "Images, answered in this order. Each is a picture file as {\"image_base64\": ...}, or the model's "
+            "input tensor for one picture in its own shape ([C, H, W] or [H, W, C] as its card's layout says; [H, W] for one "
+            "channel) or flat (row-major), values as its card's range, mean and std make them. The shipped models: 28 rows "
+            "of 28 pixels or 784 pixels, floats in [0, 1], white ink on black (the shapes listed below).",
             "items": {
                 "anyOf": [
                     {"type": "array", "minItems": 28, "maxItems": 28,
@@ -138,6 +140,7 @@ class ModelDetail(ModelSummary):
     architecture: dict | None = None
     metrics: dict | None = None
     training: dict | None = None
+    source: dict | None = Field(None, description="Where an imported model came from (python -m service import)")
     created_at: str | None = None
     providers: list[str] | None = None
 

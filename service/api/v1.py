@@ -19,13 +19,13 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
-from service.errors import InvalidInput, ReloadDisabled
+from service.errors import InvalidInput, ReloadDisabled, ServiceError
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
-    check_pixels,
     decode_base64_picture,
     format_predictions,
+    instance_forms,
     pictures_to_batch,
     pixel_instance,
     pixels_to_batch,
@@ -80,7 +80,10 @@ async def describe_model(
     if version is not None or detail["default_version"] is not None:
         served = repository.get(name, version)
         card = served.card
-        detail.update({key: card.get(key) for key in ("task", "input", "output", "preprocessing", "architecture", "metrics", "training", "created_at")})
+        detail.update({key: card.get(key) for key in ("task", "architecture", "metrics", "training", "source", "created_at")})
+        # The card's sections as the server reads them: what a legacy card leaves out is filled in.
+        detail.update({key: getattr(served.spec, key).model_dump(mode="json") for key in ("input", "output")})
+        detail["preprocessing"] = served.spec.preprocessing.model_dump(mode="json", exclude_none=True)
         detail.update(version=served.version, classes=served.classes, providers=served.providers)
     return _json(detail)
 
@@ -129,11 +132,12 @@ def _explain_flag(value: object, *, text: bool = False) -> bool:
     return value
 
 
-def _explained_count(count: int, explain: bool, batch_shape: tuple[int, int], limit: int) -> None:
+def _explained_count(count: int, explain: bool, served: ServedModel) -> None:
     """With explain, each picture runs 1 + its occluded copies: the request's images are counted that way."""
     if not explain:
         return
-    per_picture = 1 + copies_per_picture(*batch_shape)
+    per_picture = 1 + copies_per_picture(served.input.height, served.input.width)
+    limit = served.max_instances
     if count * per_picture > limit:
         raise InvalidInput(
             f"explain=true runs {per_picture} images per picture ({count} pictures: {count * per_picture}); at most "
@@ -165,7 +169,7 @@ async def predict(request: Request, name: ModelName) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
     body = await request.body()
-    numeric = read_numeric_instances(body)
+    numeric = read_numeric_instances(body) if _digits_shaped(request, name) else None
     if numeric is not None:
         instances, payload = numeric
     else:
@@ -174,26 +178,38 @@ async def predict(request: Request, name: ModelName) -> Response:
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
     explain = _explain_flag(payload.get("explain"))
-    _explained_count(len(instances), explain, (28, 28), settings.max_instances)
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
+    model_input = served.input
+    _instance_count(len(instances), served.max_instances, instance_forms(model_input))
+    _explained_count(len(instances), explain, served)
+    if numeric is not None and not model_input.is_digits_shape:  # a version named in the body takes other pictures
+        numeric, instances = None, _v1_payload(body)["instances"]
 
     if numeric is not None:
-        return await _answer(request, served, check_pixels(instances, "instances"), top_k, explain)
+        return await _answer(request, served, model_input.check_values(instances, "instances"), top_k, explain)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
-        batch = pixels_to_batch(instances)
+        batch = pixels_to_batch(instances, model_input)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+        decoded = await asyncio.to_thread(pictures_to_batch, data, served.spec, model_input, max_pixels=settings.max_image_pixels)
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
             picture_set = set(pictures)
             numeric = [i for i in range(len(instances)) if i not in picture_set]
-            batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
+            batch = np.empty((len(instances), *model_input.instance_shape), dtype=model_input.dtype)
             batch[pictures] = decoded
-            batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
+            batch[numeric] = np.concatenate([pixel_instance(i, instances[i], model_input) for i in numeric])
     return await _answer(request, served, batch, top_k, explain)
+
+
+def _digits_shaped(request: Request, name: str) -> bool:
+    """Whether the model's default version takes 1x28x28 pictures, the shape the JSON fast path reads."""
+    try:
+        return _repository(request).get(name).input.is_digits_shape
+    except ServiceError:  # unknown or not ready: the request's own checks explain it
+        return True
 
 
 @router.post(
@@ -228,12 +244,13 @@ async def predict_image(
         _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
         top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
         explain = _explain_flag(form.get("explain"), text=True) or explain
-        _explained_count(len(uploads), explain, (28, 28), settings.max_instances)
         served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
+        _instance_count(len(uploads), served.max_instances, UPLOAD_FORMS)
+        _explained_count(len(uploads), explain, served)
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
+    batch = await asyncio.to_thread(pictures_to_batch, data, served.spec, served.input, max_pixels=settings.max_image_pixels)
     return await _answer(request, served, batch, top_k, explain)
 
 

@@ -47,8 +47,8 @@ _TENSOR_SCHEMA = {
     "properties": {
         "name": {"type": "string", "example": "input"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "description": f"{IMAGE_SHAPES}"},
-        "datatype": {"type": "string", "enum": ["FP32", "FP64", "UINT8"], "description": ACCEPTED_DATATYPES},
-        "data": {"type": "array", "description": "Pixels in row-major order, flat or nested; in [0, 1], white ink on black"},
+        "datatype": {"type": "string", "enum": ["FP32", "FP64", "FP16", "UINT8"], "description": ACCEPTED_DATATYPES},
+        "data": {"type": "array", "description": "The model's input tensor in row-major order, flat or nested (the shipped models: pixels in [0, 1], white ink on black)"},
         "parameters": {
             "type": "object",
             "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
@@ -220,7 +220,7 @@ def _metadata(request: Request, name: str, version: int | None) -> ModelMetadata
         name=model.name,
         versions=versions,
         platform=PLATFORM,
-        inputs=[TensorMetadata(name=model.input_name, datatype="FP32", shape=[-1, 1, 28, 28])],
+        inputs=[TensorMetadata(name=model.input_name, datatype=model.input.datatype, shape=[-1, *model.input.instance_shape])],
         outputs=[TensorMetadata(name=model.output_name, datatype=OUTPUT_DATATYPE, shape=[-1, len(model.classes)])]
         + ([TensorMetadata(name=TYPICALITY, datatype=OUTPUT_DATATYPE, shape=[-1])] if model.has_typicality else []),
         providers=list(model.providers),
@@ -247,7 +247,7 @@ async def _infer(request: Request, name: str, version: int | None, header_length
             code="unsupported_encoding",
         )
     parsed = decode_request(await request.body(), header_length)
-    batch = image_batch(parsed, input_name=model.input_name, max_batch=request.app.state.settings.max_instances)
+    batch = image_batch(parsed, input_name=model.input_name, max_batch=model.max_instances, model_input=model.input)
     outputs = resolve_outputs(parsed, [model.output_name], (TYPICALITY,) if model.has_typicality else ())
     probabilities, typicality = await model.predict_scored(batch)
     tensors = {model.output_name: probabilities, TYPICALITY: typicality}

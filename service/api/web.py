@@ -2,7 +2,9 @@
 
 Without JavaScript the page is a plain multipart form posted to `POST /`, answered with the same page
 holding the result. With JavaScript the page posts to `POST /ui/api/predict` and draws the result in
-place; that endpoint answers the v1 prediction plus the 28x28 input as a PNG and the time taken.
+place; that endpoint answers the v1 prediction plus the picture the model saw (at the model's size, in colour
+when the model takes colour) as a PNG and the time taken. The drawing canvas is offered for the models whose
+card prepares pictures as ink (mnist-digit, fashion-fit); every model takes uploads.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from PIL import Image
 
 from service.api.dependencies import require_api_key, tag_request
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_and_picture, to_png
+from service.imaging import ACCEPTED_DESCRIPTION, pixels_and_picture, pixels_png
 from service.predictions import format_predictions
 from service.trust.explain import explain_batch
 
@@ -59,8 +61,12 @@ ERROR_TITLES = {
     "internal_error": "Something went wrong on the server.",
     "network_error": "The server could not be reached.",
 }
-GROUP_NAMES = {"digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "": "Not loaded"}
+GROUP_NAMES = {
+    "digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "image-classification": "Image classifiers",
+    "": "Not loaded",
+}
 DISPLAY_SIZE = 280  # the uploaded picture is shown at most this many pixels wide or high
+WEB_TOP_K = 10  # bars shown: every class of the digit models, the ten most probable of a larger label set
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class ModelChoice:
     test_accuracy: float | None
     ready: bool
     details: str
+    input_size: str = ""  # "224×224 colour", shown in the picker
+    drawable: bool = False  # an ink model: the canvas makes sense for it
 
 
 def describe_card(card: dict) -> str:
@@ -102,6 +110,7 @@ def model_choices(repository: Any) -> list[ModelChoice]:
             choices.append(ModelChoice(name, None, "", None, ready=False, details=exc.message))
             continue
         accuracy = (served.card.get("metrics") or {}).get("test_accuracy")
+        spec = served.spec.input
         choices.append(
             ModelChoice(
                 name,
@@ -110,6 +119,8 @@ def model_choices(repository: Any) -> list[ModelChoice]:
                 float(accuracy) if isinstance(accuracy, (int, float)) else None,
                 ready=True,
                 details=describe_card(served.card),
+                input_size=f"{spec.width}×{spec.height} {'grey' if spec.channels == 1 else 'colour'}",
+                drawable=served.spec.is_ink,
             )
         )
     # Grouped by task in the picker; models that failed to load come last.
@@ -142,22 +153,28 @@ def display_picture(image: Image.Image) -> str:
     return png_data_url(buffer.getvalue())
 
 
-def overlay_png(x: np.ndarray, heat: np.ndarray) -> bytes:
-    """The model's input ([C, H, W], 1 or 3 channels in [0, 1]) with the occlusion map over it in red (stronger =
-    the class lost more there)."""
-    pixels = np.clip(np.asarray(x, dtype=np.float32).reshape(-1, *heat.shape), 0.0, 1.0)
-    grey = pixels.transpose(1, 2, 0) if len(pixels) == 3 else pixels[0][..., np.newaxis] * np.ones(3, np.float32)
+def overlay_png(seen: np.ndarray, heat: np.ndarray) -> bytes:
+    """What the model saw ([H, W] or [H, W, 3] in [0, 1]) with the occlusion map over it in red (stronger = the
+    class lost more there)."""
+    rgb = np.clip(np.asarray(seen, dtype=np.float32), 0.0, 1.0)
+    if rgb.ndim == 2 or rgb.shape[-1] == 1:
+        rgb = rgb.reshape(*heat.shape, 1) * np.ones(3, np.float32)
     weight = np.clip(heat / max(float(heat.max()), 1e-6), 0.0, 1.0)[..., np.newaxis] * 0.7
-    rgb = grey * (1.0 - weight) + np.array([1.0, 0.15, 0.1], np.float32) * weight
+    rgb = rgb * (1.0 - weight) + np.array([1.0, 0.15, 0.1], np.float32) * weight
     buffer = io.BytesIO()
     Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def prepare_picture(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Picture bytes -> (model input [1,28,28], the picture to show back); the input is the API's own."""
-    x, picture = to_model_input_and_picture(data, method, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
-    return x, display_picture(picture)
+def prepare_picture(data: bytes, served: Any, max_pixels: int) -> tuple[np.ndarray, str, str, np.ndarray]:
+    """Picture bytes -> (the model's input batch of one, what the model saw as a PNG, the picture to show back,
+    what the model saw in [0, 1] for the explanation's overlay); the input is the API's own."""
+    pixels, full_scale, picture = pixels_and_picture(data, served.spec, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
+    seen = png_data_url(pixels_png(pixels, full_scale, served.spec.input.color_order))
+    seen_unit = np.asarray(pixels, dtype=np.float32) / float(full_scale)
+    if served.spec.input.color_order == "BGR":
+        seen_unit = seen_unit[..., ::-1]
+    return served.input.from_pixels(pixels[np.newaxis], full_scale), seen, display_picture(picture), seen_unit
 
 
 async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
@@ -173,14 +190,14 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
 
     started = time.perf_counter()
     # Decoding is CPU work: off the event loop, as the v1 endpoints do it.
-    x, picture_png = await asyncio.to_thread(prepare_picture, data, served.preprocessing, settings.max_image_pixels)
+    x, input_png, picture_png, seen_unit = await asyncio.to_thread(prepare_picture, data, served, settings.max_image_pixels)
     preprocessed = time.perf_counter()
-    probabilities, typicality = await served.predict_scored(x[np.newaxis])
+    probabilities, typicality = await served.predict_scored(x)
     finished = time.perf_counter()
     # Where the model looked: one more batched run of the occluded copies (a few ms for a 28x28 model).
-    explanation = (await explain_batch(served, x[np.newaxis], probabilities))[0]
+    explanation = (await explain_batch(served, x, probabilities))[0]
 
-    prediction = format_predictions(probabilities, served.classes, len(served.classes), typicality, served.trust)[0]
+    prediction = format_predictions(probabilities, served.classes, WEB_TOP_K, typicality, served.trust)[0]
     return {
         "model": served.name,
         "version": served.version,
@@ -188,10 +205,11 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
         "label": prediction["label"],
         "probabilities": prediction["probabilities"],
         "top": prediction["top"],
-        "input_png": png_data_url(to_png(x)),
+        "input_png": input_png,
+        "input_size": [served.spec.input.height, served.spec.input.width],
         "typicality": prediction["typicality"],
         "warnings": prediction["warnings"],
-        "explanation_png": png_data_url(overlay_png(x, np.asarray(explanation["map"], dtype=np.float32))),
+        "explanation_png": png_data_url(overlay_png(seen_unit, np.asarray(explanation["map"], dtype=np.float32))),
         "explained_label": explanation["label"],
         "picture_png": picture_png,
         "timing_ms": {
@@ -213,10 +231,11 @@ def render_page(
     choices = model_choices(request.app.state.repository)
     names = {c.name for c in choices}
     settings = request.app.state.settings
+    chosen = chosen if chosen in names else default_model(choices)
     context = {
         "base": request.scope.get("root_path", "").rstrip("/"),
         "choices": choices,
-        "chosen": chosen if chosen in names else default_model(choices),
+        "chosen": chosen,
         "any_ready": any(c.ready for c in choices),
         "result": result,
         "error": error,
@@ -269,7 +288,7 @@ async def predict_for_page(
     model: str = Form(""),
     file: UploadFile | None = File(None),
 ) -> dict[str, Any]:
-    """The script's path: the prediction, the 28x28 input as a PNG and the time taken, as JSON.
+    """The script's path: the prediction, the picture the model saw as a PNG and the time taken, as JSON.
 
     Errors are ServiceErrors, answered by the app as {"error": {"code": ..., "message": ...}}.
     """

@@ -1,5 +1,7 @@
 """Picture bytes -> model input. `decode` reads the picture safely; each preprocessing method named by a
-model card frames it as that model's training pictures were made (`ink`: mnist-digit, fashion-fit)."""
+model card frames it as that model's training pictures were made (`ink`: mnist-digit, fashion-fit;
+`photo`: resize-crop, resize, letterbox). `picture_pixels` is the one entry for any card: 8-bit-scaled
+pixels [H, W, C] in the model's colour order, which the model input turns into its tensor."""
 
 from __future__ import annotations
 
@@ -12,11 +14,44 @@ from service.errors import InvalidInput
 from service.imaging.decode import ACCEPTED_DESCRIPTION, ACCEPTED_FORMATS, JPEG_START, decode, decode_picture
 from service.imaging.ink import METHODS, WORK_SIDE
 from service.imaging.ink import preprocess_image as _ink_preprocess
+from service.imaging import photo
+from service.inference.card import ModelCard
 
 __all__ = [
-    "ACCEPTED_DESCRIPTION", "ACCEPTED_FORMATS", "METHODS", "decode_picture", "preprocess_image", "to_model_input",
-    "to_model_input_and_picture", "to_png",
+    "ACCEPTED_DESCRIPTION", "ACCEPTED_FORMATS", "METHODS", "decode_picture", "picture_pixels", "pixels_and_picture",
+    "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture",
 ]
+
+
+def picture_pixels(data: bytes, card: ModelCard, *, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Picture bytes -> (pixels [H, W, C] in the model's colour order, their full scale): uint8 and 255 for the
+    photo methods, float32 in [0, 1] and 1.0 for the ink methods."""
+    if card.is_ink:
+        return to_model_input(data, card.preprocessing.method, max_pixels=max_pixels)[0][:, :, np.newaxis], 1.0
+    return photo.picture_pixels(data, card, max_pixels=max_pixels), 255.0
+
+
+def pixels_and_picture(data: bytes, card: ModelCard, *, max_pixels: int, picture_side: int) -> tuple[np.ndarray, float, Image.Image]:
+    """`picture_pixels`, and the decoded picture to show back, at least `picture_side` pixels a side where it is
+    larger (a JPEG is decoded a second time at a reduced scale: cheaper than decoding a photo once in full)."""
+    if card.is_ink:
+        x, picture = to_model_input_and_picture(data, card.preprocessing.method, max_pixels=max_pixels, picture_side=picture_side)
+        return x[0][:, :, np.newaxis], 1.0, picture
+    pixels = photo.picture_pixels(data, card, max_pixels=max_pixels)  # first: a bad picture fails before a second decode
+    return pixels, 255.0, decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
+
+
+def pixels_png(pixels: np.ndarray, full_scale: float, color_order: str, *, scale: int = 1) -> bytes:
+    """Pixels [H, W, C] (as `picture_pixels` makes them) as an 8-bit PNG: grey for one channel, RGB for three."""
+    values = np.rint(np.clip(np.asarray(pixels, dtype=np.float32) * (255.0 / full_scale), 0, 255)).astype(np.uint8)
+    if color_order == "BGR":
+        values = values[:, :, ::-1]
+    image = Image.fromarray(values[:, :, 0] if values.shape[2] == 1 else np.ascontiguousarray(values))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def to_model_input(data: bytes, method: str, *, max_pixels: int) -> np.ndarray:
@@ -40,21 +75,6 @@ def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     """A decoded picture -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
     _check_method(method)
     return _ink_preprocess(image, method)
-
-
-def to_png(array: np.ndarray, *, scale: int = 1) -> bytes:
-    """A [1, 28, 28] or [28, 28] array in [0, 1] as an 8-bit grayscale PNG, optionally enlarged `scale` times."""
-    pixels = np.asarray(array, dtype=np.float32)
-    if pixels.ndim == 3 and pixels.shape[0] == 1:
-        pixels = pixels[0]
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a [1, H, W] or [H, W] array, got shape {list(np.shape(array))}")
-    image = Image.fromarray(np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _check_method(method: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+from collections.abc import Callable
+
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage
@@ -19,8 +21,25 @@ def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
     return decode(data, max_pixels=max_pixels, reduce_to=None)
 
 
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter: width and height swap
+
+
 def decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: str = "L") -> Image.Image:
     """Decode `data`; a JPEG larger than `reduce_to` a side is decoded at a reduced scale (Pillow's draft)."""
+    draft = (lambda width, height: (reduce_to, reduce_to)) if reduce_to is not None else None
+    return decode_sized(data, max_pixels=max_pixels, draft=draft, draft_mode=draft_mode)[0]
+
+
+def decode_sized(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft: Callable[[int, int], tuple[int, int]] | None,
+    draft_mode: str | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `data`, and say how large the picture is at full scale, upright. A JPEG is decoded at a reduced
+    scale (Pillow's draft) no smaller than `draft(width, height)` of its stored size asks for."""
     if not data:
         raise InvalidImage(f"the upload is empty; send a picture: {ACCEPTED_DESCRIPTION}")
     try:
@@ -39,10 +58,11 @@ def decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: s
     if width < 1 or height < 1:
         raise InvalidImage(f"the picture is {width}x{height}: it has no pixels")
     try:
-        if reduce_to is not None and image.format in ("JPEG", "MPO"):
-            image.draft(draft_mode, (reduce_to, reduce_to))  # decode JPEG at a reduced scale: much faster for photos
+        turned = image.getexif().get(EXIF_ORIENTATION, 1) in TURNED
+        if draft is not None and image.format in ("JPEG", "MPO"):
+            image.draft(draft_mode, draft(width, height))  # decode JPEG at a reduced scale: much faster for photos
         image.load()  # the first frame of an animation
-        return ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image), ((height, width) if turned else (width, height))
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the picture decodes to too many pixels; at most {max_pixels} are accepted") from exc
     except Exception as exc:  # truncated or corrupt data surfaces as any of several exception types

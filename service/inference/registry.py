@@ -1,8 +1,8 @@
 """The model repository: every models/<name>/<version>/ loaded into ONNX Runtime, kept in step with the disk.
 
-A version is served only after its card is valid, model.onnx matches the card's sha256, the graph
-takes [N,1,28,28] float32 and answers [N,C] for the card's C classes, and a warm-up inference
-answered probabilities. Anything else leaves the version UNAVAILABLE with the reason in its status
+A version is served only after its card is valid (service.inference.card), model.onnx matches the card's
+sha256, the graph takes the input the card describes (name, rank, fixed dimensions, element type) and
+answers [N,C] for the card's C classes, and a warm-up inference answered probabilities. Anything else leaves the version UNAVAILABLE with the reason in its status
 and the log; the other versions and models keep serving.
 
 New, changed and removed versions are picked up by `refresh()` (run every `watch_interval_s` and by
@@ -26,6 +26,8 @@ import numpy as np
 
 from service.inference import runtime
 from service.inference.batching import DirectRunner, DynamicBatcher
+from service.inference.card import CardError, ModelCard, check_graph, fixed_batch, parse_card
+from service.inference.model_input import ModelInput
 from service.inference.rescans import CoalescingRescans
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
@@ -57,20 +59,28 @@ class ServedModel:
         self.name = name
         self.version = version
         self.card = card
+        self.spec: ModelCard = parse_card(card)
         self.path = path
-        self.classes: list[str] = list(card["classes"])
-        self.preprocessing: str = card["preprocessing"]["method"]
-        self.input_name: str = card["input"]["name"]
-        self.output_name: str = card["output"]["name"]
+        self.classes: list[str] = list(self.spec.classes)
+        self.input = ModelInput(self.spec.input)
+        self.input_name: str = self.spec.input.name
+        self.output_name: str = self.spec.output.name
+        # Request limits scale with the input: a request's float32 batch stays within the byte budget.
+        self.max_instances = self.input.max_instances(settings.max_instances, settings.max_request_tensor_bytes)
+        self.max_body_bytes = self.input.max_body_bytes(settings.max_body_bytes, self.max_instances)
         self.providers: list[str] = list(session.get_providers())
         self.trust = TrustPolicy.from_card(card)
         graph_outputs = {o.name for o in session.get_outputs()}
         # A card that names a typicality output the graph lacks is served without it (typicality null).
         self.has_typicality = self.trust.typicality_output is not None and self.trust.typicality_output in graph_outputs
         self._session = session
-        raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name, self.trust.typicality_output if self.has_typicality else None)
+        raw_infer = runtime.make_infer_fn(
+            session, self.input_name, self.output_name,
+            logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()),
+            typicality_output=self.trust.typicality_output if self.has_typicality else None,
+        )
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
-        runtime.warm_up(raw_infer, len(self.classes), 1 if self.has_typicality else 0)
+        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, 1 if self.has_typicality else 0)
         batching = settings.batching_for(name)
         # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
         # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
@@ -92,7 +102,7 @@ class ServedModel:
         self._idle: asyncio.Event | None = None
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
-        """float32 [N,1,28,28] in [0,1] -> float32 [N,C] probabilities, through this version's runner."""
+        """The model's input batch [N, *instance_shape] -> float32 [N,C] probabilities, through this version's runner."""
         answer = await self._submit(images)
         return answer[:, : len(self.classes)] if self.has_typicality else answer
 
@@ -175,39 +185,25 @@ def read_card(version_dir: Path, name: str, version: int) -> tuple[dict, bytes]:
         raise LoadError("model.json must hold a JSON object")
     if card.get("name") != name or card.get("version") != version:
         raise LoadError(f"model.json describes {card.get('name')!r} version {card.get('version')!r}, not {name!r} version {version}")
-    classes = card.get("classes")
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
-        raise LoadError("model.json 'classes' must list two or more distinct non-empty label names")
-    for section, keys in {"input": ("name",), "output": ("name",), "preprocessing": ("method",), "onnx": ("sha256",)}.items():
-        value = card.get(section)
-        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
-            raise LoadError(f"model.json '{section}' must be an object with {', '.join(keys)}")
-    onnx_name = card["onnx"].get("file", "model.onnx")
-    if onnx_name != "model.onnx":
-        raise LoadError(f"model.json names ONNX file {onnx_name!r}; the repository layout requires 'model.onnx'")
+    try:
+        spec = parse_card(card)
+    except CardError as error:
+        raise LoadError(str(error)) from None
+    if spec.onnx.file != "model.onnx":
+        raise LoadError(f"model.json names ONNX file {spec.onnx.file!r}; the repository layout requires 'model.onnx'")
     model_bytes = (version_dir / "model.onnx").read_bytes()
     digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != card["onnx"]["sha256"].lower():
-        raise LoadError(f"model.onnx sha256 is {digest} but model.json says {card['onnx']['sha256']}")
+    if digest != spec.onnx.sha256.lower():
+        raise LoadError(f"model.onnx sha256 is {digest} but model.json says {spec.onnx.sha256}")
     return card, model_bytes
 
 
 def check_signature(session, card: dict) -> None:
-    """The graph must take the card's input as float32 [N,1,28,28] and answer [N,C] for its C classes."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    input_name, output_name = card["input"]["name"], card["output"]["name"]
-    if [i.name for i in inputs] != [input_name]:
-        raise LoadError(f"the graph takes inputs {[i.name for i in inputs]}, the card promises one input {input_name!r}")
-    graph_input = inputs[0]
-    if graph_input.type != "tensor(float)" or len(graph_input.shape) != 4 or list(graph_input.shape[1:]) != [1, 28, 28]:
-        raise LoadError(f"the graph input is {graph_input.type} {graph_input.shape}; [N, 1, 28, 28] float32 is required")
-    by_name = {o.name: o for o in outputs}
-    if output_name not in by_name:
-        raise LoadError(f"the graph has no output {output_name!r} (it has {list(by_name)})")
-    shape = by_name[output_name].shape
-    width = shape[-1] if len(shape) == 2 else None
-    if len(shape) != 2 or (isinstance(width, int) and width != len(card["classes"])):
-        raise LoadError(f"the graph output is {shape}; [N, {len(card['classes'])}] (one column per class) is required")
+    """The graph must take the card's input and answer [N,C] for its C classes (service.inference.card.check_graph)."""
+    try:
+        check_graph(session.get_inputs(), session.get_outputs(), parse_card(card))
+    except CardError as error:
+        raise LoadError(str(error)) from None
 
 
 class ModelRepository:

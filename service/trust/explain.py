@@ -60,12 +60,14 @@ def sensitivity_map(probability: float, occluded: np.ndarray, height: int, width
 
 
 async def explain_batch(served, batch: np.ndarray, probabilities: np.ndarray) -> list[dict]:
-    """One explanation per picture of `batch` [N, C, H, W]: the occluded copies of all pictures in one run of
-    `served`'s runner (so they are batched and limited like any request's images)."""
-    count, _, height, width = batch.shape
+    """One explanation per picture of `batch` (the model's input batch, NCHW or NHWC): the occluded copies of all
+    pictures in one run of `served`'s runner (so they are batched and limited like any request's images)."""
+    nhwc = getattr(served.input, "layout", "NCHW") == "NHWC"
+    pictures = batch.transpose(0, 3, 1, 2) if nhwc else batch
+    count, _, height, width = pictures.shape
     tops = probabilities.argmax(axis=1)
-    copies = np.concatenate([occluded_copies(picture) for picture in batch])
-    occluded = await served.predict(copies)
+    copies = np.concatenate([occluded_copies(picture) for picture in pictures])
+    occluded = await served.predict(np.ascontiguousarray(copies.transpose(0, 2, 3, 1)) if nhwc else copies)
     per_picture = len(copies) // count
     patch, stride, _, _ = geometry(height, width)
     explanations = []

@@ -85,7 +85,7 @@ def test_a_bug_in_a_hot_endpoint_is_a_json_500_not_a_crash(settings, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("service.api.v1.check_pixels", broken)
+    monkeypatch.setattr("service.api.v1.format_predictions", broken)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         response = client.post("/v1/models/digits/predict", json={"instances": [IMAGE.tolist()]})
     assert response.status_code == 500

@@ -297,8 +297,8 @@ def test_requests_read_in_one_loop_step_run_in_one_batch_and_are_answered_in_the
     batches: list[int] = []
     make_infer_fn = runtime.make_infer_fn
 
-    def recording_infer_fn(*args):
-        infer = make_infer_fn(*args)
+    def recording_infer_fn(*args, **options):
+        infer = make_infer_fn(*args, **options)
 
         def recorded(images):
             batches.append(len(images))
