@@ -50,6 +50,9 @@ def serve(args: argparse.Namespace) -> int:
     # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
+        from service.memory import WORKER_PROCESSES
+
+        os.environ[WORKER_PROCESSES] = str(workers)  # each worker sizes its memory budgets as one of so many
         from service.workers import Backoff, supervise
 
         return supervise(

@@ -24,6 +24,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
@@ -31,6 +32,7 @@ from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
 from service.http.guards import ConnectionLimits
+from service.memory import LARGE_BODY_BYTES, WorkerMemory
 from service.http.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.inference.registry import ModelRepository
@@ -135,12 +137,17 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
 class RequestContextMiddleware:
     """Per request: a request id (echoed from X-Request-ID or generated) in logs and the response header;
     the body limit, checked on Content-Length before anything is read and on the bytes as they stream
-    in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
+    in (a chunked body has no Content-Length); the worker's body budget for a large body (service.memory);
+    metrics and a log line (499 for a client that left); a JSON 500 for a bug."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, body_limit: Callable[[Scope], int] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, memory: WorkerMemory,
+        body_limit: Callable[[Scope], int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.memory = memory
         # A model's predict and infer routes may take more (larger pictures); asked only past the floor.
         self.body_limit = body_limit or (lambda scope: max_body_bytes)
 
@@ -149,12 +156,14 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id, content_length = None, None
+        request_id, content_length, chunked = None, None, False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif key == b"content-length":
                 content_length = value
+            elif key == b"transfer-encoding":
+                chunked = True
         if request_id is None or not _CLIENT_REQUEST_ID.fullmatch(request_id):
             request_id = f"{_ID_PREFIX}{next(_id_counter):020x}"
         token = request_id_var.set(request_id)
@@ -184,6 +193,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
+        body_held = 0
         try:
             declared = int(content_length) if content_length is not None and content_length.isdigit() else None
             if declared is not None and declared > limit:
@@ -194,11 +204,34 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
             else:
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
-                await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
+                body_receive = app_receive = receive if declared is not None else receive_within_limit
+                if chunked or (declared is not None and declared > LARGE_BODY_BYTES and "pixelserve.gathered" not in scope):
+                    cost = self.memory.body_cost(None if chunked else declared)
+
+                    async def receive_within_budget() -> Message:
+                        # Once the app starts reading a large body (after its API key check), it waits its turn for
+                        # the worker's body budget; the socket is not read meanwhile.
+                        nonlocal body_held
+                        if not body_held:
+                            await self.memory.body.acquire(cost)
+                            body_held = cost
+                        return await body_receive()
+
+                    app_receive = receive_within_budget
+                await self.app(scope, app_receive, send_with_id)
+        except ServiceError as error:  # the body budget's 413 or 503, where no handler of the app answered it
+            if response_started:
+                raise
+            response = too_large_page(scope, error.message) if error.status_code == 413 else None
+            response = response or error_response(scope["path"], error.status_code, error.code, error.message, error.headers)
+            await response(scope, receive, send_with_id)
         except asyncio.CancelledError:
             if not response_started:
                 status = 499  # no answer yet: the client closed the connection (nginx's code for it), or a shutdown ran out of time
             raise
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, and nothing wrong here (logged at info below).
+            status = 499
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if response_started:
@@ -206,6 +239,8 @@ class RequestContextMiddleware:
             response = error_response(scope["path"], 500, "internal_error", f"internal error; quote request id {request_id}")
             await response(scope, receive, send_with_id)
         finally:
+            if body_held:
+                self.memory.body.release(body_held)
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
@@ -316,6 +351,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     repository = ModelRepository(settings, metrics)
+    memory = WorkerMemory(
+        memory_limit=settings.memory_limit_bytes, workers=settings.workers, max_body_bytes=settings.max_body_bytes,
+        decode_budget=settings.decode_budget_bytes, body_budget=settings.body_budget_bytes, wait_s=settings.budget_wait_s,
+        return_memory=settings.return_memory,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -325,6 +365,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # from garbage collection, whose full passes over it otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        budgets = memory.resize()  # from this worker's memory with its models loaded
+        logger.info(
+            "memory: %d MiB for the service (%s), %d MiB for this worker of which %d MiB in use; budgets: %d MiB for "
+            "decoding pictures, %d MiB for large request bodies", budgets.limit >> 20, budgets.limit_source,
+            budgets.worker_share >> 20, budgets.baseline >> 20, budgets.decode >> 20, budgets.body >> 20,
+        )
         try:
             yield
         finally:
@@ -343,6 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
+    app.state.memory = memory
     install_error_handlers(app, settings)
     _document_api_key(app)
 
@@ -366,13 +413,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, **cors)
     body_limit = model_body_limit(repository, settings.max_body_bytes)
     # Added last, so it wraps everything else, CORS answers included.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, body_limit=body_limit)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory, body_limit=body_limit
+    )
 
     # v1 predict and v2 infer: the same request context and CORS, around a direct call of the endpoint.
     app.hot_paths = HotPaths(routes=hot, exception_handlers=app.exception_handlers)
     hot_entry: ASGIApp = app.hot_paths
     if settings.cors_origins:
         hot_entry = CORSMiddleware(hot_entry, **cors)
-    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes, body_limit=body_limit)
+    app.hot_entry = RequestContextMiddleware(
+        hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory, body_limit=body_limit
+    )
     app.connection_limits = ConnectionLimits.from_settings(settings)  # read by service.http.protocol, per connection
     return app

@@ -114,6 +114,38 @@ class Settings(BaseSettings):
         "worth of its input per request (224x224 RGB: 111 pictures), at most max_instances. The body limit of its "
         "predict and infer routes grows to match (12 bytes a value, as JSON numbers), never below max_body_bytes",
     )
+    max_request_pixels: int = Field(
+        160_000_000, ge=784,
+        description="Most pixels decoded for one request, all its pictures together (413 above; read from the pictures' "
+        "headers before any is decoded): bounds the CPU time one request can take. A JPEG counts at the reduced scale "
+        "it is decoded at",
+    )
+    memory_limit_bytes: int | None = Field(
+        None, ge=64 << 20,
+        description="The memory the whole service may use (all its processes). Default: the container's limit (the "
+        "cgroup's memory.max), else the machine's memory. Each worker process sizes its decode and body budgets from "
+        "its part of it (docs/limits.md)",
+    )
+    decode_budget_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="Memory for decoding pictures at once in one worker process, estimated from each picture's header "
+        "before it is decoded: a request waits its turn (budget_wait_s), 503 with Retry-After past that, 413 for a "
+        "picture that needs more than the whole budget. Default: 55% of what a worker has left of its part of "
+        "memory_limit_bytes once its models are loaded, at least 32 MiB",
+    )
+    body_budget_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="Memory for request bodies over 64 KiB being received and held at once in one worker process (each "
+        "counts twice its length; a chunked one, twice max_body_bytes): a request waits its turn before its body is "
+        "read (budget_wait_s), 503 with Retry-After past that. Default: 25% of what a worker has left of its part "
+        "of memory_limit_bytes, at least twice max_body_bytes",
+    )
+    budget_wait_s: float = Field(5.0, ge=0, description="Longest a request waits for the decode or body budget before 503")
+    return_memory: bool = Field(
+        True,
+        description="Give memory back to the system after large requests (glibc: a fixed 1 MiB mmap threshold, two "
+        "malloc arenas, malloc_trim after a burst of decoding); measured in docs/limits.md",
+    )
     default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")
 
     api_key: SecretStr | None = Field(None, description="When set, predict and reload endpoints require this key")

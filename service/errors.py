@@ -41,9 +41,10 @@ class VersionNotFound(ServiceError):
 
 
 class ModelNotReady(ServiceError):
-    """The model exists but no version of it loaded (broken file, checksum mismatch, ...)."""
+    """The model exists but no version of it loaded (broken file, checksum mismatch, ...): 400, not worth retrying
+    as is (Triton answers so too); 503 with Retry-After while a version is still loading."""
 
-    status_code = 503
+    status_code = 400
     code = "model_not_ready"
 
 

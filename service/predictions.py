@@ -11,6 +11,7 @@ import base64
 import binascii
 
 import numpy as np
+import orjson
 
 from service.errors import InvalidInput
 from service.inference.card import InputSpec, ModelCard
@@ -33,8 +34,21 @@ def instance_forms(model_input: ModelInput | None = None) -> str:
     return f"each instance is {model_input.describe_shapes()}, {model_input.describe_values()}, or {PICTURE_FORM}"
 
 
+# What nested lists of JSON numbers write as: numpy would also take "0.5" strings and true/false as pixels.
+_NUMBER_LIST_BYTES = b"0123456789-+.eE[],"
+NOT_NUMBERS = "pixels must be JSON numbers (not strings, true/false or null)"
+
+
+def only_numbers(instances: object) -> bool:
+    """Whether `instances` (parsed JSON) holds nothing but lists and numbers: its JSON text, written again
+    by orjson (in C), then holds only the bytes of numbers, brackets and commas."""
+    return not orjson.dumps(instances).translate(None, _NUMBER_LIST_BYTES)
+
+
 def pixels_to_batch(instances: list, model_input: ModelInput = DIGITS_INPUT) -> np.ndarray:
     """Numeric instances, each in one of the model's accepted shapes -> the model's batch (checked)."""
+    if not only_numbers(instances):
+        return np.concatenate([pixel_instance(i, item, model_input) for i, item in enumerate(instances)])
     try:
         with np.errstate(over="ignore"):  # numbers beyond float32 become infinity, rejected below
             array = np.asarray(instances, dtype=np.float32)
@@ -53,6 +67,8 @@ def pixel_instance(index: int, item: object, model_input: ModelInput = DIGITS_IN
     forms = instance_forms(model_input)
     if not isinstance(item, list):
         raise InvalidInput(f"instance {index} is a JSON {type(item).__name__}; {forms}")
+    if not only_numbers(item):
+        raise InvalidInput(f"instance {index}: {NOT_NUMBERS}")
     try:
         with np.errstate(over="ignore"):
             array = np.asarray(item, dtype=np.float32)

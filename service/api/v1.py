@@ -7,7 +7,8 @@ service.predictions). Answers are serialised with orjson. The OpenAPI document s
 
 from __future__ import annotations
 
-import asyncio
+import re
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -19,7 +20,9 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
+from service.decoding import decode_within_budget
 from service.errors import InvalidInput, ReloadDisabled, ServiceError
+from service.imaging import WORK_SIDE
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
@@ -36,9 +39,10 @@ from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
 ModelName = Annotated[str, Path(description="A model of the repository", examples=["mnist-convnet"])]
+ASCII_DIGITS = re.compile(r"[0-9]+")
 UPLOAD_FORMS = "send multipart/form-data with one picture in field 'file' or several in 'files' (PNG, JPEG, GIF, BMP, WebP)"
 
 
@@ -89,10 +93,11 @@ async def describe_model(
 
 
 def _optional_int(value: object, field: str, *, text: bool = False) -> int | None:
-    """A positive integer option; `text` for form fields, which arrive as strings."""
+    """A positive integer option; `text` for form fields, which arrive as strings. ASCII digits only: str.isdigit()
+    is true for '²' (which int() refuses) and '٣' (which int() reads as 3)."""
     if value is None:
         return None
-    if text and isinstance(value, str) and value.strip().isdigit():
+    if text and isinstance(value, str) and ASCII_DIGITS.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(f"{field} must be a positive integer, got {value!r}")
@@ -145,6 +150,16 @@ def _explained_count(count: int, explain: bool, served: ServedModel) -> None:
         )
 
 
+async def _decode(request: Request, pictures: list[bytes], served: ServedModel) -> np.ndarray:
+    """Picture files -> the model's input batch, decoded within the worker's memory budget."""
+    settings = request.app.state.settings
+    return await decode_within_budget(
+        pictures, partial(pictures_to_batch, pictures, served.spec, served.input, max_pixels=settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+        reduce_to=WORK_SIDE if served.spec.is_ink else None,  # photo methods: the whole picture, to be safe
+    )
+
+
 def _v1_payload(body: bytes) -> dict:
     """The predict body parsed with orjson, with its fields checked; instances are left as JSON values."""
     try:
@@ -192,7 +207,7 @@ async def predict(request: Request, name: ModelName) -> Response:
         batch = pixels_to_batch(instances, model_input)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await asyncio.to_thread(pictures_to_batch, data, served.spec, model_input, max_pixels=settings.max_image_pixels)
+        decoded = await _decode(request, data, served)
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
@@ -250,7 +265,7 @@ async def predict_image(
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await asyncio.to_thread(pictures_to_batch, data, served.spec, served.input, max_pixels=settings.max_image_pixels)
+    batch = await _decode(request, data, served)
     return await _answer(request, served, batch, top_k, explain)
 
 

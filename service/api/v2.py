@@ -144,14 +144,20 @@ INFER_DOCS = {
                 "application/octet-stream": _BINARY_BODY,
             },
         },
+        400: {"description": "The model version failed to load (not worth retrying until its files change)", **_ERROR},
         401: {"description": "The server has an API key and the request did not send it", **_ERROR},
         404: {"description": "Unknown model or version", **_ERROR},
         415: {"description": "Compressed request bodies are not accepted", **_ERROR},
         422: {"description": "Malformed request, wrong datatype or shape, NaN or out-of-range pixels", **_ERROR},
-        503: {"description": "The model is not ready, or its queue is full (Retry-After)", **_ERROR},
+        413: {"description": "The body is larger than the server accepts", **_ERROR},
+        503: {"description": "The model version is still loading, or its queue or memory budget is full (Retry-After)", **_ERROR},
     },
 }
-METADATA_ERRORS = {404: {"description": "Unknown model or version", **_ERROR}, 503: {"description": "Model not ready", **_ERROR}}
+METADATA_ERRORS = {
+    400: {"description": "The model version failed to load", **_ERROR},
+    404: {"description": "Unknown model or version", **_ERROR},
+    503: {"description": "The model version is still loading (Retry-After)", **_ERROR},
+}
 
 
 # --- endpoints --------------------------------------------------------------------------------------
@@ -229,7 +235,7 @@ def _metadata(request: Request, name: str, version: int | None) -> ModelMetadata
 
 
 def _ready(request: Request, name: str, version: int | None) -> ModelReady:
-    # get() raises ModelNotFound / VersionNotFound (404) or ModelNotReady (503) when it cannot serve.
+    # get() raises ModelNotFound / VersionNotFound (404) or ModelNotReady (400 failed, 503 loading) when it cannot serve.
     model = request.app.state.repository.get(name, version)
     return ModelReady(name=model.name, version=str(model.version), ready=True)
 

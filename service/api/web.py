@@ -9,26 +9,32 @@ card prepares pictures as ink (mnist-digit, fashion-fit); every model takes uplo
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.api.dependencies import require_api_key, tag_request
+from service.api.dependencies import tag_request
+from service.api.forms import read_form
+from service.decoding import decode_within_budget
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, pixels_and_picture, pixels_png
+from service.imaging import ACCEPTED_DESCRIPTION, WORK_SIDE, pixels_and_picture, pixels_png
 from service.predictions import format_predictions
 from service.trust.explain import explain_batch
 
@@ -50,6 +56,7 @@ CONTENT_SECURITY_POLICY = (
 ERROR_TITLES = {
     "invalid_image": "That file is not a picture we can read.",
     "image_too_large": "That picture is too large.",
+    "over_memory_budget": "That picture is too large for this server's memory.",
     "payload_too_large": "That file is too large.",
     "invalid_input": "That upload could not be used.",
     "model_not_found": "That model does not exist.",
@@ -189,8 +196,12 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
     tag_request(request, served.name, served.version)
 
     started = time.perf_counter()
-    # Decoding is CPU work: off the event loop, as the v1 endpoints do it.
-    x, input_png, picture_png, seen_unit = await asyncio.to_thread(prepare_picture, data, served, settings.max_image_pixels)
+    # Decoding is CPU work: off the event loop and within the worker's memory budget, as the v1 endpoints do it.
+    x, input_png, picture_png, seen_unit = await decode_within_budget(
+        [data], partial(prepare_picture, data, served, settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+        reduce_to=WORK_SIDE if served.spec.is_ink else None,  # photo methods: the whole picture, to be safe
+    )
     preprocessed = time.perf_counter()
     probabilities, typicality = await served.predict_scored(x)
     finished = time.perf_counter()
@@ -257,20 +268,33 @@ async def page(request: Request) -> HTMLResponse:
     return render_page(request)
 
 
-@router.post("/", response_class=HTMLResponse)
-async def predict_form(
-    request: Request,
-    model: str = Form(""),
-    file: UploadFile | None = File(None),
-    api_key: str = Form(""),
-) -> HTMLResponse:
-    """The no-JavaScript path: the form posts here and gets the page back with the result."""
+async def _form_fields(request: Request, *, key_field: str | None) -> tuple[str, UploadFile | None, FormData]:
+    """The model and the picture of the page's form, read once the API key is known to be right (service.api.forms)."""
     try:
-        # A form cannot send headers: the key, when the server has one, comes as a field.
-        await require_api_key(request, api_key=api_key or None, bearer=None)
-        result = await predict_picture(request, model, file)
+        form = await read_form(request, max_files=1, max_fields=4, key_field=key_field)
+    except MultiPartException as error:
+        raise InvalidInput(f"malformed form ({error.message}); choose a model and a picture") from None
+    model, upload = form.get("model", ""), form.get("file")
+    if not isinstance(model, str) or (upload is not None and not isinstance(upload, UploadFile)):
+        await form.close()
+        raise InvalidInput("the form's 'model' must be a name and its 'file' a picture upload")
+    return model, upload, form
+
+
+@router.post("/", response_class=HTMLResponse)
+async def predict_form(request: Request) -> HTMLResponse:
+    """The no-JavaScript path: the form posts here and gets the page back with the result.
+
+    A form cannot send headers: the key, when the server has one, comes as its field api_key, which the page
+    places before the file."""
+    model, form = "", None
+    try:
+        model, upload, form = await _form_fields(request, key_field="api_key")
+        result = await predict_picture(request, model, upload)
     except ServiceError as exc:
         return render_page(request, chosen=model, error=exc, status_code=exc.status_code)
+    except (ClientDisconnect, StarletteHTTPException):
+        raise  # the client left mid-upload (logged as 499), or a body over the limit (the app's 413 page)
     except Exception:
         logger.exception("web form prediction failed for model %r", model)
         failure = ServiceError(
@@ -279,17 +303,21 @@ async def predict_form(
             code="internal_error",
         )
         return render_page(request, chosen=model, error=failure, status_code=500)
+    finally:
+        if form is not None:
+            await form.close()
     return render_page(request, chosen=model, result=result)
 
 
-@router.post("/ui/api/predict", dependencies=[Depends(require_api_key)])
-async def predict_for_page(
-    request: Request,
-    model: str = Form(""),
-    file: UploadFile | None = File(None),
-) -> dict[str, Any]:
-    """The script's path: the prediction, the picture the model saw as a PNG and the time taken, as JSON.
+@router.post("/ui/api/predict")
+async def predict_for_page(request: Request) -> dict[str, Any]:
+    """The script's path: the prediction, the picture the model saw as a PNG and the time taken, as JSON. The
+    key, when the server has one, comes in a header, checked before the body is read.
 
     Errors are ServiceErrors, answered by the app as {"error": {"code": ..., "message": ...}}.
     """
-    return await predict_picture(request, model, file)
+    model, upload, form = await _form_fields(request, key_field=None)
+    try:
+        return await predict_picture(request, model, upload)
+    finally:
+        await form.close()

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hmac
 import time
 from collections.abc import Coroutine
 
 import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from service.http.guards import BODY, HEAD, LINGER_BYTES, LINGER_S, ConnectionLimits, DeadlineSweep, error_response
@@ -36,8 +38,13 @@ STATUS_LINE_START = b"HTTP/1.1 "
 # Largest body a hot request gathers before its app starts; a larger one goes through uvicorn's cycle,
 # which reads it under flow control. A request with one to a few dozen digits is 6 to 400 KB.
 HOT_BODY_LIMIT = 1 << 20
-INTERNAL_ERROR = b"Internal Server Error"
+INTERNAL_ERROR = b'{"error":{"code":"internal_error","message":"Internal Server Error"}}'
 DEFAULT_LIMITS = ConnectionLimits()  # for an app that carries none (the service's carries its settings')
+# Bytes of bodies that hot requests of this process may be gathering at once (declared, not yet whole). Past it, a
+# request goes through uvicorn's cycle, which reads at most 64 KiB ahead of the app, and the app reads its body
+# within the worker's body budget (service.memory): many clients that stop halfway through a body of up to
+# HOT_BODY_LIMIT cannot make the process gather more than this.
+HOT_GATHERING_LIMIT = 32 << 20
 # A hot request starts in the loop callback that read it while fewer than this many are under way in the process
 # (see HotRequest.start).
 EAGER_BELOW = 8
@@ -118,9 +125,13 @@ class HotRequest:
     with the attributes uvicorn's protocol reads there (`response_complete`, `keep_alive`)."""
 
     __slots__ = ("_protocol", "_transport", "scope", "_chunks", "keep_alive", "response_complete", "_task",
-                 "_client_left", "_head", "_unsent", "_chunked", "_ended")
+                 "_client_left", "_head", "_unsent", "_chunked", "_ended", "_gathering")
 
-    def __init__(self, protocol: HttpProtocol, scope: dict, keep_alive: bool) -> None:
+    gathering = 0  # bytes declared by the hot requests of this process whose bodies are not yet whole
+
+    def __init__(self, protocol: HttpProtocol, scope: dict, keep_alive: bool, declared: int = 0) -> None:
+        self._gathering = declared
+        HotRequest.gathering += declared
         self._protocol = protocol
         self._transport: HeaderHoldingTransport = protocol.transport  # type: ignore[assignment]
         self.scope = scope
@@ -150,6 +161,7 @@ class HotRequest:
         running any. Starting 32 requests in flight per worker at once, as each was read, cost ~10% more CPU per
         request (the code of reading and of answering taking turns in the processor's caches); below
         EAGER_BELOW, starting at once measured as fast at 8 connections, and 0.04 ms faster at one."""
+        self._gathered()
         tasks = self._protocol.tasks
         if len(tasks) >= EAGER_BELOW:
             self._task = self._protocol.loop.create_task(self._run(app))
@@ -168,11 +180,17 @@ class HotRequest:
         """The connection closed. A request not yet answered is cancelled: one still queued for the model
         is dropped before inference."""
         self._client_left = True
+        self._gathered()
         if not self.response_complete:
             self.response_complete = True
             if self._task is not None:
                 self._task.cancel()
         self._end()
+
+    def _gathered(self) -> None:
+        """The body is whole, or will never be: it no longer counts as being gathered."""
+        HotRequest.gathering -= self._gathering
+        self._gathering = 0
 
     async def _run(self, app) -> None:
         try:
@@ -185,7 +203,7 @@ class HotRequest:
             self._protocol.logger.exception("Exception in ASGI application")
             if self._head is None and not self.response_complete:
                 self.keep_alive = False
-                self._send_start(500, [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")])
+                self._send_start(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(INTERNAL_ERROR))])
                 self._send_body(INTERNAL_ERROR, more_body=False)
             else:
                 self._transport.close()
@@ -321,11 +339,12 @@ class HttpProtocol(HttpToolsProtocol):
     # attributes leave CPython's compact shared-key layout, which slowed every attribute access (~5% per request).
     __slots__ = ("limits", "_max_url", "_max_head", "_in_head", "_head_bytes", "_chunk_size", "_requests", "_body_bytes",
                  "_watched", "_watched_since", "_body_seen", "_body_seen_at", "_refused", "_shutdown_at", "_linger",
-                 "_lingered", "_sweep")
+                 "_lingered", "_sweep", "api_key")
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeaderHoldingTransport(transport, self.loop))  # type: ignore[arg-type]
         self.hot_app = hot_app = _hot_app(self.app)
+        self.api_key = _api_key(hot_app)
         self.limits = limits = getattr(hot_app, "connection_limits", None) or DEFAULT_LIMITS
         self._max_url = limits.max_request_line_bytes
         self._max_head = limits.max_header_bytes
@@ -420,7 +439,12 @@ class HttpProtocol(HttpToolsProtocol):
                 declared = value
             elif name == b"transfer-encoding":
                 return None
+        if self.api_key is not None and not hmac.compare_digest(_sent_key(self.headers), self.api_key):
+            # Without the key: uvicorn's cycle, where the endpoint refuses it before reading the body.
+            return None
         if declared is None or not declared.isdigit() or int(declared) > HOT_BODY_LIMIT:
+            return None
+        if HotRequest.gathering + int(declared) > HOT_GATHERING_LIMIT:
             return None
         url = httptools.parse_url(self.url)
         if b"%" in url.path:  # percent-escapes: uvicorn unquotes the path
@@ -436,7 +460,8 @@ class HttpProtocol(HttpToolsProtocol):
         if not self.hot_app.hot_paths.match(scope):  # refuses a root_path, as the ASGI path does
             return None
         scope["app"] = self.hot_app
-        return HotRequest(self, scope, keep_alive=http_version != "1.0" and parser.should_keep_alive())
+        scope["pixelserve.gathered"] = True  # the body is in memory before the app runs (the app's body budget skips it)
+        return HotRequest(self, scope, keep_alive=http_version != "1.0" and parser.should_keep_alive(), declared=int(declared))
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -468,6 +493,15 @@ class HttpProtocol(HttpToolsProtocol):
             request.client_left()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, as the service's JSON error rather than plain text."""
+        body = orjson.dumps({"error": {"code": "bad_request", "message": msg}})
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        content += (b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
 
     # --- limits and deadlines (service/http/guards.py) -----------------------------------------------
@@ -546,6 +580,24 @@ class HttpProtocol(HttpToolsProtocol):
         self._lingered += size
         if self._lingered > LINGER_BYTES:
             self.transport.close()
+
+
+def _api_key(app) -> bytes | None:
+    """The key the service's app requires (its settings' api_key), if any: hot requests must carry it."""
+    key = getattr(getattr(getattr(app, "state", None), "settings", None), "api_key", None)
+    return key.get_secret_value().encode() if key is not None else None
+
+
+def _sent_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The key a request's headers carry (X-API-Key, else Authorization: Bearer), as service.api.dependencies reads it."""
+    bearer = b""
+    for name, value in headers:
+        if name == b"x-api-key" and value:
+            return value
+        if name == b"authorization" and value[:7].lower() == b"bearer " and not bearer:
+            bearer = value[7:].strip()
+    return bearer
+
 
 def _hot_app(app):
     """The service's app under uvicorn's wrappers (proxy headers, message logging), if it serves hot

@@ -137,10 +137,9 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _header_length(value: str, body_length: int) -> int:
-    try:
-        length = int(value)
-    except ValueError:
-        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count, got {value!r}") from None
+    if not (value.isascii() and value.isdigit()):  # int() would also take ' 12', '1_2' and '²'-free Unicode digits
+        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count in ASCII digits, got {value!r}")
+    length = int(value)
     if not 0 < length <= body_length:
         raise InvalidInput(f"{HEADER_LENGTH} is {length} but the body holds {body_length} bytes")
     return length

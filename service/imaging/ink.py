@@ -78,8 +78,8 @@ def _grayscale(image: Image.Image) -> np.ndarray:
         image = image.convert("LA")
     transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if not transparent:
-        return np.asarray(_reduced(image.convert("L")), dtype=np.float32) / 255.0
-    rgba = _reduced(image.convert("RGBA"))
+        return np.asarray(_reduced(_as_mode(image, "L")), dtype=np.float32) / 255.0
+    rgba = _reduced(_as_mode(image, "RGBA"))
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
     gray = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
     # What is drawn is what is opaque (a canvas exports strokes on a transparent background): put it on
@@ -87,6 +87,11 @@ def _grayscale(image: Image.Image) -> np.ndarray:
     drawn = float((gray * alpha).sum() / alpha.sum()) if alpha.sum() > 0 else 0.0
     backdrop = 1.0 if drawn < 0.5 else 0.0
     return gray * alpha + backdrop * (1.0 - alpha)
+
+
+def _as_mode(image: Image.Image, mode: str) -> Image.Image:
+    """The picture in `mode`; as it is when already so (convert() would copy it whole: a large picture's memory twice)."""
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _robust_sigma(values: np.ndarray) -> float:

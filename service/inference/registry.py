@@ -39,7 +39,16 @@ logger = logging.getLogger(__name__)
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION_DIR = re.compile(r"[1-9][0-9]{0,8}")
+STAGING_PREFIX = ".tmp-"  # where training/export.py writes a version before renaming it into place
 NAME_RULE = "model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def _not_ready(message: str, state: str) -> ModelNotReady:
+    """A version still loading will serve soon: 503 with Retry-After. One that failed to load stays failed until its
+    files change: 400, a status clients do not retry (as Triton answers for a model that is not ready)."""
+    if state == LOADING:
+        return ModelNotReady(message, status_code=503, headers={"Retry-After": "1"})
+    return ModelNotReady(message + "; it serves again once its files are fixed", status_code=400)
 
 
 class LoadError(Exception):
@@ -161,6 +170,12 @@ class _Slot:
     model: ServedModel | None = None
 
 
+def _keep_serving(model: ServedModel, why: str | None, fingerprint: tuple | None = None) -> _Slot:
+    """A version still served from its last good load, whose files on disk no longer load."""
+    reason = f"serving the last good load; the files on disk do not load: {why}"
+    return _Slot(VersionStatus(model.version, READY, reason, tuple(model.providers)), fingerprint, model)
+
+
 # What the disk holds: name -> version -> (directory, fingerprint or None while incomplete).
 _OnDisk = dict[str, dict[int, tuple[Path, tuple | None]]]
 
@@ -276,13 +291,13 @@ class ModelRepository:
             description = self.describe(name)
             if description.default_version is None:
                 why = "; ".join(f"version {s.version}: {s.state.lower()} ({s.reason})" for s in description.versions)
-                raise ModelNotReady(f"model {name!r} has no version ready to serve ({why or 'no versions'})")
+                raise _not_ready(f"model {name!r} has no version ready to serve ({why or 'no versions'})", description.state)
             version = description.default_version
         slot = versions.get(version)
         if slot is None:
             raise VersionNotFound(f"model {name!r} has no version {version} (versions: {sorted(versions) or 'none'})")
         if slot.model is None:
-            raise ModelNotReady(f"version {version} of model {name!r} is {slot.status.state.lower()}: {slot.status.reason}")
+            raise _not_ready(f"version {version} of model {name!r} is {slot.status.state.lower()}: {slot.status.reason}", slot.status.state)
         return slot.model
 
     def _versions(self, name: str) -> dict[int, _Slot]:
@@ -331,13 +346,16 @@ class ModelRepository:
             if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
                 continue
             try:
+                entries = list(model_dir.iterdir())
                 versions = {
                     int(version_dir.name): (version_dir, _fingerprint(version_dir))
-                    for version_dir in model_dir.iterdir()  # '.tmp-*' staging directories do not match
+                    for version_dir in entries  # '.tmp-*' staging directories do not match
                     if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir()
                 }
             except FileNotFoundError:  # removed while we looked: gone
                 continue
+            if not versions and any(entry.name.startswith(STAGING_PREFIX) for entry in entries):
+                continue  # only an export's staging directory: the first version of a model still being written, or left by a killed export
             scan[model_dir.name] = versions
         return scan
 
@@ -351,15 +369,28 @@ class ModelRepository:
             slot = current.get(version)
             if slot is not None and slot.fingerprint == fingerprint:
                 continue
-            if slot is not None and slot.model:
-                retired.append(slot.model)
+            serving = slot.model if slot is not None else None
             if fingerprint is None:  # a directory still being filled in place: look again next scan
-                current[version] = _Slot(VersionStatus(version, LOADING, "waiting for model.json and model.onnx"))
+                why = "waiting for model.json and model.onnx"
+                current[version] = _keep_serving(serving, why) if serving else _Slot(VersionStatus(version, LOADING, why))
                 continue
-            current[version] = _Slot(VersionStatus(version, LOADING, "loading"), fingerprint)
-            self._publish(name, current)
-            current = dict(current)
-            current[version] = await asyncio.to_thread(self._load, name, version, version_dir, fingerprint)
+            if serving is None:  # a version a request may be waiting for: say it is loading meanwhile
+                current[version] = _Slot(VersionStatus(version, LOADING, "loading"), fingerprint)
+                self._publish(name, current)
+                current = dict(current)
+            loaded = await asyncio.to_thread(self._load, name, version, version_dir, fingerprint)
+            if loaded.model is None and serving is not None:
+                # Its files were edited in place (truncated, half copied) and no longer load: the last good load
+                # goes on serving, with the failure in its status; the next change of the files is tried again.
+                logger.error(
+                    "%s version %d changed on disk and cannot be loaded; still serving its last good load",
+                    name, version, extra={"model": name, "version": version},
+                )
+                current[version] = _keep_serving(serving, loaded.status.reason, fingerprint)
+                continue
+            if serving is not None:
+                retired.append(serving)
+            current[version] = loaded
         self._publish(name, current)
         return retired
 
