@@ -38,6 +38,8 @@ PREDICT_REQUEST_SCHEMA = {
         },
         "top_k": {"type": "integer", "minimum": 1, "description": "How many best classes to list (default 3, at most the number of classes)"},
         "version": {"type": "integer", "minimum": 1, "description": "Model version to use (default: the highest ready one)"},
+        "explain": {"type": "boolean", "description": "Add an occlusion-sensitivity map of the top class to each prediction "
+                    "(default false); each picture then counts as 1 + the occluded copies against max_instances"},
     },
 }
 PREDICT_REQUEST_EXAMPLES = {
@@ -51,6 +53,7 @@ PREDICT_IMAGE_SCHEMA = {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Several pictures"},
         "top_k": {"type": "integer", "minimum": 1},
         "version": {"type": "integer", "minimum": 1},
+        "explain": {"type": "boolean", "description": "Add an occlusion-sensitivity map of the top class"},
     },
 }
 
@@ -60,10 +63,28 @@ class TopClass(BaseModel):
     probability: float
 
 
+class Warning(BaseModel):
+    code: str = Field(description="out_of_distribution | low_confidence")
+    message: str
+
+
+class Explanation(BaseModel):
+    method: str = Field(description="occlusion (Zeiler & Fergus 2014)")
+    label: str = Field(description="The class explained (the top class)")
+    patch: int
+    stride: int
+    map: list[list[float]] = Field(description="[H][W]: drop of the class's probability when the pixel's neighbourhood is covered")
+
+
 class Prediction(BaseModel):
     label: str = Field(description="The most probable class")
     probabilities: dict[str, float] = Field(description="Every class's probability (they sum to 1)")
     top: list[TopClass] = Field(description="The top_k classes, most probable first")
+    typicality: float | None = Field(
+        None, description="How much the picture looks like the training pictures (higher: more); null when the model has no typicality score"
+    )
+    warnings: list[Warning] = Field(default_factory=list, description="out_of_distribution, low_confidence; empty when all is well")
+    explanation: Explanation | None = Field(None, description="Only with explain=true")
 
 
 class PredictResponse(BaseModel):

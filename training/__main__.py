@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train MNIST / Fashion-MNIST classifiers, or classifiers of a folder of your own pictures, and "
         "publish them as ONNX models with a model card.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,calibrate,download}")
 
     train = commands.add_parser(
         "train", help="train, export to ONNX, check parity, publish models/<name>/<next version>/",
@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
     add_data_options(evaluate)
 
+    calibrate = commands.add_parser(
+        "calibrate", help="fit calibration and typicality on a published version, publish the next version",
+        description="Fit the temperature (validation split) and the typicality score (training split) of a published "
+        "model, measure them on its test split, and publish the same weights with both folded into the graph as "
+        "the next version, with the card's calibration and typicality sections and a reliability diagram.",
+    )
+    calibrate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
+    calibrate.add_argument("--layers", default="input", choices=["input", "all", "none"],
+                           help="Mahalanobis members of the typicality score beside the energy score: the picture "
+                           "(pooled), the picture and the input of every linear layer, or none")
+    add_data_options(calibrate)
+
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
                                    description="Download a dataset's IDX files from the known mirrors.",
                                    formatter_class=HelpFormatter)
@@ -236,6 +248,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["agrees_with_card"] else 1
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    from training.trust import calibrate_published
+
+    if not (args.model / "model.json").is_file():
+        raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+    version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
+    calibration, typicality = card["calibration"], card["typicality"]
+    print(
+        f"published {version_dir}: temperature {calibration['temperature']:.4f}, test ECE {calibration['ece_before']:.4f} -> "
+        f"{calibration['ece_after']:.4f}, accuracy {calibration['accuracy']:.4f}; typicality ({typicality['method']}) "
+        f"threshold {typicality['threshold']:.4f} flags {typicality['flagged_share']:.1%} of the test pictures"
+    )
+    return 0
+
+
 def run_download(args: argparse.Namespace) -> int:
     spec = get_spec(args.dataset)
     directory = resolve_data_dir(spec, args.data_dir, download=True)
@@ -246,7 +273,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"train": run_train, "evaluate": run_evaluate, "download": run_download}
+    runners = {"train": run_train, "evaluate": run_evaluate, "calibrate": run_calibrate, "download": run_download}
     try:
         return runners[args.command](args)
     except (DatasetNotFound, IdxError, DownloadError, FolderDatasetError) as exc:

@@ -19,8 +19,9 @@ from training.export import MIN_PARITY_IMAGES, OPSET, check_parity, export_onnx,
 from training.folders import FolderOptions, FolderSplits, folder_path, load_folder
 from training.photo_batches import PhotoBatches
 from training.models import build_model, count_parameters
-from training.report import summarize, write_report
+from training.report import plot_reliability, summarize, write_report
 from training.train import TrainConfig, fit
+from training.trust import fit_on_splits, with_trust
 
 
 def train_and_publish(
@@ -63,9 +64,15 @@ def train_and_publish(
                                hflip=augmentation.hflip, jitter=augmentation.jitter)
     result = fit(classifier, splits, config, progress=progress, batches=batches)
 
+    trust = None
     if photo is None:
         proto = export_onnx(classifier)
         probabilities = check_parity(proto, classifier, splits.test_images)
+        # Calibration and typicality: fitted on the exported graph, folded into the graph that is published.
+        # (Folder-trained photo models are published without them for now: see docs/trust.md.)
+        trust = fit_on_splits(proto, {"output": {"name": "probabilities"}}, splits)
+        proto = trust.model
+        probabilities = onnx_probabilities(proto, splits.test_images)
         shown_images = splits.test_images
     else:
         proto = export_onnx(classifier, (photo.channels, photo.size, photo.size))
@@ -87,6 +94,8 @@ def train_and_publish(
         name=name, splits=splits, architecture=architecture, config=config,
         result=result, test_summary=summary, opset=OPSET, photo=photo, dataset_options=dataset_options,
     )
+    if trust is not None:
+        card = with_trust(card, trust)
     history = [asdict(stats) for stats in result.history]
 
     def write_extras(directory: Path) -> None:
@@ -94,6 +103,8 @@ def train_and_publish(
             directory, summary=summary, history=history, classes=classes,
             test_images=shown_images, test_labels=splits.test_labels, probabilities=probabilities,
         )
+        if trust is not None:
+            plot_reliability(trust.reliability, directory / "reliability.png", title=name)
 
     version_dir = publish(models_dir, name, proto, card, write_extras)
     return version_dir, json.loads((version_dir / "model.json").read_text())

@@ -34,6 +34,7 @@ from service.predictions import (
     pixels_to_batch,
 )
 from service.inference.registry import ModelDescription, ModelRepository, ServedModel
+from service.trust.explain import copies_per_picture, explain_batch
 from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -116,10 +117,37 @@ def _served(request: Request, name: str, version: int | None) -> ServedModel:
     return served
 
 
-async def _answer(request: Request, served: ServedModel, batch, top_k: int | None) -> Response:
-    probabilities = await served.predict(batch)
+async def _answer(request: Request, served: ServedModel, batch, top_k: int | None, explain: bool = False) -> Response:
+    probabilities, typicality = await served.predict_scored(batch)
     top_k = request.app.state.settings.default_top_k if top_k is None else top_k
-    return _json({"model": served.name, "version": served.version, "predictions": format_predictions(probabilities, served.classes, top_k)})
+    predictions = format_predictions(probabilities, served.classes, top_k, typicality, served.trust)
+    if explain:
+        for prediction, explanation in zip(predictions, await explain_batch(served, batch, probabilities)):
+            prediction["explanation"] = explanation
+    return _json({"model": served.name, "version": served.version, "predictions": predictions})
+
+
+def _explain_flag(value: object, *, text: bool = False) -> bool:
+    if value is None:
+        return False
+    if text and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on"):
+        return value.lower() in ("true", "1", "on")
+    if not isinstance(value, bool):
+        raise InvalidInput(f"explain must be true or false, got {value!r}")
+    return value
+
+
+def _explained_count(count: int, explain: bool, served: ServedModel) -> None:
+    """With explain, each picture runs 1 + its occluded copies: the request's images are counted that way."""
+    if not explain:
+        return
+    per_picture = 1 + copies_per_picture(served.input.height, served.input.width)
+    limit = served.max_instances
+    if count * per_picture > limit:
+        raise InvalidInput(
+            f"explain=true runs {per_picture} images per picture ({count} pictures: {count * per_picture}); at most "
+            f"{limit} images are accepted per request, so send at most {max(limit // per_picture, 0)} pictures with explain"
+        )
 
 
 async def _decode(request: Request, pictures: list[bytes], served: ServedModel) -> np.ndarray:
@@ -142,7 +170,7 @@ def _v1_payload(body: bytes) -> dict:
         raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
     unknown = set(payload) - V1_FIELDS
     if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: {', '.join(sorted(V1_FIELDS))}")
     return payload
 
 
@@ -164,14 +192,16 @@ async def predict(request: Request, name: ModelName) -> Response:
         instances = payload["instances"]
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
+    explain = _explain_flag(payload.get("explain"))
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
     model_input = served.input
     _instance_count(len(instances), served.max_instances, instance_forms(model_input))
+    _explained_count(len(instances), explain, served)
     if numeric is not None and not model_input.is_digits_shape:  # a version named in the body takes other pictures
         numeric, instances = None, _v1_payload(body)["instances"]
 
     if numeric is not None:
-        return await _answer(request, served, model_input.check_values(instances, "instances"), top_k)
+        return await _answer(request, served, model_input.check_values(instances, "instances"), top_k, explain)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
         batch = pixels_to_batch(instances, model_input)
@@ -186,7 +216,7 @@ async def predict(request: Request, name: ModelName) -> Response:
             batch = np.empty((len(instances), *model_input.instance_shape), dtype=model_input.dtype)
             batch[pictures] = decoded
             batch[numeric] = np.concatenate([pixel_instance(i, instances[i], model_input) for i in numeric])
-    return await _answer(request, served, batch, top_k)
+    return await _answer(request, served, batch, top_k, explain)
 
 
 def _digits_shaped(request: Request, name: str) -> bool:
@@ -207,6 +237,7 @@ async def predict_image(
     name: ModelName,
     top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
     version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
+    explain: bool = Query(False, description="Add an occlusion-sensitivity map of the top class to each prediction"),
 ) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
@@ -227,13 +258,15 @@ async def predict_image(
             raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
         _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
         top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
+        explain = _explain_flag(form.get("explain"), text=True) or explain
         served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
         _instance_count(len(uploads), served.max_instances, UPLOAD_FORMS)
+        _explained_count(len(uploads), explain, served)
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
     batch = await _decode(request, data, served)
-    return await _answer(request, served, batch, top_k)
+    return await _answer(request, served, batch, top_k, explain)
 
 
 @router.post(

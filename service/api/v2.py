@@ -16,6 +16,7 @@ from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_reques
 from service.errors import ServiceError, VersionNotFound
 from service.observability import request_id_var
 from service.inference.registry import READY
+from service.trust.assess import trust_parameters
 from service.http.v2_codec import (
     ACCEPTED_DATATYPES,
     BINARY_EXTENSION,
@@ -33,6 +34,7 @@ from service.http.v2_codec import (
 )
 
 SERVER_NAME = "pixelserve"
+TYPICALITY = "typicality"
 PLATFORM = "onnxruntime_onnx"
 
 router = APIRouter(prefix="/v2", tags=["v2: Open Inference Protocol"])
@@ -225,7 +227,8 @@ def _metadata(request: Request, name: str, version: int | None) -> ModelMetadata
         versions=versions,
         platform=PLATFORM,
         inputs=[TensorMetadata(name=model.input_name, datatype=model.input.datatype, shape=[-1, *model.input.instance_shape])],
-        outputs=[TensorMetadata(name=model.output_name, datatype=OUTPUT_DATATYPE, shape=[-1, len(model.classes)])],
+        outputs=[TensorMetadata(name=model.output_name, datatype=OUTPUT_DATATYPE, shape=[-1, len(model.classes)])]
+        + ([TensorMetadata(name=TYPICALITY, datatype=OUTPUT_DATATYPE, shape=[-1])] if model.has_typicality else []),
         providers=list(model.providers),
         classes=list(model.classes),
     )
@@ -251,12 +254,14 @@ async def _infer(request: Request, name: str, version: int | None, header_length
         )
     parsed = decode_request(await request.body(), header_length)
     batch = image_batch(parsed, input_name=model.input_name, max_batch=model.max_instances, model_input=model.input)
-    outputs = resolve_outputs(parsed, [model.output_name])
-    probabilities = await model.predict(batch)
+    outputs = resolve_outputs(parsed, [model.output_name], (TYPICALITY,) if model.has_typicality else ())
+    probabilities, typicality = await model.predict_scored(batch)
+    tensors = {model.output_name: probabilities, TYPICALITY: typicality}
     content, headers = encode_response(
         model_name=model.name,
         model_version=str(model.version),
         request_id=parsed.id or request_id_var.get(),
-        outputs=[(output, probabilities) for output in outputs],
+        outputs=[(output, tensors[output.name]) for output in outputs],
+        parameters=trust_parameters(probabilities, typicality, model.classes, model.trust),
     )
     return Response(content, headers=headers)

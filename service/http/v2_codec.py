@@ -242,10 +242,12 @@ def image_batch(request: InferRequest, *, input_name: str, max_batch: int, model
     return model_input.check_values(values.reshape(shape[0], *instance), where)
 
 
-def resolve_outputs(request: InferRequest, available: list[str]) -> list[RequestedOutput]:
-    """Which outputs to answer with, and whether each goes in binary; every output when none is named."""
+def resolve_outputs(request: InferRequest, available: list[str], on_request: tuple[str, ...] = ()) -> list[RequestedOutput]:
+    """Which outputs to answer with, and whether each goes in binary; every one of `available` when none is named
+    (`on_request` outputs, such as typicality, only when named)."""
     if request.outputs is None:
         return [RequestedOutput(name, request.binary_output) for name in available]
+    available = [*available, *on_request]
     resolved: list[RequestedOutput] = []
     for position, output in enumerate(request.outputs):
         where = f"outputs[{position}]"
@@ -263,7 +265,8 @@ def resolve_outputs(request: InferRequest, available: list[str]) -> list[Request
 
 
 def encode_response(
-    *, model_name: str, model_version: str, request_id: str | None, outputs: list[tuple[RequestedOutput, np.ndarray]]
+    *, model_name: str, model_version: str, request_id: str | None, outputs: list[tuple[RequestedOutput, np.ndarray]],
+    parameters: dict | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: plain JSON, or a JSON header followed by the binary outputs."""
     documents, chunks = [], []
@@ -277,10 +280,10 @@ def encode_response(
         else:
             document["data"] = values.reshape(-1)
         documents.append(document)
-    header = orjson.dumps(
-        {"model_name": model_name, "model_version": model_version, "id": request_id or uuid.uuid4().hex, "outputs": documents},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    response = {"model_name": model_name, "model_version": model_version, "id": request_id or uuid.uuid4().hex, "outputs": documents}
+    if parameters is not None:
+        response["parameters"] = parameters
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

@@ -32,6 +32,7 @@ from service.inference.rescans import CoalescingRescans
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
+from service.trust.assess import TrustPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,18 @@ class ServedModel:
         self.max_instances = self.input.max_instances(settings.max_instances, settings.max_request_tensor_bytes)
         self.max_body_bytes = self.input.max_body_bytes(settings.max_body_bytes, self.max_instances)
         self.providers: list[str] = list(session.get_providers())
+        self.trust = TrustPolicy.from_card(card)
+        graph_outputs = {o.name for o in session.get_outputs()}
+        # A card that names a typicality output the graph lacks is served without it (typicality null).
+        self.has_typicality = self.trust.typicality_output is not None and self.trust.typicality_output in graph_outputs
         self._session = session
         raw_infer = runtime.make_infer_fn(
             session, self.input_name, self.output_name,
             logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()),
+            typicality_output=self.trust.typicality_output if self.has_typicality else None,
         )
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
-        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype)
+        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, 1 if self.has_typicality else 0)
         batching = settings.batching_for(name)
         # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
         # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
@@ -106,6 +112,17 @@ class ServedModel:
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """The model's input batch [N, *instance_shape] -> float32 [N,C] probabilities, through this version's runner."""
+        answer = await self._submit(images)
+        return answer[:, : len(self.classes)] if self.has_typicality else answer
+
+    async def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [N,C], typicality [N] or None when the model has no typicality output)."""
+        answer = await self._submit(images)
+        if not self.has_typicality:
+            return answer, None
+        return answer[:, : len(self.classes)], answer[:, len(self.classes)]
+
+    async def _submit(self, images: np.ndarray) -> np.ndarray:
         if self._retired:  # a request that got this version just before it was replaced
             return await asyncio.to_thread(self.infer, images)
         self._in_flight += 1

@@ -25,6 +25,9 @@
     label: document.getElementById("prediction-label"),
     picture: document.getElementById("picture"),
     modelInput: document.getElementById("model-input"),
+    explanation: document.getElementById("explanation"),
+    explainedLabel: document.getElementById("explained-label"),
+    warnings: document.getElementById("warnings"),
     bars: document.getElementById("probabilities"),
     barTemplate: document.getElementById("bar-template"),
     model: document.getElementById("result-model"),
@@ -80,8 +83,21 @@
     const [height, width] = answer.input_size;
     elements.modelInput.width = width;
     elements.modelInput.height = height;
+    elements.explanation.width = width;
+    elements.explanation.height = height;
     elements.modelInput.alt = "The " + width + " by " + height + " pixel input the model saw";
     document.getElementById("model-input-caption").textContent = "What the model saw (" + width + "\u00d7" + height + ")";
+    elements.explanation.src = answer.explanation_png;
+    elements.explainedLabel.textContent = answer.explained_label;
+    elements.warnings.replaceChildren();
+    (answer.warnings || []).forEach(function (warning) {
+      const item = document.createElement("li");
+      item.className = "warning warning-" + warning.code;
+      item.dataset.code = warning.code;
+      item.textContent = capitalise(warning.message);
+      elements.warnings.appendChild(item);
+    });
+    elements.warnings.hidden = !(answer.warnings || []).length;
     elements.bars.replaceChildren();
     const shown = answer.top.length, classes = Object.keys(answer.probabilities).length;
     document.getElementById("bars-heading").textContent =

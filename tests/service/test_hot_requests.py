@@ -170,7 +170,7 @@ def test_a_client_that_leaves_has_its_request_cancelled_and_counted_as_499(setti
             cancelled.set()
             raise
 
-    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel._submit", never_answers)
     app = create_app(settings)
 
     def check(port):
@@ -249,7 +249,7 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
         waiting.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel._submit", never_answers)
     app = create_app(settings)
     answers: list[bytes] = []
     clients: list[threading.Thread] = []

@@ -484,7 +484,7 @@ def test_the_page_gets_the_apis_input_and_a_picture_to_show(format):
     # A JPEG is decoded at a reduced scale (1/8 here: 375 >= 280 pixels a side); other formats whole.
     assert picture.size == ((375, 375) if format == "JPEG" else (3000, 3000))
     card = parse_card(make_card("digits", 1, b"any"))
-    page_x, seen, page_picture = prepare_picture(data, SimpleNamespace(spec=card, input=ModelInput(card.input)), MAX_PIXELS)
+    page_x, seen, page_picture, _ = prepare_picture(data, SimpleNamespace(spec=card, input=ModelInput(card.input)), MAX_PIXELS)
     np.testing.assert_array_equal(page_x, x[np.newaxis])
     assert Image.open(io.BytesIO(base64.b64decode(seen.partition(",")[2]))).size == (28, 28)  # what the model saw
     shown = Image.open(io.BytesIO(base64.b64decode(page_picture.partition(",")[2])))
