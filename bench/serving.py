@@ -13,6 +13,14 @@ first checked to answer the right probabilities (ONNX Runtime's, computed here) 
 up before being timed. The whole sequence runs `--rounds` times, each server started anew each round,
 and every figure reported is the median over the rounds. Writes bench/results/serving.json,
 serving.md and serving.png.
+
+A photo model (`--model NAME` whose card's preprocessing is resize-crop, resize or letterbox, e.g. the
+ResNet-18 of bench/resnet18.py) is driven with uploads of a 640x480 JPEG to its top 5 instead, against
+pixelserve (batching on and off), the naive FastAPI + Pillow + ONNX Runtime app and the model's floor
+(bench/serving_photos.py); results go to serving-NAME.json / .md / .png:
+
+    .venv/bin/python bench/resnet18.py --repository /tmp/bench-models
+    .venv/bin/python bench/serving.py --repository /tmp/bench-models --model resnet18-bench
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model_floor import floor as model_floor  # noqa: E402
+from photo_inputs import is_photo_model  # noqa: E402
 from serving_bodies import Body, decode_answer, make_bodies, test_digits  # noqa: E402
+from serving_photos import answer_matches, photo_paths, photo_request, photo_targets  # noqa: E402
 from serving_report import check_targets, write_markdown, write_plot  # noqa: E402
 from service.config import available_cpus  # noqa: E402
 BASELINES = ROOT / "bench" / "baselines"
@@ -103,7 +114,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def servers(model_dir: Path, repository: Path, service_env: dict[str, str], service_workers: int) -> list[Server]:
+def servers(model_dir: Path, repository: Path, service_env: dict[str, str], service_workers: int, photo: bool = False) -> list[Server]:
     python = sys.executable
     name = model_dir.parent.name
     service_paths = {
@@ -114,6 +125,16 @@ def servers(model_dir: Path, repository: Path, service_env: dict[str, str], serv
     service_env = {"PIXELSERVE_MODEL_REPOSITORY": str(repository), "PIXELSERVE_LOG_LEVEL": "warning", **service_env}
     uvicorn = [python, "-m", "uvicorn", "--app-dir", str(BASELINES), "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
     model_env = {"BENCH_MODEL": str(model_dir / "model.onnx")}
+    if photo:
+        paths = photo_paths(name)
+        return [
+            Server("service-on", "pixelserve, batching on", [python, "-m", "service"],
+                   {**service_env, "PIXELSERVE_BATCHING": "true"}, paths, service_workers),
+            Server("service-off", "pixelserve, batching off", [python, "-m", "service"],
+                   {**service_env, "PIXELSERVE_BATCHING": "false"}, paths, service_workers),
+            Server("naive-photo", "naive FastAPI + Pillow + ONNX Runtime", [*uvicorn, "--workers", "2", "naive_photo:app"],
+                   {"BENCH_MODEL_DIR": str(model_dir)}, paths, 2),
+        ]
     return [
         Server("service-on", "pixelserve, batching on", [python, "-m", "service"], {**service_env, "PIXELSERVE_BATCHING": "true"},
                service_paths, service_workers),
@@ -176,6 +197,7 @@ def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarra
     deadline = time.monotonic() + 120
     with httpx.Client(timeout=10) as client:
         for protocol in running.server.paths:
+            last = "no answer"
             while True:
                 if running.process.poll() is not None:
                     raise SystemExit(f"{running.server.label} exited; its log:\n{running.log.read_text()[-3000:]}")
@@ -183,11 +205,18 @@ def check_answers(running: Running, bodies: dict[str, Body], expected: np.ndarra
                     response = post(client, running.url(protocol), bodies[protocol])
                     if response.status_code == 200:
                         break
+                    last = f"{response.status_code} {response.text[:500]}"
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{running.server.label} did not answer {protocol}; its log:\n{running.log.read_text()[-3000:]}")
+                    raise SystemExit(f"{running.server.label} did not answer {protocol} (its last answer: {last}); "
+                                     f"its log:\n{running.log.read_text()[-3000:]}")
                 time.sleep(0.25)
+            if protocol == "upload":
+                matches, top = answer_matches(response.content, expected, classes)
+                if not matches:
+                    raise SystemExit(f"{running.server.label} answered the top 5 {top}; the reference's probabilities differ")
+                continue
             answered = decode_answer(protocol, {k.lower(): v for k, v in response.headers.items()}, response.content, classes)
             want = np.full((1, 10), 0.1) if running.server.key.startswith("ceiling") else expected  # the ceiling's constant
             if answered.shape != want.shape or not np.allclose(answered, want, atol=1e-4):
@@ -207,10 +236,11 @@ def group_cpu_seconds(process_group: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: int, process_group: int) -> Point:
+def wrk(url: str, body: Body, body_file: Path, connections: int, duration_s: int, process_group: int,
+        timeout_s: int = 5) -> Point:
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": body.content_type,
            "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length)}
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "--latency", "-s", str(LUA), url]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", f"{timeout_s}s", "--latency", "-s", str(LUA), url]
     cpu_before = group_cpu_seconds(process_group)
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     cpu_seconds = group_cpu_seconds(process_group) - cpu_before
@@ -261,10 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="times every server is started and measured; each figure is the median over the rounds (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each series is timed (default %(default)s)")
-    parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts (default %(default)s)")
+    parser.add_argument("--connections", default=None,
+                        help="comma-separated connection counts (default 1,8,64; 1,16 for a photo model)")
     parser.add_argument("--images", type=int, default=1,
                         help="MNIST digits per request (default %(default)s; the targets are for one)")
-    parser.add_argument("--only", help="comma-separated series to run, as server[:protocol], e.g. service-on:v1-json,ceiling")
+    parser.add_argument("--only", help="comma-separated series to run, as server[:protocol], e.g. service-on:v1-json,ceiling "
+                        "(for a photo model: service-on, service-off, naive-photo, floor)")
+    parser.add_argument("--floor-batch-sizes", default="1,2,4,8,16",
+                        help="batch sizes of the model's floor, for a photo model (default %(default)s)")
+    parser.add_argument("--timeout", type=int, default=None,
+                        help="wrk's per-request timeout in seconds (default 5; 60 for a photo model)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a PIXELSERVE_* variable for the service (repeatable), e.g. PIXELSERVE_MAX_DELAY_MS=0")
     parser.add_argument("--service-workers", type=int, default=available_cpus(),
@@ -276,15 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     repository = args.repository.resolve()
     model_dir = latest_version(repository, args.model)
     card = json.loads((model_dir / "model.json").read_text())
-    connections = [int(c) for c in args.connections.split(",")]
+    photo = is_photo_model(card)
+    connections = [int(c) for c in (args.connections or ("1,16" if photo else "1,8,64")).split(",")]
+    timeout = args.timeout or (60 if photo else 5)
     service_env = dict(item.split("=", 1) for item in args.set)
     wanted = {tuple(item.split(":", 1)) if ":" in item else (item, None) for item in args.only.split(",")} if args.only else None
 
-    images = test_digits(args.images)
-    bodies = make_bodies(images)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    expected = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]).run(None, {"input": images})[0]
+    preprocessing_cost = None
+    if photo:
+        bodies, expected, preprocessing_cost = photo_request(card, str(model_dir / card["onnx"]["file"]))
+    else:
+        images = test_digits(args.images)
+        bodies = make_bodies(images)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        expected = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]).run(None, {"input": images})[0]
 
     started = time.time()
     load_before = os.getloadavg()
@@ -296,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         # Rounds rather than repeats of one point: noise from the shared machine (slow spells of tens of
         # seconds) falls on different servers in each round, and a fresh start redraws how connections
         # spread over workers.
-        lineup = servers(model_dir, repository, service_env, args.service_workers)
+        lineup = servers(model_dir, repository, service_env, args.service_workers, photo)
         for round_number in range(1, args.rounds + 1):
             shift = (round_number - 1) * len(lineup) // args.rounds  # each round starts elsewhere in the line-up
             for server in lineup[shift:] + lineup[:shift]:
@@ -309,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                         series = measured.setdefault((server.key, protocol), Series(server.key, server.label, protocol, server.workers))
                         body_file = scratch_dir / protocol
                         group = running.process.pid
-                        wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup, group)
+                        wrk(running.url(protocol), bodies[protocol], body_file, max(connections), args.warmup, group, timeout)
                         points = []
                         for count in connections:
-                            point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration, group)
+                            point = wrk(running.url(protocol), bodies[protocol], body_file, count, args.duration, group, timeout)
                             points.append(point)
                             print(f"round {round_number} {server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
                                   f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
@@ -320,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     results = list(measured.values())
     for series in results:
         series.points = [median_point(points) for points in zip(*series.rounds)]
+    floor = None
+    if photo and (wanted is None or ("floor", None) in wanted):
+        floor = model_floor(model_dir, args.service_workers, [int(b) for b in args.floor_batch_sizes.split(",")], args.duration)
 
     report = {
         "command": " ".join([os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable,
@@ -330,19 +375,26 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "model": {"name": card["name"], "version": card["version"], "sha256": card["onnx"]["sha256"],
                   "architecture": card.get("architecture", {}).get("description")},
-        "request": f"{'one MNIST test digit' if args.images == 1 else f'{args.images} MNIST test digits'} per request "
+        "request": ("one 640x480 JPEG (quality 90, scikit-image's astronaut) uploaded per request (multipart), "
+                    "top 5 answered; wrk -t1 --latency") if photo else
+                   f"{'one MNIST test digit' if args.images == 1 else f'{args.images} MNIST test digits'} per request "
                    "(784 float pixels in [0, 1] each); wrk -t1 --latency",
         "images_per_request": args.images,
         "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds, "connections": connections,
         "service_settings": {**service_env, "workers": args.service_workers},
         "series": [asdict(s) for s in results],
     }
-    report["targets"] = check_targets(report) if args.images == 1 else []
+    if photo:
+        report.update({"floor": floor, "preprocessing_cost": preprocessing_cost, "wrk_timeout_s": timeout})
+        report["targets"] = photo_targets(report)
+    else:
+        report["targets"] = check_targets(report) if args.images == 1 else []
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out / "serving.json", json.dumps(report, indent=2) + "\n")
+    stem = f"serving-{card['name']}" if photo else "serving"
+    write_atomically(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
     markdown = write_markdown(report)
-    write_atomically(args.out / "serving.md", markdown)
-    write_plot(report, args.out / "serving.png")
+    write_atomically(args.out / f"{stem}.md", markdown)
+    write_plot(report, args.out / f"{stem}.png")
     print()
     print(markdown)
     return 0

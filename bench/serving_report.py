@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROTOCOL_NAMES = {"v1-json": "v1 JSON", "v2-json": "v2 JSON", "v2-binary": "v2 binary"}
+from serving_photos import floor_lines
+
+PROTOCOL_NAMES = {"v1-json": "v1 JSON", "v2-json": "v2 JSON", "v2-binary": "v2 binary", "upload": "JPEG upload"}
 
 
 def _point(report: dict, server: str, protocol: str, connections: int) -> dict | None:
@@ -99,6 +101,7 @@ def write_markdown(report: dict) -> str:
     floor = one_connection_floor(report)
     if floor:
         lines += ["", floor]
+    lines += floor_lines(report)
     return "\n".join(lines) + "\n"
 
 

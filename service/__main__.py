@@ -1,6 +1,8 @@
 """`python -m service [--host H --port P ...]` serves the model repository;
-`python -m service predict --model NAME picture.png ...` asks a running server about pictures.
-The `pixelserve` console script (`cli`) names the same two: `pixelserve serve ...`, `pixelserve predict ...`."""
+`python -m service predict --model NAME picture.png ...` asks a running server about pictures;
+`python -m service import MODEL.onnx --name NAME --labels LABELS.txt ...` adds an ONNX classifier to the repository.
+The `pixelserve` console script (`cli`) names the same three: `pixelserve serve ...`, `pixelserve predict ...`,
+`pixelserve import ...`."""
 
 from __future__ import annotations
 
@@ -30,10 +32,14 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    from service.http.protocol import HttpProtocol
+    from service.http.uvicorn_compat import http_protocol
+    from service.observability import configure_logging
 
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn_options = dict(
-        http=HttpProtocol,  # httptools; hot requests skip uvicorn's request cycle; each response in one socket write
+        # httptools; hot requests skip uvicorn's request cycle; each response in one socket write; limits on request
+        # heads, deadlines, a connection cap (uvicorn's own protocol, with a warning, should its internals differ)
+        http=http_protocol(),
         log_config=None,  # the app configures logging (JSON lines with the request id)
         access_log=False,  # the app logs requests itself
         server_header=False,  # no "server: uvicorn" on every response: it names the implementation to any client
@@ -44,13 +50,15 @@ def serve(args: argparse.Namespace) -> int:
     # The GPU libraries are probed only when no worker count is configured.
     workers = settings.worker_count(gpu_serves=settings.workers is None and gpu_serves(settings.providers))
     if workers > 1:
-        from service.observability import configure_logging
-        from service.workers import supervise
+        from service.memory import WORKER_PROCESSES
 
-        configure_logging(settings.log_level, settings.log_format)
+        os.environ[WORKER_PROCESSES] = str(workers)  # each worker sizes its memory budgets as one of so many
+        from service.workers import Backoff, supervise
+
         return supervise(
             "service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
             uvicorn_options=uvicorn_options,
+            backoff=Backoff(first_s=settings.restart_backoff_s, max_s=max(settings.restart_backoff_s, settings.restart_backoff_max_s)),
         )
 
     import uvicorn
@@ -69,6 +77,10 @@ def predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from service.model_import.cli import main as import_main
+
+        return import_main(argv[1:], prog=f"{prog} import")
     if argv[:1] == ["predict"]:
         parser = argparse.ArgumentParser(prog=f"{prog} predict", description="Print the best classes of pictures, asked of a running server.")
         parser.add_argument("pictures", nargs="+", type=Path, help="picture files (PNG, JPEG, GIF, BMP, WebP)")
@@ -82,7 +94,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve the model repository over HTTP. Every setting is also read from PIXELSERVE_* environment variables. "
-        f"'{prog.removesuffix(' serve')} predict --help' describes the client.",
+        f"'{prog.removesuffix(' serve')} predict --help' describes the client, "
+        f"'{prog.removesuffix(' serve')} import --help' the importer.",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> int:
 COMMANDS = {
     "serve": "serve the model repository over HTTP (what `python -m service` does)",
     "predict": "print the best classes of pictures, asked of a running server",
+    "import": "add an ONNX image classifier to the model repository",
 }
 
 
@@ -106,9 +120,9 @@ def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return main(argv[1:], prog="pixelserve serve")
-    if argv[:1] == ["predict"]:
+    if argv[:1] in (["predict"], ["import"]):
         return main(argv, prog="pixelserve")
-    usage = "usage: pixelserve {serve,predict} [options]\n\n" + "".join(
+    usage = "usage: pixelserve {serve,predict,import} [options]\n\n" + "".join(
         f"  {name:<9}{text}\n" for name, text in COMMANDS.items()) + "\n'pixelserve COMMAND --help' lists a command's options."
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.dependencies import SECURITY_SCHEMES
 from service.config import Settings, get_settings
 from service.errors import PayloadTooLarge, ServiceError
+from service.http.guards import ConnectionLimits
+from service.memory import LARGE_BODY_BYTES, WorkerMemory
 from service.http.hot_paths import HotPaths, hot_routes
 from service.observability import Metrics, configure_logging, request_id_var
 from service.inference.registry import ModelRepository
@@ -119,7 +123,7 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         if error.status_code == 404:
             message = f"no endpoint at {request.method} {request.url.path}; see /docs for the API"
         elif error.status_code == 413:
-            message = f"the request body is larger than the {settings.max_body_bytes} bytes accepted"
+            message = f"the request body is larger than the {request.scope.get('body_limit', settings.max_body_bytes)} bytes accepted"
             page = too_large_page(request.scope, message)
             if page is not None:
                 return page
@@ -133,24 +137,33 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
 class RequestContextMiddleware:
     """Per request: a request id (echoed from X-Request-ID or generated) in logs and the response header;
     the body limit, checked on Content-Length before anything is read and on the bytes as they stream
-    in (a chunked body has no Content-Length); metrics and a log line; a JSON 500 for a bug."""
+    in (a chunked body has no Content-Length); the worker's body budget for a large body (service.memory);
+    metrics and a log line (499 for a client that left); a JSON 500 for a bug."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, memory: WorkerMemory,
+        body_limit: Callable[[Scope], int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.memory = memory
+        # A model's predict and infer routes may take more (larger pictures); asked only past the floor.
+        self.body_limit = body_limit or (lambda scope: max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id, content_length = None, None
+        request_id, content_length, chunked = None, None, False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
             elif key == b"content-length":
                 content_length = value
+            elif key == b"transfer-encoding":
+                chunked = True
         if request_id is None or not _CLIENT_REQUEST_ID.fullmatch(request_id):
             request_id = f"{_ID_PREFIX}{next(_id_counter):020x}"
         token = request_id_var.set(request_id)
@@ -158,15 +171,17 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
-        received = 0
+        received, limit = 0, self.max_body_bytes
 
         async def receive_within_limit() -> Message:
             # An HTTPException passes through FastAPI's body and form parsing unchanged, to the 413 handler.
-            nonlocal received
+            nonlocal received, limit
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit and limit == self.max_body_bytes:
+                    limit = scope["body_limit"] = self.body_limit(scope)
+                if received > limit:
                     raise StarletteHTTPException(413)
             return message
 
@@ -178,19 +193,45 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
+        body_held = 0
         try:
             declared = int(content_length) if content_length is not None and content_length.isdigit() else None
-            if declared is not None and declared > self.max_body_bytes:
-                message = f"the request body ({declared} bytes) is larger than the {self.max_body_bytes} bytes accepted"
+            if declared is not None and declared > limit:
+                limit = self.body_limit(scope)
+            if declared is not None and declared > limit:
+                message = f"the request body ({declared} bytes) is larger than the {limit} bytes accepted"
                 response = too_large_page(scope, message) or error_response(scope["path"], 413, "payload_too_large", message)
                 await response(scope, receive, send_with_id)
             else:
                 # The server never passes on more than a declared Content-Length; only a chunked body needs counting.
-                await self.app(scope, receive if declared is not None else receive_within_limit, send_with_id)
+                body_receive = app_receive = receive if declared is not None else receive_within_limit
+                if chunked or (declared is not None and declared > LARGE_BODY_BYTES and "pixelserve.gathered" not in scope):
+                    cost = self.memory.body_cost(None if chunked else declared)
+
+                    async def receive_within_budget() -> Message:
+                        # Once the app starts reading a large body (after its API key check), it waits its turn for
+                        # the worker's body budget; the socket is not read meanwhile.
+                        nonlocal body_held
+                        if not body_held:
+                            await self.memory.body.acquire(cost)
+                            body_held = cost
+                        return await body_receive()
+
+                    app_receive = receive_within_budget
+                await self.app(scope, app_receive, send_with_id)
+        except ServiceError as error:  # the body budget's 413 or 503, where no handler of the app answered it
+            if response_started:
+                raise
+            response = too_large_page(scope, error.message) if error.status_code == 413 else None
+            response = response or error_response(scope["path"], error.status_code, error.code, error.message, error.headers)
+            await response(scope, receive, send_with_id)
         except asyncio.CancelledError:
             if not response_started:
                 status = 499  # no answer yet: the client closed the connection (nginx's code for it), or a shutdown ran out of time
             raise
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, and nothing wrong here (logged at info below).
+            status = 499
         except Exception:
             logger.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if response_started:
@@ -198,6 +239,8 @@ class RequestContextMiddleware:
             response = error_response(scope["path"], 500, "internal_error", f"internal error; quote request id {request_id}")
             await response(scope, receive, send_with_id)
         finally:
+            if body_held:
+                self.memory.body.release(body_held)
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
@@ -211,6 +254,28 @@ class RequestContextMiddleware:
                     extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": round(elapsed * 1000, 3)},
                 )
             request_id_var.reset(token)
+
+
+MODEL_ROUTE = re.compile(
+    r"/v1/models/(?P<v1>[^/]+)/predict(?:/image)?|/v2/models/(?P<v2>[^/]+)(?:/versions/(?P<version>[0-9]{1,9}))?/infer"
+)
+
+
+def model_body_limit(repository: ModelRepository, floor: int) -> Callable[[Scope], int]:
+    """The body limit of a request: its model's (which grows with its pictures' size) on the predict and infer
+    routes, else `floor`."""
+
+    def limit(scope: Scope) -> int:
+        match = MODEL_ROUTE.fullmatch(scope["path"])
+        if match is None:
+            return floor
+        version = int(match["version"]) if match["version"] else None
+        try:
+            return repository.get(match["v1"] or match["v2"], version).max_body_bytes
+        except ServiceError:  # the route answers why the model cannot serve
+            return floor
+
+    return limit
 
 
 def _document_api_key(app: FastAPI) -> None:
@@ -286,6 +351,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     repository = ModelRepository(settings, metrics)
+    memory = WorkerMemory(
+        memory_limit=settings.memory_limit_bytes, workers=settings.workers, max_body_bytes=settings.max_body_bytes,
+        decode_budget=settings.decode_budget_bytes, body_budget=settings.body_budget_bytes, wait_s=settings.budget_wait_s,
+        return_memory=settings.return_memory,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -295,6 +365,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # from garbage collection, whose full passes over it otherwise stall requests for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        budgets = memory.resize()  # from this worker's memory with its models loaded
+        logger.info(
+            "memory: %d MiB for the service (%s), %d MiB for this worker of which %d MiB in use; budgets: %d MiB for "
+            "decoding pictures, %d MiB for large request bodies", budgets.limit >> 20, budgets.limit_source,
+            budgets.worker_share >> 20, budgets.baseline >> 20, budgets.decode >> 20, budgets.body >> 20,
+        )
         try:
             yield
         finally:
@@ -313,6 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
+    app.state.memory = memory
     install_error_handlers(app, settings)
     _document_api_key(app)
 
@@ -334,13 +411,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=[REQUEST_ID_HEADER])
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors)
+    body_limit = model_body_limit(repository, settings.max_body_bytes)
     # Added last, so it wraps everything else, CORS answers included.
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory, body_limit=body_limit
+    )
 
     # v1 predict and v2 infer: the same request context and CORS, around a direct call of the endpoint.
     app.hot_paths = HotPaths(routes=hot, exception_handlers=app.exception_handlers)
     hot_entry: ASGIApp = app.hot_paths
     if settings.cors_origins:
         hot_entry = CORSMiddleware(hot_entry, **cors)
-    app.hot_entry = RequestContextMiddleware(hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.hot_entry = RequestContextMiddleware(
+        hot_entry, metrics=metrics, max_body_bytes=settings.max_body_bytes, memory=memory, body_limit=body_limit
+    )
+    app.connection_limits = ConnectionLimits.from_settings(settings)  # read by service.http.protocol, per connection
     return app

@@ -101,16 +101,95 @@ class Settings(BaseSettings):
         description='Per-model batching over the global settings, as JSON: {"mnist-convnet": {"max_batch_size": 16, "max_delay_ms": 1}}',
     )
 
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above); a model's predict and infer routes accept more where its pictures need it (see max_request_tensor_bytes)")
     max_image_pixels: int = Field(40_000_000, ge=784, description="Largest decoded picture, in pixels (413 above)")
-    max_instances: int = Field(256, ge=1, description="Most images in one request")
+    max_instances: int = Field(
+        256, ge=1,
+        description="Most images in one request, for a model with small pictures; a model with larger ones takes fewer "
+        "(see max_request_tensor_bytes)",
+    )
+    max_request_tensor_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096,
+        description="Byte budget of one request's pictures as float32 tensors: a model takes at most this many bytes' "
+        "worth of its input per request (224x224 RGB: 111 pictures), at most max_instances. The body limit of its "
+        "predict and infer routes grows to match (12 bytes a value, as JSON numbers), never below max_body_bytes",
+    )
+    max_request_pixels: int = Field(
+        160_000_000, ge=784,
+        description="Most pixels decoded for one request, all its pictures together (413 above; read from the pictures' "
+        "headers before any is decoded): bounds the CPU time one request can take. A JPEG counts at the reduced scale "
+        "it is decoded at",
+    )
+    memory_limit_bytes: int | None = Field(
+        None, ge=64 << 20,
+        description="The memory the whole service may use (all its processes). Default: the container's limit (the "
+        "cgroup's memory.max), else the machine's memory. Each worker process sizes its decode and body budgets from "
+        "its part of it (docs/limits.md)",
+    )
+    decode_budget_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="Memory for decoding pictures at once in one worker process, estimated from each picture's header "
+        "before it is decoded: a request waits its turn (budget_wait_s), 503 with Retry-After past that, 413 for a "
+        "picture that needs more than the whole budget. Default: 55% of what a worker has left of its part of "
+        "memory_limit_bytes once its models are loaded, at least 32 MiB",
+    )
+    body_budget_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="Memory for request bodies over 64 KiB being received and held at once in one worker process (each "
+        "counts twice its length; a chunked one, twice max_body_bytes): a request waits its turn before its body is "
+        "read (budget_wait_s), 503 with Retry-After past that. Default: 25% of what a worker has left of its part "
+        "of memory_limit_bytes, at least twice max_body_bytes",
+    )
+    budget_wait_s: float = Field(5.0, ge=0, description="Longest a request waits for the decode or body budget before 503")
+    return_memory: bool = Field(
+        True,
+        description="Give memory back to the system after large requests (glibc: a fixed 1 MiB mmap threshold, two "
+        "malloc arenas, malloc_trim after a burst of decoding); measured in docs/limits.md",
+    )
     default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")
 
     api_key: SecretStr | None = Field(None, description="When set, predict and reload endpoints require this key")
+    allow_reload: bool = Field(
+        True,
+        description="Whether POST /v1/models/{name}/reload may rescan a model's directory. false: it answers 403 (the "
+        "repository watcher, watch_interval_s, still picks up new versions). Reloads at any rate coalesce into one "
+        "pending rescan per process",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (comma-separated)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs or plain text")
     watch_interval_s: float = Field(2.0, ge=0, description="Seconds between scans of the repository for new versions (0 = off)")
+
+    # Connections (service/http/protocol.py): every limit holds per worker process, without a proxy in front.
+    max_request_line_bytes: int = Field(
+        8 * 1024, ge=256, description="Longest request target (the URL in the request line); 414 and the connection closed above",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Most bytes of request line and headers together; 431 and the connection closed above",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Seconds a client has to send a request's line and headers, counted from the connection's start or "
+        "the end of the previous response; 408 and the connection closed after",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Seconds a request body may go without a byte arriving; also the grace period after which the body "
+        "must arrive at min_body_rate_bytes per second on average. 408 and the connection closed otherwise",
+    )
+    min_body_rate_bytes: int = Field(
+        4096, ge=0,
+        description="Slowest average rate, in bytes per second, at which a request body may arrive once body_timeout_s "
+        "has passed since its headers (0: no minimum rate)",
+    )
+    max_connections: int = Field(
+        1000, ge=1,
+        description="Most open connections per worker process; one over it is answered 503 with Retry-After and closed",
+    )
+    restart_backoff_s: float = Field(
+        0.25, ge=0, description="Delay before restarting a worker process that died; doubled each time its replacement dies again soon",
+    )
+    restart_backoff_max_s: float = Field(10.0, ge=0, description="Longest delay before restarting a worker process")
 
     def worker_count(self, gpu_serves: bool) -> int:
         """The worker processes to start: as configured, else one per CPU, or one when a GPU serves."""

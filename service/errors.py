@@ -41,9 +41,10 @@ class VersionNotFound(ServiceError):
 
 
 class ModelNotReady(ServiceError):
-    """The model exists but no version of it loaded (broken file, checksum mismatch, ...)."""
+    """The model exists but no version of it loaded (broken file, checksum mismatch, ...): 400, not worth retrying
+    as is (Triton answers so too); 503 with Retry-After while a version is still loading."""
 
-    status_code = 503
+    status_code = 400
     code = "model_not_ready"
 
 
@@ -79,6 +80,20 @@ class Unauthorized(ServiceError):
 
     def __init__(self, message: str = "a valid API key is required (header X-API-Key or Authorization: Bearer)") -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ReloadDisabled(ServiceError):
+    """The server was started with reloads over HTTP switched off."""
+
+    status_code = 403
+    code = "reload_disabled"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "reloading models over HTTP is switched off on this server (PIXELSERVE_ALLOW_RELOAD=false); restart it "
+            "with PIXELSERVE_ALLOW_RELOAD=true to enable it, or publish a new version directory for the repository "
+            "watcher (PIXELSERVE_WATCH_INTERVAL_S) to pick up"
+        )
 
 
 class Overloaded(ServiceError):

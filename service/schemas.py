@@ -22,8 +22,10 @@ PREDICT_REQUEST_SCHEMA = {
         "instances": {
             "type": "array",
             "minItems": 1,
-            "description": "Images, answered in this order. Each is 28 rows of 28 pixels, a flat list of 784 pixels "
-            "(row-major), or a picture file as {\"image_base64\": ...}. Pixels are floats in [0, 1], white ink on black.",
+            "description": "Images, answered in this order. Each is a picture file as {\"image_base64\": ...}, or the model's "
+            "input tensor for one picture in its own shape ([C, H, W] or [H, W, C] as its card's layout says; [H, W] for one "
+            "channel) or flat (row-major), values as its card's range, mean and std make them. The shipped models: 28 rows "
+            "of 28 pixels or 784 pixels, floats in [0, 1], white ink on black (the shapes listed below).",
             "items": {
                 "anyOf": [
                     {"type": "array", "minItems": 28, "maxItems": 28,
@@ -36,6 +38,8 @@ PREDICT_REQUEST_SCHEMA = {
         },
         "top_k": {"type": "integer", "minimum": 1, "description": "How many best classes to list (default 3, at most the number of classes)"},
         "version": {"type": "integer", "minimum": 1, "description": "Model version to use (default: the highest ready one)"},
+        "explain": {"type": "boolean", "description": "Add an occlusion-sensitivity map of the top class to each prediction "
+                    "(default false); each picture then counts as 1 + the occluded copies against max_instances"},
     },
 }
 PREDICT_REQUEST_EXAMPLES = {
@@ -49,6 +53,7 @@ PREDICT_IMAGE_SCHEMA = {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Several pictures"},
         "top_k": {"type": "integer", "minimum": 1},
         "version": {"type": "integer", "minimum": 1},
+        "explain": {"type": "boolean", "description": "Add an occlusion-sensitivity map of the top class"},
     },
 }
 
@@ -58,18 +63,31 @@ class TopClass(BaseModel):
     probability: float
 
 
-class PredictionWarning(BaseModel):
-    code: str = Field(description="What was doubtful: low_contrast (the object barely stands out), unclear_object (no clear outline)")
-    message: str = Field(description="The doubt in words, for a person")
+class Warning(BaseModel):
+    code: str = Field(description="out_of_distribution | low_confidence")
+    message: str
+
+
+class Explanation(BaseModel):
+    method: str = Field(description="occlusion (Zeiler & Fergus 2014)")
+    label: str = Field(description="The class explained (the top class)")
+    patch: int
+    stride: int
+    map: list[list[float]] = Field(description="[H][W]: drop of the class's probability when the pixel's neighbourhood is covered")
 
 
 class Prediction(BaseModel):
     label: str = Field(description="The most probable class")
     probabilities: dict[str, float] = Field(description="Every class's probability (they sum to 1)")
     top: list[TopClass] = Field(description="The top_k classes, most probable first")
-    warnings: list[PredictionWarning] | None = Field(
-        None, description="Pictures only: what was doubtful about the picture (empty when nothing was)"
+    typicality: float | None = Field(
+        None, description="How much the picture looks like the training pictures (higher: more); null when the model has no typicality score"
     )
+    warnings: list[Warning] = Field(
+        default_factory=list,
+        description="low_contrast, unclear_object (pictures: a faint or unclear object), out_of_distribution, low_confidence; empty when all is well",
+    )
+    explanation: Explanation | None = Field(None, description="Only with explain=true")
 
 
 class PredictResponse(BaseModel):
@@ -125,6 +143,7 @@ class ModelDetail(ModelSummary):
     architecture: dict | None = None
     metrics: dict | None = None
     training: dict | None = None
+    source: dict | None = Field(None, description="Where an imported model came from (python -m service import)")
     created_at: str | None = None
     providers: list[str] | None = None
 

@@ -140,3 +140,91 @@ def write_sha_mismatch(root: Path, name: str, version: int) -> Path:
 def write_wrong_input_shape(root: Path, name: str, version: int) -> Path:
     """A valid model that wants [N,3,32,32] pictures instead of [N,1,28,28]."""
     return write_version(root, name, version, input_shape=("N", 3, 32, 32))
+
+
+# --- colour classifiers for imported models (any size, NCHW or NHWC, logits or probabilities) -------------
+
+
+def photo_weights(seed: int, features: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gemm weights scaled so the logits are of order 1: the probabilities then move with the pixels."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.normal(0.0, 1.0, size=(features, num_classes)) / np.sqrt(features)).astype(np.float32)
+    bias = rng.normal(0.0, 0.1, size=num_classes).astype(np.float32)
+    return weights, bias
+
+
+def make_photo_classifier(
+    *,
+    seed: int = 0,
+    num_classes: int = 5,
+    layout: str = "NCHW",
+    channels: int = 3,
+    height: int = 24,
+    width: int = 32,
+    batch: object = "batch",
+    dtype: int = TensorProto.FLOAT,
+    softmax: bool = False,
+    input_name: str = "pixel_values",
+    output_name: str = "logits",
+    dynamic_size: bool = False,
+    opset: int = 17,
+) -> onnx.ModelProto:
+    """input -> (Cast) -> Flatten -> Gemm [-> Softmax]: a classifier of `channels` x `height` x `width` pictures
+    whose answer depends on every pixel, its place and its channel. Logits unless `softmax`."""
+    features = channels * height * width
+    weights, bias = photo_weights(seed, features, num_classes)
+    dims = [channels, height, width] if layout == "NCHW" else [height, width, channels]
+    if dynamic_size:
+        dims = [channels, "height", "width"] if layout == "NCHW" else ["height", "width", channels]
+    nodes, source = [], input_name
+    if dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT))
+        source = "as_float"
+    nodes += [
+        helper.make_node("Flatten", [source], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "weights", "bias"], ["scores" if softmax else output_name]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["scores"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "photo-classifier",
+        [helper.make_tensor_value_info(input_name, dtype, [batch, *dims])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, num_classes])],
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_small_convnet(*, seed: int = 0, num_classes: int = 10, side: int = 224, opset: int = 17) -> onnx.ModelProto:
+    """A ResNet-shaped classifier with random weights: two strided 3x3 convolutions with ReLU, global average
+    pooling, a dense layer; input [N, 3, side, side] float32, logits out."""
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.normal(0.0, 1.0, size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+
+    initializers = {"w1": weight(16, 3, 3, 3), "w2": weight(32, 16, 3, 3), "fc": weight(num_classes, 32),
+                    "fc_bias": rng.normal(0.0, 0.1, num_classes).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "fc", "fc_bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small-convnet",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -11,10 +11,23 @@ from pathlib import Path
 from training.data import DATASETS, DatasetNotFound, download_dataset, get_spec, resolve_data_dir
 from training.download import DownloadError
 from training.export import ExportRefused
+from training.folders import FOLDER_PREFIX, NORMALIZATIONS, FolderDatasetError, FolderOptions, folder_path
 from training.idx import IdxError
 from training.models import ACTIVATIONS, ARCHITECTURES, DEFAULT_OPTIONS
-from training.pipeline import ModelCheckFailed, evaluate_published, train_and_publish
+from training.photos import RESIZE_METHODS
+from training.pipeline import ModelCheckFailed, PhotoAugmentation, evaluate_published, train_and_publish
 from training.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+
+def dataset_name(text: str) -> str:
+    """A named dataset, or folder:PATH (a folder of your own pictures)."""
+    if text in DATASETS or (text.startswith(FOLDER_PREFIX) and len(text) > len(FOLDER_PREFIX)):
+        return text
+    choices = ", ".join(repr(name) for name in sorted(DATASETS))
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {choices}), or folder:PATH for a folder of your own pictures "
+        "with one sub-folder per class"
+    )
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -57,9 +70,10 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train MNIST / Fashion-MNIST classifiers and publish them as ONNX models with a model card.",
+        description="Train MNIST / Fashion-MNIST classifiers, or classifiers of a folder of your own pictures, and "
+        "publish them as ONNX models with a model card.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,calibrate,download}")
 
     train = commands.add_parser(
         "train", help="train, export to ONNX, check parity, publish models/<name>/<next version>/",
@@ -67,12 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
         "images, and publish model.onnx, model.json (the card), report.json and plots as the next version.",
         formatter_class=HelpFormatter,
     )
-    train.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which dataset to learn")
+    train.add_argument("--dataset", required=True, type=dataset_name, metavar="{fashion-mnist,mnist,folder:PATH}",
+                       help="which dataset to learn: a named one, or folder:PATH, a folder of your own pictures with "
+                       "one sub-folder per class (and train/ and test/ above them, if you have chosen a test split)")
     add_data_options(train)
     train.add_argument("--validation-fraction", type=float, default=0.1,
                        help="share of the training images held out to choose the best epoch")
     train.add_argument("--limit-train", type=int, default=None, metavar="N",
                        help="train on only the first N training images (quick trials)")
+
+    folder_defaults, augment_defaults = FolderOptions(), PhotoAugmentation()
+    pictures = train.add_argument_group("folders of pictures (--dataset folder:PATH)")
+    pictures.add_argument("--image-size", type=int, default=folder_defaults.image_size,
+                          help="the model's input is IMAGE_SIZE x IMAGE_SIZE pixels, e.g. 32, 64, 96")
+    pictures.add_argument("--resize", default=folder_defaults.resize, choices=RESIZE_METHODS,
+                          help="resize-crop: shorter side to --resize-shorter, then the centre square; "
+                          "resize: squeeze the whole picture square")
+    pictures.add_argument("--resize-shorter", type=int, default=None,
+                          help="resize-crop's shorter side (default floor(image size / 0.875), e.g. 73 for 64)")
+    pictures.add_argument("--normalize", default=folder_defaults.normalize, choices=NORMALIZATIONS,
+                          help="the mean / std the card declares: the training pictures' own, or ImageNet's")
+    pictures.add_argument("--test-fraction", type=float, default=folder_defaults.test_fraction,
+                          help="share of each class held out for the test split when PATH has no train/ and test/")
+    pictures.add_argument("--crop-scale", type=float, default=augment_defaults.min_scale,
+                          help="augmentation: random resized crops cover at least this share of the picture "
+                          "(1: no random crops)")
+    pictures.add_argument("--color-jitter", type=float, default=augment_defaults.jitter,
+                          help="augmentation: brightness, contrast and saturation vary by up to this factor (0: none)")
 
     model = train.add_argument_group("model")
     model.add_argument("--arch", default="convnet", choices=ARCHITECTURES,
@@ -82,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "convnet uses the first as its dense layer, default 128)")
     model.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="MLP activation")
     model.add_argument("--channels", type=int_list, default=None,
+                       help="the pictures' channels for folder:PATH, 1 (grey) or 3 (RGB, the default); "
+                       "two sizes, e.g. 16,32, mean --widths, as they always have")
+    model.add_argument("--widths", type=int_list, default=None,
                        help="channels of the two convolution stages (lenet5 default 6,16; convnet 16,32)")
     model.add_argument("--dropout", type=float, default=None, help="dropout rate (mlp default 0.2, lenet5 0.1, convnet 0.3)")
 
@@ -96,19 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES, help="learning-rate schedule")
     opt.add_argument("--shift", type=int, default=defaults.shift,
                      help="augmentation: random shifts of up to this many pixels")
-    opt.add_argument("--hflip", action="store_true", help="augmentation: random horizontal mirroring")
+    opt.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                     help="augmentation: random horizontal mirroring (default: on for folders of pictures, "
+                     "off for the named datasets)")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
     opt.add_argument("--photo-mix", type=float, default=defaults.photo_mix,
                      help="train on what serving produces: share of each batch drawn from a pool of synthetic "
-                     "photos run through the service's preprocessing (0: clean pictures only)")
+                     "photos run through the service's preprocessing (0: clean pictures only; the named datasets)")
     opt.add_argument("--photo-pool", type=int, default=1000,
                      help="how many training pictures get a processed photo (with --photo-mix; cached in data/photo-mix/)")
-    opt.add_argument("--patience", type=int, default=defaults.patience,
-                     help="stop after this many epochs without a better validation accuracy "
-                     "(with onecycle, counted from the end of its 30%% warm-up)")
     opt.add_argument("--init-from", type=Path, default=None, metavar="MODEL_ONNX",
                      help="start from a published model's weights (same --arch and options) and fine-tune it; "
                      "its batch norms stay frozen")
+    opt.add_argument("--patience", type=int, default=defaults.patience,
+                     help="stop after this many epochs without a better validation accuracy "
+                     "(with onecycle, counted from the end of its 30%% warm-up)")
     opt.add_argument("--seed", type=int, default=defaults.seed, help="random seed (split, init, order)")
     opt.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for PyTorch")
 
@@ -125,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
     add_data_options(evaluate)
 
+    calibrate = commands.add_parser(
+        "calibrate", help="fit calibration and typicality on a published version, publish the next version",
+        description="Fit the temperature (validation split) and the typicality score (training split) of a published "
+        "model, measure them on its test split, and publish the same weights with both folded into the graph as "
+        "the next version, with the card's calibration and typicality sections and a reliability diagram.",
+    )
+    calibrate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
+    calibrate.add_argument("--layers", default="input", choices=["input", "all", "none"],
+                           help="Mahalanobis members of the typicality score beside the energy score: the picture "
+                           "(pooled), the picture and the input of every linear layer, or none")
+    add_data_options(calibrate)
+
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
                                    description="Download a dataset's IDX files from the known mirrors.",
                                    formatter_class=HelpFormatter)
@@ -133,31 +185,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_channels(args: argparse.Namespace) -> tuple[int, tuple[int, ...] | None]:
+    """(the pictures' channels, the convolution widths) from --channels and --widths."""
+    picture_channels, widths = 3, args.widths
+    if args.channels is not None and len(args.channels) == 1:
+        picture_channels = args.channels[0]
+        if picture_channels not in (1, 3):
+            raise SystemExit(f"error: --channels for pictures is 1 (grey) or 3 (RGB), got {picture_channels}")
+    elif args.channels is not None:
+        if widths is not None:
+            raise SystemExit("error: give the convolution widths once, as --widths (or the older --channels A,B)")
+        widths = args.channels
+    if widths is not None and len(widths) != 2:
+        raise SystemExit("error: --widths takes two sizes, e.g. 16,32")
+    return picture_channels, widths
+
+
 def run_train(args: argparse.Namespace) -> int:
     if not 0.0 <= args.photo_mix <= 1.0:
-        raise SystemExit(f"error: --photo-mix is a probability in [0, 1], got {args.photo_mix}")
+        raise SystemExit(f"error: --photo-mix is a share in [0, 1], got {args.photo_mix}")
+    folder = args.dataset.startswith(FOLDER_PREFIX)
+    if folder and args.photo_mix > 0:
+        raise SystemExit("error: --photo-mix is for the named datasets (mnist, fashion-mnist)")
+    picture_channels, widths = split_channels(args)
+    if not folder and args.channels is not None and len(args.channels) == 1:
+        raise SystemExit("error: --channels 1|3 is for folders of pictures; the named datasets are grey 28x28")
+    if folder and args.shift:
+        raise SystemExit("error: --shift is for the 28x28 datasets; pictures are augmented by --crop-scale")
+    hflip = folder if args.hflip is None else args.hflip
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=args.hflip,
+        weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=hflip,
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
         photo_mix=args.photo_mix, photo_pool=args.photo_pool if args.photo_mix > 0 else 0,
         init_from=str(args.init_from) if args.init_from else None,
     )
+    folder_options = augmentation = None
+    if folder:
+        folder_options = FolderOptions(
+            image_size=args.image_size, channels=picture_channels, resize=args.resize,
+            resize_shorter=args.resize_shorter, normalize=args.normalize, test_fraction=args.test_fraction,
+        )
+        augmentation = PhotoAugmentation(min_scale=args.crop_scale, hflip=hflip, jitter=args.color_jitter)
     arch_options: dict = {}
     defaults = DEFAULT_OPTIONS.get(args.arch, {})
     if args.arch == "mlp":
         arch_options = {"hidden": args.hidden or defaults["hidden"], "activation": args.activation}
     elif args.arch in ("lenet5", "convnet"):
-        if args.channels is not None and len(args.channels) != 2:
-            raise SystemExit("error: --channels takes two sizes, e.g. 16,32")
-        arch_options = {"channels": args.channels or defaults["channels"], "hidden": args.hidden or defaults["hidden"]}
+        arch_options = {"channels": widths or defaults["channels"], "hidden": args.hidden or defaults["hidden"]}
     if args.dropout is not None and args.arch in ("mlp", "lenet5", "convnet"):
         arch_options["dropout"] = args.dropout
+    default_name = f"{folder_path(args.dataset).resolve().name if folder else args.dataset}-{args.arch}"
     version_dir, card = train_and_publish(
-        dataset=args.dataset, arch=args.arch, name=args.name or f"{args.dataset}-{args.arch}",
+        dataset=args.dataset, arch=args.arch, name=args.name or default_name,
         models_dir=args.models_dir, config=config, arch_options=arch_options, data_dir=args.data_dir,
         download=args.download, mirrors=args.mirror, validation_fraction=args.validation_fraction,
         limit_train=args.limit_train, progress=not args.no_progress,
+        folder_options=folder_options, augmentation=augmentation,
     )
     metrics, training = card["metrics"], card["training"]
     print(
@@ -178,6 +262,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["agrees_with_card"] else 1
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    from training.trust import calibrate_published
+
+    if not (args.model / "model.json").is_file():
+        raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+    version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
+    calibration, typicality = card["calibration"], card["typicality"]
+    print(
+        f"published {version_dir}: temperature {calibration['temperature']:.4f}, test ECE {calibration['ece_before']:.4f} -> "
+        f"{calibration['ece_after']:.4f}, accuracy {calibration['accuracy']:.4f}; typicality ({typicality['method']}) "
+        f"threshold {typicality['threshold']:.4f} flags {typicality['flagged_share']:.1%} of the test pictures"
+    )
+    return 0
+
+
 def run_download(args: argparse.Namespace) -> int:
     spec = get_spec(args.dataset)
     directory = resolve_data_dir(spec, args.data_dir, download=True)
@@ -188,10 +287,10 @@ def run_download(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"train": run_train, "evaluate": run_evaluate, "download": run_download}
+    runners = {"train": run_train, "evaluate": run_evaluate, "calibrate": run_calibrate, "download": run_download}
     try:
         return runners[args.command](args)
-    except (DatasetNotFound, IdxError, DownloadError) as exc:
+    except (DatasetNotFound, IdxError, DownloadError, FolderDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ExportRefused, ModelCheckFailed) as exc:

@@ -13,6 +13,7 @@ import onnxscript
 import torch
 
 from training.data import Splits
+from training.photos import PhotoPreprocessing
 from training.train import TrainConfig, TrainResult
 
 CARD_METADATA_KEY = "model_card"
@@ -56,26 +57,42 @@ def build_card(
     result: TrainResult,
     test_summary: dict,
     opset: int,
+    photo: PhotoPreprocessing | None = None,
+    dataset_options: dict | None = None,
 ) -> dict:
-    """The card without `version` and `onnx.sha256`, which publishing fills in."""
+    """The card without `version` and `onnx.sha256`, which publishing fills in. `photo` is given for
+    models of folders of pictures: their input, output and preprocessing sections take the generalised
+    shape (CARD.md); the digit models' sections stay as they always were."""
     spec = splits.dataset
     classes = list(spec.classes)
     hyperparameters = asdict(config)
     threads = hyperparameters.pop("threads")
-    return {
-        "name": name,
-        "task": spec.task,
-        "classes": classes,
-        "architecture": architecture,
-        "input": {
+    if photo is None:
+        input_section = {
             "name": "input",
             "shape": ["N", 1, 28, 28],
             "dtype": "float32",
             "range": [0.0, 1.0],
             "polarity": "white-on-black",
-        },
-        "output": {"name": "probabilities", "shape": ["N", len(classes)], "dtype": "float32", "activation": "softmax"},
-        "preprocessing": PREPROCESSING[spec.task],
+        }
+        output = {"name": "probabilities", "shape": ["N", len(classes)], "dtype": "float32", "activation": "softmax"}
+        preprocessing = PREPROCESSING[spec.task]
+    else:
+        input_section = photo.card_input()
+        output = {"name": "probabilities", "kind": "probabilities", "shape": ["N", len(classes)], "dtype": "float32",
+                  "activation": "softmax"}
+        preprocessing = photo.card_preprocessing()
+    training = {"dataset": spec.name}
+    if dataset_options is not None:
+        training["dataset_options"] = dataset_options
+    return {
+        "name": name,
+        "task": spec.task,
+        "classes": classes,
+        "architecture": architecture,
+        "input": input_section,
+        "output": output,
+        "preprocessing": preprocessing,
         "metrics": {
             "test_accuracy": round(test_summary["accuracy"], 4),
             "test_split": splits.test_split,
@@ -85,7 +102,7 @@ def build_card(
             "measured_with": "onnxruntime on the exported model.onnx",
         },
         "training": {
-            "dataset": spec.name,
+            **training,
             "split": splits.split,
             "train_size": int(len(splits.train_labels)),
             "validation_size": int(len(splits.val_labels)),

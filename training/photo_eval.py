@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import DATASETS, MNIST_T10K_TRAIN
-from training.photos import photo
+from training.synthetic_photos import photo
 
 
 @dataclass(frozen=True)

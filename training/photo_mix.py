@@ -1,4 +1,4 @@
-"""Training on what serving produces: training pictures turned into synthetic photos (training/photos.py)
+"""Training on what serving produces: training pictures turned into synthetic photos (training/synthetic_photos.py)
 and run through the service's own preprocessing (service.imaging), so a model learns the inputs an
 uploaded photo becomes, not only the clean 28x28 originals.
 
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import PROJECT_ROOT
-from training.photos import CLOTHES_CONDITIONS, DIGIT_CONDITIONS, photo
+import torch
+
+from training.data import PROJECT_ROOT, Splits
+from training.synthetic_photos import CLOTHES_CONDITIONS, DIGIT_CONDITIONS, photo
+from training.train import ArrayBatches, TrainConfig, augment, to_tensor
 
 CACHE_DIR = PROJECT_ROOT / "data" / "photo-mix"
 TRAINING_SIDE = 560  # photos for training are at most this large: the preprocessing works at 512 to 1,024
@@ -68,3 +71,21 @@ def processed_pool(images: np.ndarray, labels: np.ndarray, dataset: str, count: 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, indices=indices, photos=photos)
     return indices, photos
+
+
+class PhotoMixBatches(ArrayBatches):
+    """The IDX training batches with a share `config.photo_mix` of each batch drawn from the pool of
+    processed photos, with their own labels."""
+
+    def __init__(self, splits: Splits, config: TrainConfig, photos: tuple[np.ndarray, np.ndarray]):
+        super().__init__(splits, config)
+        self.share = config.photo_mix
+        self.photo_inputs = to_tensor(photos[1])
+        self.photo_labels = self.labels[torch.from_numpy(photos[0].astype(np.int64))]
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.inputs[index].clone(), self.labels[index].clone()
+        chosen = torch.rand(len(index), generator=generator) < self.share
+        drawn = torch.randint(0, len(self.photo_inputs), (int(chosen.sum()),), generator=generator)
+        inputs[chosen], targets[chosen] = self.photo_inputs[drawn], self.photo_labels[drawn]
+        return augment(inputs, self.shift, self.hflip, generator), targets

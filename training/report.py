@@ -103,3 +103,20 @@ def write_report(
     plot_misclassified(test_images, test_labels, probabilities, classes, directory / "misclassified.png")
     report = {"test": summary, "classes": classes, "history": history}
     (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def plot_reliability(reliability: dict, path: Path, title: str = "") -> None:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for key, style in (("before", "o--"), ("after", "s-")):
+        bins = [b for b in reliability.get(key, []) if b["count"]]
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, label=f"{key} temperature scaling")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} reliability (15 bins)".strip())
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)

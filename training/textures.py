@@ -1,4 +1,4 @@
-"""Procedural surfaces for the synthetic photos (training/photos.py): paper, table, parquet, carpet, bedding,
+"""Procedural surfaces for the synthetic photos (training/synthetic_photos.py): paper, table, parquet, carpet, bedding,
 fabric and foil, as float32 RGB in [0, 1]. Each is cheap (a few milliseconds at 1,000 pixels) and random
 enough that a model cannot learn the surface instead of the object on it."""
 

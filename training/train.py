@@ -68,8 +68,34 @@ class TrainResult:
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1]."""
+    """The model's input from what a split holds: uint8 grey [N, H, W] -> float32 [N, 1, H, W] in [0, 1];
+    float32 [N, C, H, W] (pictures already turned into model inputs, see training/photos.py) as it is."""
+    if images.dtype == np.float32 and images.ndim == 4:
+        return torch.from_numpy(np.ascontiguousarray(images))
     return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255.0)
+
+
+class ArrayBatches:
+    """Training batches from the IDX datasets: every training image in one tensor, augmented by random
+    shifts and mirroring. Its pixel statistics become the model's own normalisation."""
+
+    def __init__(self, splits: Splits, config: TrainConfig):
+        self.inputs = to_tensor(splits.train_images)
+        self.labels = torch.from_numpy(splits.train_labels)
+        self.shift, self.hflip = config.shift, config.hflip
+        self.keep_normalisation = bool(config.init_from)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def prepare(self, model: nn.Module) -> None:
+        if self.keep_normalisation:  # a published model keeps the normalisation it was trained with
+            return
+        model.normalize.mean.fill_(self.inputs.mean().item())
+        model.normalize.std.fill_(self.inputs.std().item())
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment(self.inputs[index], self.shift, self.hflip, generator)
 
 
 def augment(batch: torch.Tensor, shift: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -132,31 +158,25 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int)
 
 
 def fit(
-    model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool = True,
-    photos: tuple[np.ndarray, np.ndarray] | None = None,
+    model: nn.Module, splits: Splits, config: TrainConfig, *, progress: bool = True, batches=None
 ) -> TrainResult:
     """Train `model` in place on the training split, select on validation accuracy, keep the best weights.
 
-    `photos` (indices into the training split, their processed photos as uint8 [n, 28, 28]): each
-    picture of a batch is replaced, with probability `config.photo_mix`, by one drawn from them.
-    `progress` shows a per-batch bar; a one-line summary of each epoch is always printed."""
+    `batches` makes the augmented training batches (default: `ArrayBatches` of the IDX images; folders of
+    pictures bring their own, training/photo_batches.py). `progress` shows a per-batch bar; a one-line
+    summary of each epoch is always printed."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    train_x = to_tensor(splits.train_images)
-    train_y = torch.from_numpy(splits.train_labels)
-    mixing = photos is not None and len(photos[0]) > 0 and config.photo_mix > 0
-    if mixing:
-        photo_x = to_tensor(photos[1])
-        photo_y = train_y[torch.from_numpy(photos[0].astype(np.int64))]
-    if not config.init_from:  # a published model keeps the normalisation it was trained with
-        model.normalize.mean.fill_(train_x.mean().item())
-        model.normalize.std.fill_(train_x.std().item())
+    if batches is None:
+        batches = ArrayBatches(splits, config)
+    batches.prepare(model)
+    train_y = batches.labels
     memory_format = torch.channels_last if _uses_convolutions(model) else torch.contiguous_format
     model.to(memory_format=memory_format)  # channels-last convolutions run faster on CPU
 
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    steps_per_epoch = math.ceil(len(batches) / config.batch_size)
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, config, steps_per_epoch * config.epochs)
 
@@ -170,20 +190,15 @@ def fit(
         model.train()
         if config.init_from:
             freeze_batch_norms(model)
-        order = torch.randperm(len(train_x), generator=generator)
+        order = torch.randperm(len(batches), generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                    disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch, targets = train_x[index], train_y[index]
-            if mixing:  # this share of the batch: processed photos drawn from the pool, with their labels
-                chosen = torch.rand(len(index), generator=generator) < config.photo_mix
-                drawn = torch.randint(0, len(photo_x), (int(chosen.sum()),), generator=generator)
-                batch, targets = batch.clone(), targets.clone()
-                batch[chosen], targets[chosen] = photo_x[drawn], photo_y[drawn]
-            inputs = augment(batch, config.shift, config.hflip, generator)
+            made = batches.batch(index, generator)  # a photo mix brings labels of its own
+            inputs, targets = made if isinstance(made, tuple) else (made, train_y[index])
             inputs = inputs.contiguous(memory_format=memory_format)
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)

@@ -28,12 +28,18 @@ def check_api_key(request: Request, given: str | None = None) -> None:
     if expected is None:
         return
     if given is None:
-        given = request.headers.get("x-api-key")
-        if not given:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
+        given = sent_api_key(request)
     if not given or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
         raise Unauthorized()
+
+
+def sent_api_key(request: Request) -> str | None:
+    """The key the request's headers carry (X-API-Key, or Authorization: Bearer), if any."""
+    given = request.headers.get("x-api-key")
+    if not given:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    return given or None
 
 
 async def require_api_key(

@@ -7,7 +7,8 @@ service.predictions). Answers are serialised with orjson. The OpenAPI document s
 
 from __future__ import annotations
 
-import asyncio
+import re
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -19,25 +20,29 @@ from starlette.formparsers import MultiPartException
 
 from service import schemas
 from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_request
-from service.errors import InvalidInput
+from service.decoding import decode_within_budget
+from service.errors import InvalidInput, ReloadDisabled, ServiceError
+from service.imaging import WORK_SIDE
 from service.http.json_tensors import V1_FIELDS, read_numeric_instances
 from service.predictions import (
     INSTANCE_FORMS,
-    check_pixels,
     decode_base64_picture,
     format_predictions,
+    instance_forms,
     pictures_to_batch,
     pixel_instance,
     pixels_to_batch,
 )
 from service.inference.registry import ModelDescription, ModelRepository, ServedModel
+from service.trust.explain import copies_per_picture, explain_batch
 from service.workers import ask_workers_to_rescan
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-ERRORS = {status: {"model": schemas.ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 JSON = "application/json"
 ModelName = Annotated[str, Path(description="A model of the repository", examples=["mnist-convnet"])]
+ASCII_DIGITS = re.compile(r"[0-9]+")
 UPLOAD_FORMS = "send multipart/form-data with one picture in field 'file' or several in 'files' (PNG, JPEG, GIF, BMP, WebP)"
 
 
@@ -79,16 +84,20 @@ async def describe_model(
     if version is not None or detail["default_version"] is not None:
         served = repository.get(name, version)
         card = served.card
-        detail.update({key: card.get(key) for key in ("task", "input", "output", "preprocessing", "architecture", "metrics", "training", "created_at")})
+        detail.update({key: card.get(key) for key in ("task", "architecture", "metrics", "training", "source", "created_at")})
+        # The card's sections as the server reads them: what a legacy card leaves out is filled in.
+        detail.update({key: getattr(served.spec, key).model_dump(mode="json") for key in ("input", "output")})
+        detail["preprocessing"] = served.spec.preprocessing.model_dump(mode="json", exclude_none=True)
         detail.update(version=served.version, classes=served.classes, providers=served.providers)
     return _json(detail)
 
 
 def _optional_int(value: object, field: str, *, text: bool = False) -> int | None:
-    """A positive integer option; `text` for form fields, which arrive as strings."""
+    """A positive integer option; `text` for form fields, which arrive as strings. ASCII digits only: str.isdigit()
+    is true for '²' (which int() refuses) and '٣' (which int() reads as 3)."""
     if value is None:
         return None
-    if text and isinstance(value, str) and value.strip().isdigit():
+    if text and isinstance(value, str) and ASCII_DIGITS.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(f"{field} must be a positive integer, got {value!r}")
@@ -109,14 +118,52 @@ def _served(request: Request, name: str, version: int | None) -> ServedModel:
 
 
 async def _answer(
-    request: Request, served: ServedModel, batch, top_k: int | None, warnings: dict[int, list[dict]] | None = None
+    request: Request, served: ServedModel, batch, top_k: int | None, explain: bool = False,
+    picture_warnings: dict[int, list[dict]] | None = None,
 ) -> Response:
-    probabilities = await served.predict(batch)
+    probabilities, typicality = await served.predict_scored(batch)
     top_k = request.app.state.settings.default_top_k if top_k is None else top_k
-    predictions = format_predictions(probabilities, served.classes, top_k)
-    for index, found in (warnings or {}).items():  # pictures: what was doubtful in each
-        predictions[index]["warnings"] = found
+    predictions = format_predictions(probabilities, served.classes, top_k, typicality, served.trust)
+    for index, found in (picture_warnings or {}).items():  # what was doubtful in each picture comes first
+        predictions[index]["warnings"] = found + predictions[index]["warnings"]
+    if explain:
+        for prediction, explanation in zip(predictions, await explain_batch(served, batch, probabilities)):
+            prediction["explanation"] = explanation
     return _json({"model": served.name, "version": served.version, "predictions": predictions})
+
+
+def _explain_flag(value: object, *, text: bool = False) -> bool:
+    if value is None:
+        return False
+    if text and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on"):
+        return value.lower() in ("true", "1", "on")
+    if not isinstance(value, bool):
+        raise InvalidInput(f"explain must be true or false, got {value!r}")
+    return value
+
+
+def _explained_count(count: int, explain: bool, served: ServedModel) -> None:
+    """With explain, each picture runs 1 + its occluded copies: the request's images are counted that way."""
+    if not explain:
+        return
+    per_picture = 1 + copies_per_picture(served.input.height, served.input.width)
+    limit = served.max_instances
+    if count * per_picture > limit:
+        raise InvalidInput(
+            f"explain=true runs {per_picture} images per picture ({count} pictures: {count * per_picture}); at most "
+            f"{limit} images are accepted per request, so send at most {max(limit // per_picture, 0)} pictures with explain"
+        )
+
+
+async def _decode(request: Request, pictures: list[bytes], served: ServedModel) -> tuple[np.ndarray, list[list[dict]]]:
+    """Picture files -> the model's input batch, decoded within the worker's memory budget, and each
+    picture's warnings."""
+    settings = request.app.state.settings
+    return await decode_within_budget(
+        pictures, partial(pictures_to_batch, pictures, served.spec, served.input, max_pixels=settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+        reduce_to=WORK_SIDE if served.spec.is_ink else None,  # photo methods: the whole picture, to be safe
+    )
 
 
 def _v1_payload(body: bytes) -> dict:
@@ -129,7 +176,7 @@ def _v1_payload(body: bytes) -> dict:
         raise InvalidInput(f"the body must be a JSON object with a list 'instances'; {INSTANCE_FORMS}")
     unknown = set(payload) - V1_FIELDS
     if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: instances, top_k, version")
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; accepted: {', '.join(sorted(V1_FIELDS))}")
     return payload
 
 
@@ -143,7 +190,7 @@ async def predict(request: Request, name: ModelName) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
     body = await request.body()
-    numeric = read_numeric_instances(body)
+    numeric = read_numeric_instances(body) if _digits_shaped(request, name) else None
     if numeric is not None:
         instances, payload = numeric
     else:
@@ -151,27 +198,41 @@ async def predict(request: Request, name: ModelName) -> Response:
         instances = payload["instances"]
     _instance_count(len(instances), settings.max_instances, INSTANCE_FORMS)
     top_k = _optional_int(payload.get("top_k"), "top_k")
+    explain = _explain_flag(payload.get("explain"))
     served = _served(request, name, _optional_int(payload.get("version"), "version"))
+    model_input = served.input
+    _instance_count(len(instances), served.max_instances, instance_forms(model_input))
+    _explained_count(len(instances), explain, served)
+    if numeric is not None and not model_input.is_digits_shape:  # a version named in the body takes other pictures
+        numeric, instances = None, _v1_payload(body)["instances"]
 
     if numeric is not None:
-        return await _answer(request, served, check_pixels(instances, "instances"), top_k)
+        return await _answer(request, served, model_input.check_values(instances, "instances"), top_k, explain)
     pictures = [i for i, item in enumerate(instances) if isinstance(item, dict)]
     if not pictures:
-        batch = pixels_to_batch(instances)
+        batch = pixels_to_batch(instances, model_input)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded, found = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
-        warnings = dict(zip(pictures, found, strict=True))
+        decoded, found = await _decode(request, data, served)
+        picture_warnings = dict(zip(pictures, found, strict=True))
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
             picture_set = set(pictures)
             numeric = [i for i in range(len(instances)) if i not in picture_set]
-            batch = np.empty((len(instances), 1, 28, 28), dtype=np.float32)
+            batch = np.empty((len(instances), *model_input.instance_shape), dtype=model_input.dtype)
             batch[pictures] = decoded
-            batch[numeric] = np.concatenate([pixel_instance(i, instances[i]) for i in numeric])
-        return await _answer(request, served, batch, top_k, warnings)
-    return await _answer(request, served, batch, top_k)
+            batch[numeric] = np.concatenate([pixel_instance(i, instances[i], model_input) for i in numeric])
+        return await _answer(request, served, batch, top_k, explain, picture_warnings)
+    return await _answer(request, served, batch, top_k, explain)
+
+
+def _digits_shaped(request: Request, name: str) -> bool:
+    """Whether the model's default version takes 1x28x28 pictures, the shape the JSON fast path reads."""
+    try:
+        return _repository(request).get(name).input.is_digits_shape
+    except ServiceError:  # unknown or not ready: the request's own checks explain it
+        return True
 
 
 @router.post(
@@ -184,6 +245,7 @@ async def predict_image(
     name: ModelName,
     top_k: int | None = Query(None, ge=1, description="How many best classes to list"),
     version: int | None = Query(None, ge=1, description="Model version (default: the highest ready one)"),
+    explain: bool = Query(False, description="Add an occlusion-sensitivity map of the top class to each prediction"),
 ) -> Response:
     check_api_key(request)
     settings = request.app.state.settings
@@ -204,21 +266,28 @@ async def predict_image(
             raise InvalidInput("fields 'file' and 'files' must be file uploads (multipart parts with a filename)")
         _instance_count(len(uploads), settings.max_instances, UPLOAD_FORMS)
         top_k = _optional_int(form.get("top_k"), "top_k", text=True) or top_k
+        explain = _explain_flag(form.get("explain"), text=True) or explain
         served = _served(request, name, _optional_int(form.get("version"), "version", text=True) or version)
+        _instance_count(len(uploads), served.max_instances, UPLOAD_FORMS)
+        _explained_count(len(uploads), explain, served)
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch, found = await asyncio.to_thread(pictures_to_batch, data, served.preprocessing, max_pixels=settings.max_image_pixels)
-    return await _answer(request, served, batch, top_k, dict(enumerate(found)))
+    batch, found = await _decode(request, data, served)
+    return await _answer(request, served, batch, top_k, explain, dict(enumerate(found)))
 
 
 @router.post(
-    "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS,
+    "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS | {403: {"model": schemas.ErrorBody}},
     summary="Rescan the model's directory now: load new versions, drop removed ones",
+    description="Needs the API key when the server has one; answers 403 when the server runs with "
+    "PIXELSERVE_ALLOW_RELOAD=false. Reloads coalesce: however many arrive, one rescan runs and one waits.",
     openapi_extra=API_KEY_SECURITY,
 )
 async def reload_model(request: Request, name: ModelName) -> Response:
-    check_api_key(request)
+    check_api_key(request)  # first: a client without the key learns nothing of the server's settings
+    if not request.app.state.settings.allow_reload:
+        raise ReloadDisabled()
     description = await _repository(request).reload(name)
     ask_workers_to_rescan()  # the other worker processes, if any, rescan too
     tag_request(request, name, description.default_version)

@@ -16,6 +16,7 @@ from service.api.dependencies import API_KEY_SECURITY, check_api_key, tag_reques
 from service.errors import ServiceError, VersionNotFound
 from service.observability import request_id_var
 from service.inference.registry import READY
+from service.trust.assess import trust_parameters
 from service.http.v2_codec import (
     ACCEPTED_DATATYPES,
     BINARY_EXTENSION,
@@ -33,6 +34,7 @@ from service.http.v2_codec import (
 )
 
 SERVER_NAME = "pixelserve"
+TYPICALITY = "typicality"
 PLATFORM = "onnxruntime_onnx"
 
 router = APIRouter(prefix="/v2", tags=["v2: Open Inference Protocol"])
@@ -45,8 +47,8 @@ _TENSOR_SCHEMA = {
     "properties": {
         "name": {"type": "string", "example": "input"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "description": f"{IMAGE_SHAPES}"},
-        "datatype": {"type": "string", "enum": ["FP32", "FP64", "UINT8"], "description": ACCEPTED_DATATYPES},
-        "data": {"type": "array", "description": "Pixels in row-major order, flat or nested; in [0, 1], white ink on black"},
+        "datatype": {"type": "string", "enum": ["FP32", "FP64", "FP16", "UINT8"], "description": ACCEPTED_DATATYPES},
+        "data": {"type": "array", "description": "The model's input tensor in row-major order, flat or nested (the shipped models: pixels in [0, 1], white ink on black)"},
         "parameters": {
             "type": "object",
             "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
@@ -142,14 +144,20 @@ INFER_DOCS = {
                 "application/octet-stream": _BINARY_BODY,
             },
         },
+        400: {"description": "The model version failed to load (not worth retrying until its files change)", **_ERROR},
         401: {"description": "The server has an API key and the request did not send it", **_ERROR},
         404: {"description": "Unknown model or version", **_ERROR},
         415: {"description": "Compressed request bodies are not accepted", **_ERROR},
         422: {"description": "Malformed request, wrong datatype or shape, NaN or out-of-range pixels", **_ERROR},
-        503: {"description": "The model is not ready, or its queue is full (Retry-After)", **_ERROR},
+        413: {"description": "The body is larger than the server accepts", **_ERROR},
+        503: {"description": "The model version is still loading, or its queue or memory budget is full (Retry-After)", **_ERROR},
     },
 }
-METADATA_ERRORS = {404: {"description": "Unknown model or version", **_ERROR}, 503: {"description": "Model not ready", **_ERROR}}
+METADATA_ERRORS = {
+    400: {"description": "The model version failed to load", **_ERROR},
+    404: {"description": "Unknown model or version", **_ERROR},
+    503: {"description": "The model version is still loading (Retry-After)", **_ERROR},
+}
 
 
 # --- endpoints --------------------------------------------------------------------------------------
@@ -218,15 +226,16 @@ def _metadata(request: Request, name: str, version: int | None) -> ModelMetadata
         name=model.name,
         versions=versions,
         platform=PLATFORM,
-        inputs=[TensorMetadata(name=model.input_name, datatype="FP32", shape=[-1, 1, 28, 28])],
-        outputs=[TensorMetadata(name=model.output_name, datatype=OUTPUT_DATATYPE, shape=[-1, len(model.classes)])],
+        inputs=[TensorMetadata(name=model.input_name, datatype=model.input.datatype, shape=[-1, *model.input.instance_shape])],
+        outputs=[TensorMetadata(name=model.output_name, datatype=OUTPUT_DATATYPE, shape=[-1, len(model.classes)])]
+        + ([TensorMetadata(name=TYPICALITY, datatype=OUTPUT_DATATYPE, shape=[-1])] if model.has_typicality else []),
         providers=list(model.providers),
         classes=list(model.classes),
     )
 
 
 def _ready(request: Request, name: str, version: int | None) -> ModelReady:
-    # get() raises ModelNotFound / VersionNotFound (404) or ModelNotReady (503) when it cannot serve.
+    # get() raises ModelNotFound / VersionNotFound (404) or ModelNotReady (400 failed, 503 loading) when it cannot serve.
     model = request.app.state.repository.get(name, version)
     return ModelReady(name=model.name, version=str(model.version), ready=True)
 
@@ -244,13 +253,15 @@ async def _infer(request: Request, name: str, version: int | None, header_length
             code="unsupported_encoding",
         )
     parsed = decode_request(await request.body(), header_length)
-    batch = image_batch(parsed, input_name=model.input_name, max_batch=request.app.state.settings.max_instances)
-    outputs = resolve_outputs(parsed, [model.output_name])
-    probabilities = await model.predict(batch)
+    batch = image_batch(parsed, input_name=model.input_name, max_batch=model.max_instances, model_input=model.input)
+    outputs = resolve_outputs(parsed, [model.output_name], (TYPICALITY,) if model.has_typicality else ())
+    probabilities, typicality = await model.predict_scored(batch)
+    tensors = {model.output_name: probabilities, TYPICALITY: typicality}
     content, headers = encode_response(
         model_name=model.name,
         model_version=str(model.version),
         request_id=parsed.id or request_id_var.get(),
-        outputs=[(output, probabilities) for output in outputs],
+        outputs=[(output, tensors[output.name]) for output in outputs],
+        parameters=trust_parameters(probabilities, typicality, model.classes, model.trust),
     )
     return Response(content, headers=headers)

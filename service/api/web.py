@@ -2,32 +2,41 @@
 
 Without JavaScript the page is a plain multipart form posted to `POST /`, answered with the same page
 holding the result. With JavaScript the page posts to `POST /ui/api/predict` and draws the result in
-place; that endpoint answers the v1 prediction plus the 28x28 input as a PNG and the time taken.
+place; that endpoint answers the v1 prediction plus the picture the model saw (at the model's size, in colour
+when the model takes colour) as a PNG and the time taken. The drawing canvas is offered for the models whose
+card prepares pictures as ink (mnist-digit, fashion-fit); every model takes uploads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.api.dependencies import require_api_key, tag_request
+from service.api.dependencies import tag_request
+from service.api.forms import read_form
+from service.decoding import decode_within_budget
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, to_model_input_picture_and_warnings, to_png
+from service.imaging import ACCEPTED_DESCRIPTION, WORK_SIDE, pixels_png, pixels_picture_and_warnings
 from service.predictions import format_predictions
+from service.trust.explain import explain_batch
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ CONTENT_SECURITY_POLICY = (
 ERROR_TITLES = {
     "invalid_image": "That file is not a picture we can read.",
     "image_too_large": "That picture is too large.",
+    "over_memory_budget": "That picture is too large for this server's memory.",
     "payload_too_large": "That file is too large.",
     "invalid_input": "That upload could not be used.",
     "model_not_found": "That model does not exist.",
@@ -58,8 +68,12 @@ ERROR_TITLES = {
     "internal_error": "Something went wrong on the server.",
     "network_error": "The server could not be reached.",
 }
-GROUP_NAMES = {"digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "": "Not loaded"}
+GROUP_NAMES = {
+    "digits": "Handwritten digits", "fashion": "Clothing (Fashion-MNIST)", "image-classification": "Image classifiers",
+    "": "Not loaded",
+}
 DISPLAY_SIZE = 280  # the uploaded picture is shown at most this many pixels wide or high
+WEB_TOP_K = 10  # bars shown: every class of the digit models, the ten most probable of a larger label set
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class ModelChoice:
     test_accuracy: float | None
     ready: bool
     details: str
+    input_size: str = ""  # "224×224 colour", shown in the picker
+    drawable: bool = False  # an ink model: the canvas makes sense for it
 
 
 def describe_card(card: dict) -> str:
@@ -101,6 +117,7 @@ def model_choices(repository: Any) -> list[ModelChoice]:
             choices.append(ModelChoice(name, None, "", None, ready=False, details=exc.message))
             continue
         accuracy = (served.card.get("metrics") or {}).get("test_accuracy")
+        spec = served.spec.input
         choices.append(
             ModelChoice(
                 name,
@@ -109,6 +126,8 @@ def model_choices(repository: Any) -> list[ModelChoice]:
                 float(accuracy) if isinstance(accuracy, (int, float)) else None,
                 ready=True,
                 details=describe_card(served.card),
+                input_size=f"{spec.width}×{spec.height} {'grey' if spec.channels == 1 else 'colour'}",
+                drawable=served.spec.is_ink,
             )
         )
     # Grouped by task in the picker; models that failed to load come last.
@@ -141,16 +160,36 @@ def display_picture(image: Image.Image) -> str:
     return png_data_url(buffer.getvalue())
 
 
-def prepare_picture(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Picture bytes -> (model input [1,28,28], the picture to show back); the input is the API's own."""
-    x, picture, _ = prepare_picture_with_warnings(data, method, max_pixels)
-    return x, picture
+def overlay_png(seen: np.ndarray, heat: np.ndarray) -> bytes:
+    """What the model saw ([H, W] or [H, W, 3] in [0, 1]) with the occlusion map over it in red (stronger = the
+    class lost more there)."""
+    rgb = np.clip(np.asarray(seen, dtype=np.float32), 0.0, 1.0)
+    if rgb.ndim == 2 or rgb.shape[-1] == 1:
+        rgb = rgb.reshape(*heat.shape, 1) * np.ones(3, np.float32)
+    weight = np.clip(heat / max(float(heat.max()), 1e-6), 0.0, 1.0)[..., np.newaxis] * 0.7
+    rgb = rgb * (1.0 - weight) + np.array([1.0, 0.15, 0.1], np.float32) * weight
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def prepare_picture_with_warnings(data: bytes, method: str, max_pixels: int) -> tuple[np.ndarray, str, list[dict]]:
-    """As `prepare_picture`, and the API's warnings about what was doubtful in the picture."""
-    x, picture, warnings = to_model_input_picture_and_warnings(data, method, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
-    return x, display_picture(picture), [{"code": w.code, "message": w.message} for w in warnings]
+def prepare_picture(data: bytes, served: Any, max_pixels: int) -> tuple[np.ndarray, str, str, np.ndarray]:
+    """Picture bytes -> (the model's input batch of one, what the model saw as a PNG, the picture to show back,
+    what the model saw in [0, 1] for the explanation's overlay); the input is the API's own."""
+    return prepare_picture_with_warnings(data, served, max_pixels)[:4]
+
+
+def prepare_picture_with_warnings(data: bytes, served: Any, max_pixels: int) -> tuple[np.ndarray, str, str, np.ndarray, list[dict]]:
+    """`prepare_picture`, and the API's warnings about what was doubtful in the picture (a faint or unclear object)."""
+    pixels, full_scale, picture, doubts = pixels_picture_and_warnings(
+        data, served.spec, max_pixels=max_pixels, picture_side=DISPLAY_SIZE
+    )
+    seen = png_data_url(pixels_png(pixels, full_scale, served.spec.input.color_order))
+    seen_unit = np.asarray(pixels, dtype=np.float32) / float(full_scale)
+    if served.spec.input.color_order == "BGR":
+        seen_unit = seen_unit[..., ::-1]
+    warnings = [{"code": w.code, "message": w.message} for w in doubts]
+    return served.input.from_pixels(pixels[np.newaxis], full_scale), seen, display_picture(picture), seen_unit, warnings
 
 
 async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
@@ -165,15 +204,19 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
     tag_request(request, served.name, served.version)
 
     started = time.perf_counter()
-    # Decoding is CPU work: off the event loop, as the v1 endpoints do it.
-    x, picture_png, warnings = await asyncio.to_thread(
-        prepare_picture_with_warnings, data, served.preprocessing, settings.max_image_pixels
+    # Decoding is CPU work: off the event loop and within the worker's memory budget, as the v1 endpoints do it.
+    x, input_png, picture_png, seen_unit, picture_warnings = await decode_within_budget(
+        [data], partial(prepare_picture_with_warnings, data, served, settings.max_image_pixels),
+        memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
+        reduce_to=WORK_SIDE if served.spec.is_ink else None,  # photo methods: the whole picture, to be safe
     )
     preprocessed = time.perf_counter()
-    probabilities = await served.predict(x[np.newaxis])
+    probabilities, typicality = await served.predict_scored(x)
     finished = time.perf_counter()
+    # Where the model looked: one more batched run of the occluded copies (a few ms for a 28x28 model).
+    explanation = (await explain_batch(served, x, probabilities))[0]
 
-    prediction = format_predictions(probabilities, served.classes, top_k=len(served.classes))[0]
+    prediction = format_predictions(probabilities, served.classes, WEB_TOP_K, typicality, served.trust)[0]
     return {
         "model": served.name,
         "version": served.version,
@@ -181,8 +224,12 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
         "label": prediction["label"],
         "probabilities": prediction["probabilities"],
         "top": prediction["top"],
-        "warnings": warnings,
-        "input_png": png_data_url(to_png(x)),
+        "input_png": input_png,
+        "input_size": [served.spec.input.height, served.spec.input.width],
+        "typicality": prediction["typicality"],
+        "warnings": picture_warnings + prediction["warnings"],
+        "explanation_png": png_data_url(overlay_png(seen_unit, np.asarray(explanation["map"], dtype=np.float32))),
+        "explained_label": explanation["label"],
         "picture_png": picture_png,
         "timing_ms": {
             "preprocess": round((preprocessed - started) * 1000, 2),
@@ -203,10 +250,11 @@ def render_page(
     choices = model_choices(request.app.state.repository)
     names = {c.name for c in choices}
     settings = request.app.state.settings
+    chosen = chosen if chosen in names else default_model(choices)
     context = {
         "base": request.scope.get("root_path", "").rstrip("/"),
         "choices": choices,
-        "chosen": chosen if chosen in names else default_model(choices),
+        "chosen": chosen,
         "any_ready": any(c.ready for c in choices),
         "result": result,
         "error": error,
@@ -228,20 +276,33 @@ async def page(request: Request) -> HTMLResponse:
     return render_page(request)
 
 
-@router.post("/", response_class=HTMLResponse)
-async def predict_form(
-    request: Request,
-    model: str = Form(""),
-    file: UploadFile | None = File(None),
-    api_key: str = Form(""),
-) -> HTMLResponse:
-    """The no-JavaScript path: the form posts here and gets the page back with the result."""
+async def _form_fields(request: Request, *, key_field: str | None) -> tuple[str, UploadFile | None, FormData]:
+    """The model and the picture of the page's form, read once the API key is known to be right (service.api.forms)."""
     try:
-        # A form cannot send headers: the key, when the server has one, comes as a field.
-        await require_api_key(request, api_key=api_key or None, bearer=None)
-        result = await predict_picture(request, model, file)
+        form = await read_form(request, max_files=1, max_fields=4, key_field=key_field)
+    except MultiPartException as error:
+        raise InvalidInput(f"malformed form ({error.message}); choose a model and a picture") from None
+    model, upload = form.get("model", ""), form.get("file")
+    if not isinstance(model, str) or (upload is not None and not isinstance(upload, UploadFile)):
+        await form.close()
+        raise InvalidInput("the form's 'model' must be a name and its 'file' a picture upload")
+    return model, upload, form
+
+
+@router.post("/", response_class=HTMLResponse)
+async def predict_form(request: Request) -> HTMLResponse:
+    """The no-JavaScript path: the form posts here and gets the page back with the result.
+
+    A form cannot send headers: the key, when the server has one, comes as its field api_key, which the page
+    places before the file."""
+    model, form = "", None
+    try:
+        model, upload, form = await _form_fields(request, key_field="api_key")
+        result = await predict_picture(request, model, upload)
     except ServiceError as exc:
         return render_page(request, chosen=model, error=exc, status_code=exc.status_code)
+    except (ClientDisconnect, StarletteHTTPException):
+        raise  # the client left mid-upload (logged as 499), or a body over the limit (the app's 413 page)
     except Exception:
         logger.exception("web form prediction failed for model %r", model)
         failure = ServiceError(
@@ -250,17 +311,21 @@ async def predict_form(
             code="internal_error",
         )
         return render_page(request, chosen=model, error=failure, status_code=500)
+    finally:
+        if form is not None:
+            await form.close()
     return render_page(request, chosen=model, result=result)
 
 
-@router.post("/ui/api/predict", dependencies=[Depends(require_api_key)])
-async def predict_for_page(
-    request: Request,
-    model: str = Form(""),
-    file: UploadFile | None = File(None),
-) -> dict[str, Any]:
-    """The script's path: the prediction, the 28x28 input as a PNG and the time taken, as JSON.
+@router.post("/ui/api/predict")
+async def predict_for_page(request: Request) -> dict[str, Any]:
+    """The script's path: the prediction, the picture the model saw as a PNG and the time taken, as JSON. The
+    key, when the server has one, comes in a header, checked before the body is read.
 
     Errors are ServiceErrors, answered by the app as {"error": {"code": ..., "message": ...}}.
     """
-    return await predict_picture(request, model, file)
+    model, upload, form = await _form_fields(request, key_field=None)
+    try:
+        return await predict_picture(request, model, upload)
+    finally:
+        await form.close()

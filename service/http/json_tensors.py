@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import simdjson
 
-V1_FIELDS = frozenset({"instances", "top_k", "version"})
+V1_FIELDS = frozenset({"instances", "top_k", "version", "explain"})
 SIDE = 28
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 # A v2 document smaller than this is left to orjson, which reads it faster than simdjson plus the checks

@@ -2,8 +2,10 @@
 
 Requests are parsed straight into numpy (no per-element validation objects): a flat "data" list of
 numbers by simdjson (service.http.json_tensors), anything else by orjson. They are then checked
-for what our models accept: one image tensor of shape [N, 1, 28, 28] or [N, 784], pixels in [0, 1]
-checked by the same rules as the v1 surface (rounding slack just outside [0, 1] is clipped).
+for what the model accepts: one tensor named as its input, of its own shape [N, *instance] or flat
+[N, values], its own datatype (or FP32 / FP64 / FP16, cast), values checked by the same rules as the v1
+surface (within what the card's preprocessing makes; rounding slack clipped); UINT8 pictures are
+scaled by the card's range, mean and std.
 
 Binary tensor data extension: when the header `Inference-Header-Content-Length: L` is present, the
 first L bytes of the body are the JSON header; each input carrying `"parameters": {"binary_data_size": n}`
@@ -24,16 +26,18 @@ from pydantic import BaseModel
 
 from service.errors import InvalidInput
 from service.http.json_tensors import read_infer_document
-from service.predictions import check_pixels
+from service.inference.model_input import ModelInput
+from service.predictions import DIGITS_INPUT
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 OUTPUT_DATATYPE = "FP32"
-IMAGE_SHAPES = "[N, 1, 28, 28] or [N, 784]"
+IMAGE_SHAPES = "the model's input shape, batch first, or flat: [N, 1, 28, 28] or [N, 784] for the shipped models"
 
-# Input datatypes accepted, as little-endian numpy dtypes. UINT8 pixels (0..255) are divided by 255.
-INPUT_DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1")}
-ACCEPTED_DATATYPES = ", ".join(INPUT_DATATYPES) + " (UINT8 pixels 0..255 are scaled by 1/255)"
+# Input datatypes accepted, as little-endian numpy dtypes. UINT8 pixels (0..255) are scaled as the card says
+# (by 1/255 for the shipped models).
+INPUT_DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1"), "FP16": np.dtype("<f2")}
+ACCEPTED_DATATYPES = ", ".join(INPUT_DATATYPES) + " (UINT8 pixels 0..255 are scaled as the model card says: by 1/255 for [0, 1])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +137,9 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _header_length(value: str, body_length: int) -> int:
-    try:
-        length = int(value)
-    except ValueError:
-        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count, got {value!r}") from None
+    if not (value.isascii() and value.isdigit()):  # int() would also take ' 12', '1_2' and '²'-free Unicode digits
+        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count in ASCII digits, got {value!r}")
+    length = int(value)
     if not 0 < length <= body_length:
         raise InvalidInput(f"{HEADER_LENGTH} is {length} but the body holds {body_length} bytes")
     return length
@@ -213,16 +216,17 @@ def _flag(value: object, what: str) -> bool:
 # --- from the request to the model and back ---------------------------------------------------------
 
 
-def image_batch(request: InferRequest, *, input_name: str, max_batch: int) -> np.ndarray:
-    """The request's one input as the model's float32 [N, 1, 28, 28] batch in [0, 1]."""
+def image_batch(request: InferRequest, *, input_name: str, max_batch: int, model_input: ModelInput = DIGITS_INPUT) -> np.ndarray:
+    """The request's one input as the model's batch [N, *instance_shape] in its element type."""
     if len(request.inputs) != 1:
         raise InvalidInput(f"the model takes exactly one input, {input_name!r}; got {len(request.inputs)}")
     tensor = request.inputs[0]
     if tensor.name != input_name:
         raise InvalidInput(f"unknown input {tensor.name!r}; the model's input is {input_name!r}")
-    shape = tensor.shape
-    if shape[1:] not in ((1, 28, 28), (784,)):
-        raise InvalidInput(f"input shape {list(shape)} is not accepted; accepted: {IMAGE_SHAPES}")
+    shape, instance = tensor.shape, model_input.instance_shape
+    if len(shape) < 2 or shape[1:] not in (instance, (model_input.values,)):
+        accepted = f"[N, {', '.join(map(str, instance))}] or [N, {model_input.values}]"
+        raise InvalidInput(f"input shape {list(shape)} is not accepted; accepted: {accepted}")
     if not 1 <= shape[0] <= max_batch:
         raise InvalidInput(f"a request carries 1 to {max_batch} images; got {shape[0]}")
 
@@ -231,19 +235,19 @@ def image_batch(request: InferRequest, *, input_name: str, max_batch: int) -> np
         # NaN fails the integer test, infinity the range test (JSON numbers arrive as float64 or int64).
         if data.min() < 0 or data.max() > 255 or (data.dtype.kind == "f" and not np.array_equal(data, np.round(data))):
             raise InvalidInput(f"{where} hold values that are not UINT8 integers 0..255")
-        pixels = data.astype(np.float32) / np.float32(255)
-    else:
-        # The v1 surface's rules. Checked in float64 when sent so (1e300 is out of range, not infinity);
-        # astype copies, as check_pixels clips rounding slack in place and binary data is read-only.
-        checked = check_pixels(data.astype(np.float64 if data.dtype == np.float64 else np.float32), where)
-        pixels = checked.astype(np.float32, copy=False)
-    return pixels.reshape(shape[0], 1, 28, 28)
+        return model_input.from_uint8_tensor(data.astype(np.uint8, copy=False).reshape(shape[0], *instance))
+    # The v1 surface's rules. Checked in float64 when sent so (1e300 is out of range, not infinity);
+    # astype copies, as the check clips rounding slack in place and binary data is read-only.
+    values = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
+    return model_input.check_values(values.reshape(shape[0], *instance), where)
 
 
-def resolve_outputs(request: InferRequest, available: list[str]) -> list[RequestedOutput]:
-    """Which outputs to answer with, and whether each goes in binary; every output when none is named."""
+def resolve_outputs(request: InferRequest, available: list[str], on_request: tuple[str, ...] = ()) -> list[RequestedOutput]:
+    """Which outputs to answer with, and whether each goes in binary; every one of `available` when none is named
+    (`on_request` outputs, such as typicality, only when named)."""
     if request.outputs is None:
         return [RequestedOutput(name, request.binary_output) for name in available]
+    available = [*available, *on_request]
     resolved: list[RequestedOutput] = []
     for position, output in enumerate(request.outputs):
         where = f"outputs[{position}]"
@@ -261,7 +265,8 @@ def resolve_outputs(request: InferRequest, available: list[str]) -> list[Request
 
 
 def encode_response(
-    *, model_name: str, model_version: str, request_id: str | None, outputs: list[tuple[RequestedOutput, np.ndarray]]
+    *, model_name: str, model_version: str, request_id: str | None, outputs: list[tuple[RequestedOutput, np.ndarray]],
+    parameters: dict | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: plain JSON, or a JSON header followed by the binary outputs."""
     documents, chunks = [], []
@@ -275,10 +280,10 @@ def encode_response(
         else:
             document["data"] = values.reshape(-1)
         documents.append(document)
-    header = orjson.dumps(
-        {"model_name": model_name, "model_version": model_version, "id": request_id or uuid.uuid4().hex, "outputs": documents},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    response = {"model_name": model_name, "model_version": model_version, "id": request_id or uuid.uuid4().hex, "outputs": documents}
+    if parameters is not None:
+        response["parameters"] = parameters
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+from collections.abc import Callable
+
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage
@@ -12,6 +14,28 @@ from service.errors import ImageTooLarge, InvalidImage
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG includes MPO, which phone cameras write
 ACCEPTED_DESCRIPTION = "PNG, JPEG, GIF, BMP, WebP or TIFF"
 JPEG_START = b"\xff\xd8\xff"  # the first bytes of every JPEG (and MPO) file
+# Peak memory of decoding and preparing a picture, in bytes per decoded pixel, by its mode (Pillow keeps 1 byte a
+# pixel for 1, L and P, 2 for I;16, 4 for the rest), measured with /proc/self/status's VmHWM on 4000x4000 PNGs
+# (L 1.7, I;16 6.6, RGB 5.4, RGBA 8.5 bytes a pixel: the picture, its gray or RGBA copy, the reduced one), with a
+# margin; plus a fixed part for the decoder. Modes not listed: the most.
+PEAK_BYTES_PER_PIXEL = {"1": 3, "L": 3, "P": 3, "I;16": 8, "I;16B": 8, "I;16L": 8, "RGB": 7, "YCbCr": 7, "CMYK": 7}
+TRANSPARENT_BYTES_PER_PIXEL = 10  # converted to RGBA (4 bytes) besides itself
+DECODER_BYTES = 8 << 20
+
+
+def decode_cost(data: bytes, *, reduce_to: int | None) -> tuple[int, int]:
+    """(pixels, bytes of memory at the peak) that decoding `data` as `decode` does will take, from its header
+    alone; (0, 0) for bytes that `decode` will refuse anyway (it says why)."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Exception:  # not a picture, a bomb, a corrupt header: decode() answers it
+        return 0, 0
+    with image:
+        if reduce_to is not None and image.format in ("JPEG", "MPO"):
+            image.draft("L", (reduce_to, reduce_to))  # sets the scale only; size is now the reduced one
+        pixels = image.width * image.height
+        per_pixel = TRANSPARENT_BYTES_PER_PIXEL if "transparency" in image.info else PEAK_BYTES_PER_PIXEL.get(image.mode, 10)
+    return pixels, pixels * per_pixel + DECODER_BYTES
 
 
 def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -19,8 +43,25 @@ def decode_picture(data: bytes, *, max_pixels: int) -> Image.Image:
     return decode(data, max_pixels=max_pixels, reduce_to=None)
 
 
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter: width and height swap
+
+
 def decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: str = "L") -> Image.Image:
     """Decode `data`; a JPEG larger than `reduce_to` a side is decoded at a reduced scale (Pillow's draft)."""
+    draft = (lambda width, height: (reduce_to, reduce_to)) if reduce_to is not None else None
+    return decode_sized(data, max_pixels=max_pixels, draft=draft, draft_mode=draft_mode)[0]
+
+
+def decode_sized(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft: Callable[[int, int], tuple[int, int]] | None,
+    draft_mode: str | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `data`, and say how large the picture is at full scale, upright. A JPEG is decoded at a reduced
+    scale (Pillow's draft) no smaller than `draft(width, height)` of its stored size asks for."""
     if not data:
         raise InvalidImage(f"the upload is empty; send a picture: {ACCEPTED_DESCRIPTION}")
     try:
@@ -39,10 +80,13 @@ def decode(data: bytes, *, max_pixels: int, reduce_to: int | None, draft_mode: s
     if width < 1 or height < 1:
         raise InvalidImage(f"the picture is {width}x{height}: it has no pixels")
     try:
-        if reduce_to is not None and image.format in ("JPEG", "MPO"):
-            image.draft(draft_mode, (reduce_to, reduce_to))  # decode JPEG at a reduced scale: much faster for photos
+        turned = image.getexif().get(EXIF_ORIENTATION, 1) in TURNED
+        if draft is not None and image.format in ("JPEG", "MPO"):
+            image.draft(draft_mode, draft(width, height))  # decode JPEG at a reduced scale: much faster for photos
         image.load()  # the first frame of an animation
-        return ImageOps.exif_transpose(image)
+        # In place: otherwise a picture with no orientation to undo is copied whole, doubling its memory.
+        ImageOps.exif_transpose(image, in_place=True)
+        return image, ((height, width) if turned else (width, height))
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the picture decodes to too many pixels; at most {max_pixels} are accepted") from exc
     except Exception as exc:  # truncated or corrupt data surfaces as any of several exception types

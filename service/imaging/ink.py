@@ -27,7 +27,8 @@ METHODS = ("mnist-digit", "fashion-fit")
 
 SIDE = 28  # the model's input is SIDE x SIDE
 DIGIT_BOX = 20  # MNIST digits fill a 20x20 box inside the 28x28 field
-WORK_SIDE = {"mnist-digit": 1024, "fashion-fit": 512}  # larger pictures are reduced to this first
+METHOD_SIDE = {"mnist-digit": 1024, "fashion-fit": 512}  # larger pictures are reduced to this first
+WORK_SIDE = max(METHOD_SIDE.values())  # the largest side a picture is decoded at for the ink methods
 # Pen strokes thinner than THIN_STROKE of the digit's size (a ballpoint on paper, say) are thickened to
 # STROKE: MNIST's strokes are 10-20 % of its 20-pixel box, and a model trained on them expects as much.
 THIN_STROKE, STROKE = 0.08, 0.12
@@ -66,7 +67,7 @@ def _no_ink() -> InvalidImage:
 
 
 def _digit(image: Image.Image) -> tuple[np.ndarray, list[str]]:
-    strokes = find_strokes(_grayscale(image, WORK_SIDE["mnist-digit"]))
+    strokes = find_strokes(_grayscale(image, METHOD_SIDE["mnist-digit"]))
     if strokes is None:
         raise _no_ink()
     ink = np.minimum(strokes.ink / strokes.contrast, 1.0)  # saturated through the strokes' cores, as MNIST is
@@ -78,7 +79,7 @@ def _digit(image: Image.Image) -> tuple[np.ndarray, list[str]]:
 
 
 def _item(image: Image.Image) -> tuple[np.ndarray, list[str]]:
-    garment = find_garment(_colour(image, WORK_SIDE["fashion-fit"]))
+    garment = find_garment(_colour(image, METHOD_SIDE["fashion-fit"]))
     if garment is None:
         raise _no_ink()
     clear = garment.ink > ITEM_EDGE  # and the partly marked pixels right next to it (its antialiased edge)
@@ -135,8 +136,8 @@ def _grayscale(image: Image.Image, work_side: int) -> np.ndarray:
     if image.mode == "La":  # premultiplied alpha, which Pillow converts only to its plain form
         image = image.convert("LA")
     if not _transparent(image):
-        return np.asarray(_reduced(image.convert("L"), work_side), dtype=np.float32) / 255.0
-    rgba = _reduced(image.convert("RGBA"), work_side)
+        return np.asarray(_reduced(_as_mode(image, "L"), work_side), dtype=np.float32) / 255.0
+    rgba = _reduced(_as_mode(image, "RGBA"), work_side)
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
     gray = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
     # What is drawn is what is opaque (a canvas exports strokes on a transparent background): put it on
@@ -156,10 +157,15 @@ def _colour(image: Image.Image, work_side: int) -> np.ndarray:
     if image.mode == "La":
         image = image.convert("LA")
     if not _transparent(image):
-        return np.asarray(_reduced(image.convert("RGB"), work_side), dtype=np.float32) / 255.0
-    rgba = np.asarray(_reduced(image.convert("RGBA"), work_side), dtype=np.float32) / 255.0
+        return np.asarray(_reduced(_as_mode(image, "RGB"), work_side), dtype=np.float32) / 255.0
+    rgba = np.asarray(_reduced(_as_mode(image, "RGBA"), work_side), dtype=np.float32) / 255.0
     alpha = rgba[..., 3:]
     return rgba[..., :3] * alpha + (1.0 - alpha)
+
+
+def _as_mode(image: Image.Image, mode: str) -> Image.Image:
+    """The picture in `mode`; as it is when already so (convert() would copy it whole: a large picture's memory twice)."""
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _stroke_width(core: np.ndarray) -> float:

@@ -1,12 +1,12 @@
 """The model repository: every models/<name>/<version>/ loaded into ONNX Runtime, kept in step with the disk.
 
-A version is served only after its card is valid, model.onnx matches the card's sha256, the graph
-takes [N,1,28,28] float32 and answers [N,C] for the card's C classes, and a warm-up inference
-answered probabilities. Anything else leaves the version UNAVAILABLE with the reason in its status
+A version is served only after its card is valid (service.inference.card), model.onnx matches the card's
+sha256, the graph takes the input the card describes (name, rank, fixed dimensions, element type) and
+answers [N,C] for the card's C classes, and a warm-up inference answered probabilities. Anything else leaves the version UNAVAILABLE with the reason in its status
 and the log; the other versions and models keep serving.
 
 New, changed and removed versions are picked up by `refresh()` (run every `watch_interval_s` and by
-the reload endpoint). The table of served versions is replaced as a whole, so a request that already
+the reload endpoint, through `CoalescingRescans`: reloads at any rate cost one running and one pending scan). The table of served versions is replaced as a whole, so a request that already
 holds a `ServedModel` finishes on it; a retired version stops its runner only once its requests are done.
 """
 
@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +26,29 @@ import numpy as np
 
 from service.inference import runtime
 from service.inference.batching import DirectRunner, DynamicBatcher
+from service.inference.card import CardError, ModelCard, check_graph, fixed_batch, parse_card
+from service.inference.model_input import ModelInput
+from service.inference.rescans import CoalescingRescans
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
+from service.trust.assess import TrustPolicy
 
 logger = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION_DIR = re.compile(r"[1-9][0-9]{0,8}")
+STAGING_PREFIX = ".tmp-"  # where training/export.py writes a version before renaming it into place
 NAME_RULE = "model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def _not_ready(message: str, state: str) -> ModelNotReady:
+    """A version still loading will serve soon: 503 with Retry-After. One that failed to load stays failed until its
+    files change: 400, a status clients do not retry (as Triton answers for a model that is not ready)."""
+    if state == LOADING:
+        return ModelNotReady(message, status_code=503, headers={"Retry-After": "1"})
+    return ModelNotReady(message + "; it serves again once its files are fixed", status_code=400)
 
 
 class LoadError(Exception):
@@ -54,16 +68,28 @@ class ServedModel:
         self.name = name
         self.version = version
         self.card = card
+        self.spec: ModelCard = parse_card(card)
         self.path = path
-        self.classes: list[str] = list(card["classes"])
-        self.preprocessing: str = card["preprocessing"]["method"]
-        self.input_name: str = card["input"]["name"]
-        self.output_name: str = card["output"]["name"]
+        self.classes: list[str] = list(self.spec.classes)
+        self.input = ModelInput(self.spec.input)
+        self.input_name: str = self.spec.input.name
+        self.output_name: str = self.spec.output.name
+        # Request limits scale with the input: a request's float32 batch stays within the byte budget.
+        self.max_instances = self.input.max_instances(settings.max_instances, settings.max_request_tensor_bytes)
+        self.max_body_bytes = self.input.max_body_bytes(settings.max_body_bytes, self.max_instances)
         self.providers: list[str] = list(session.get_providers())
+        self.trust = TrustPolicy.from_card(card)
+        graph_outputs = {o.name for o in session.get_outputs()}
+        # A card that names a typicality output the graph lacks is served without it (typicality null).
+        self.has_typicality = self.trust.typicality_output is not None and self.trust.typicality_output in graph_outputs
         self._session = session
-        raw_infer = runtime.make_infer_fn(session, self.input_name, self.output_name)
+        raw_infer = runtime.make_infer_fn(
+            session, self.input_name, self.output_name,
+            logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()),
+            typicality_output=self.trust.typicality_output if self.has_typicality else None,
+        )
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
-        runtime.warm_up(raw_infer, len(self.classes))
+        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, 1 if self.has_typicality else 0)
         batching = settings.batching_for(name)
         # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
         # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
@@ -85,7 +111,18 @@ class ServedModel:
         self._idle: asyncio.Event | None = None
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
-        """float32 [N,1,28,28] in [0,1] -> float32 [N,C] probabilities, through this version's runner."""
+        """The model's input batch [N, *instance_shape] -> float32 [N,C] probabilities, through this version's runner."""
+        answer = await self._submit(images)
+        return answer[:, : len(self.classes)] if self.has_typicality else answer
+
+    async def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [N,C], typicality [N] or None when the model has no typicality output)."""
+        answer = await self._submit(images)
+        if not self.has_typicality:
+            return answer, None
+        return answer[:, : len(self.classes)], answer[:, len(self.classes)]
+
+    async def _submit(self, images: np.ndarray) -> np.ndarray:
         if self._retired:  # a request that got this version just before it was replaced
             return await asyncio.to_thread(self.infer, images)
         self._in_flight += 1
@@ -133,6 +170,12 @@ class _Slot:
     model: ServedModel | None = None
 
 
+def _keep_serving(model: ServedModel, why: str | None, fingerprint: tuple | None = None) -> _Slot:
+    """A version still served from its last good load, whose files on disk no longer load."""
+    reason = f"serving the last good load; the files on disk do not load: {why}"
+    return _Slot(VersionStatus(model.version, READY, reason, tuple(model.providers)), fingerprint, model)
+
+
 # What the disk holds: name -> version -> (directory, fingerprint or None while incomplete).
 _OnDisk = dict[str, dict[int, tuple[Path, tuple | None]]]
 
@@ -157,39 +200,25 @@ def read_card(version_dir: Path, name: str, version: int) -> tuple[dict, bytes]:
         raise LoadError("model.json must hold a JSON object")
     if card.get("name") != name or card.get("version") != version:
         raise LoadError(f"model.json describes {card.get('name')!r} version {card.get('version')!r}, not {name!r} version {version}")
-    classes = card.get("classes")
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
-        raise LoadError("model.json 'classes' must list two or more distinct non-empty label names")
-    for section, keys in {"input": ("name",), "output": ("name",), "preprocessing": ("method",), "onnx": ("sha256",)}.items():
-        value = card.get(section)
-        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
-            raise LoadError(f"model.json '{section}' must be an object with {', '.join(keys)}")
-    onnx_name = card["onnx"].get("file", "model.onnx")
-    if onnx_name != "model.onnx":
-        raise LoadError(f"model.json names ONNX file {onnx_name!r}; the repository layout requires 'model.onnx'")
+    try:
+        spec = parse_card(card)
+    except CardError as error:
+        raise LoadError(str(error)) from None
+    if spec.onnx.file != "model.onnx":
+        raise LoadError(f"model.json names ONNX file {spec.onnx.file!r}; the repository layout requires 'model.onnx'")
     model_bytes = (version_dir / "model.onnx").read_bytes()
     digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != card["onnx"]["sha256"].lower():
-        raise LoadError(f"model.onnx sha256 is {digest} but model.json says {card['onnx']['sha256']}")
+    if digest != spec.onnx.sha256.lower():
+        raise LoadError(f"model.onnx sha256 is {digest} but model.json says {spec.onnx.sha256}")
     return card, model_bytes
 
 
 def check_signature(session, card: dict) -> None:
-    """The graph must take the card's input as float32 [N,1,28,28] and answer [N,C] for its C classes."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    input_name, output_name = card["input"]["name"], card["output"]["name"]
-    if [i.name for i in inputs] != [input_name]:
-        raise LoadError(f"the graph takes inputs {[i.name for i in inputs]}, the card promises one input {input_name!r}")
-    graph_input = inputs[0]
-    if graph_input.type != "tensor(float)" or len(graph_input.shape) != 4 or list(graph_input.shape[1:]) != [1, 28, 28]:
-        raise LoadError(f"the graph input is {graph_input.type} {graph_input.shape}; [N, 1, 28, 28] float32 is required")
-    by_name = {o.name: o for o in outputs}
-    if output_name not in by_name:
-        raise LoadError(f"the graph has no output {output_name!r} (it has {list(by_name)})")
-    shape = by_name[output_name].shape
-    width = shape[-1] if len(shape) == 2 else None
-    if len(shape) != 2 or (isinstance(width, int) and width != len(card["classes"])):
-        raise LoadError(f"the graph output is {shape}; [N, {len(card['classes'])}] (one column per class) is required")
+    """The graph must take the card's input and answer [N,C] for its C classes (service.inference.card.check_graph)."""
+    try:
+        check_graph(session.get_inputs(), session.get_outputs(), parse_card(card))
+    except CardError as error:
+        raise LoadError(str(error)) from None
 
 
 class ModelRepository:
@@ -204,7 +233,7 @@ class ModelRepository:
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
-        self._rescans: set[asyncio.Task] = set()  # asked for by another worker process (refresh_soon)
+        self._rescans = CoalescingRescans(self.refresh)  # reloads, the watcher, other worker processes
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -217,10 +246,10 @@ class ModelRepository:
             self._watch_task = asyncio.create_task(self._watch(), name="model-repository-watch")
 
     async def stop(self) -> None:
-        scans = [task for task in (self._watch_task, *self._rescans) if task is not None]
-        for task in scans:
-            task.cancel()
-        await asyncio.gather(*scans, return_exceptions=True)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await self._rescans.stop()
         async with self._lock:
             models = [slot.model for versions in self._models.values() for slot in versions.values() if slot.model]
             self._models, self._defaults = {}, {}
@@ -230,21 +259,16 @@ class ModelRepository:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
-            await self._refresh_logged()
-
-    async def _refresh_logged(self) -> None:
-        try:
-            await self.refresh()
-        except Exception:  # a scan that failed once (e.g. a directory vanishing mid-scan) is retried
-            logger.exception("scanning the model repository failed")
+            try:
+                await self._rescans.rescan()
+            except Exception:  # logged where it failed; a scan that failed once (a directory vanishing mid-scan) is retried
+                pass
 
     def refresh_soon(self) -> None:
-        """Rescan the whole repository in the background (another worker process was asked to reload)."""
-        if not self.started:
-            return
-        task = asyncio.create_task(self._refresh_logged())
-        self._rescans.add(task)  # held until done: the loop keeps only weak references to tasks
-        task.add_done_callback(self._rescans.discard)
+        """Rescan the whole repository in the background (another worker process was asked to reload); joins a
+        pending rescan if there is one."""
+        if self.started:
+            self._rescans.ask()
 
     # --- lookups (event loop, no awaits: they see one consistent table) -----------------------------
 
@@ -267,13 +291,13 @@ class ModelRepository:
             description = self.describe(name)
             if description.default_version is None:
                 why = "; ".join(f"version {s.version}: {s.state.lower()} ({s.reason})" for s in description.versions)
-                raise ModelNotReady(f"model {name!r} has no version ready to serve ({why or 'no versions'})")
+                raise _not_ready(f"model {name!r} has no version ready to serve ({why or 'no versions'})", description.state)
             version = description.default_version
         slot = versions.get(version)
         if slot is None:
             raise VersionNotFound(f"model {name!r} has no version {version} (versions: {sorted(versions) or 'none'})")
         if slot.model is None:
-            raise ModelNotReady(f"version {version} of model {name!r} is {slot.status.state.lower()}: {slot.status.reason}")
+            raise _not_ready(f"version {version} of model {name!r} is {slot.status.state.lower()}: {slot.status.reason}", slot.status.state)
         return slot.model
 
     def _versions(self, name: str) -> dict[int, _Slot]:
@@ -288,13 +312,14 @@ class ModelRepository:
     async def reload(self, name: str) -> ModelDescription:
         """Rescan one model's directory now (new, changed, removed versions) and describe the result."""
         check_model_name(name)
-        await self.refresh(only=name)
+        await self._rescans.rescan(name)  # joins the pending rescan, if any: a storm of reloads costs one or two scans
         return self.describe(name)
 
-    async def refresh(self, only: str | None = None) -> None:
+    async def refresh(self, only: Collection[str] | None = None) -> None:
+        """Rescan the whole repository, or only the directories of the models named in `only`."""
         async with self._lock:
             scan = await asyncio.to_thread(self._scan, only)
-            names = [only] if only else sorted(set(self._models) | set(scan))
+            names = sorted(only) if only is not None else sorted(set(self._models) | set(scan))
             retired: list[ServedModel] = []
             for name in names:
                 on_disk = scan.get(name)
@@ -314,20 +339,23 @@ class ModelRepository:
             self._retiring.add(task)  # held until done: the loop keeps only weak references to tasks
             task.add_done_callback(self._retiring.discard)
 
-    def _scan(self, only: str | None) -> _OnDisk:
+    def _scan(self, only: Collection[str] | None) -> _OnDisk:
         scan: _OnDisk = {}
-        model_dirs = [self.root / only] if only else sorted(self.root.iterdir())
+        model_dirs = [self.root / name for name in sorted(only)] if only is not None else sorted(self.root.iterdir())
         for model_dir in model_dirs:
             if not (MODEL_NAME.fullmatch(model_dir.name) and model_dir.is_dir()):
                 continue
             try:
+                entries = list(model_dir.iterdir())
                 versions = {
                     int(version_dir.name): (version_dir, _fingerprint(version_dir))
-                    for version_dir in model_dir.iterdir()  # '.tmp-*' staging directories do not match
+                    for version_dir in entries  # '.tmp-*' staging directories do not match
                     if VERSION_DIR.fullmatch(version_dir.name) and version_dir.is_dir()
                 }
             except FileNotFoundError:  # removed while we looked: gone
                 continue
+            if not versions and any(entry.name.startswith(STAGING_PREFIX) for entry in entries):
+                continue  # only an export's staging directory: the first version of a model still being written, or left by a killed export
             scan[model_dir.name] = versions
         return scan
 
@@ -341,15 +369,28 @@ class ModelRepository:
             slot = current.get(version)
             if slot is not None and slot.fingerprint == fingerprint:
                 continue
-            if slot is not None and slot.model:
-                retired.append(slot.model)
+            serving = slot.model if slot is not None else None
             if fingerprint is None:  # a directory still being filled in place: look again next scan
-                current[version] = _Slot(VersionStatus(version, LOADING, "waiting for model.json and model.onnx"))
+                why = "waiting for model.json and model.onnx"
+                current[version] = _keep_serving(serving, why) if serving else _Slot(VersionStatus(version, LOADING, why))
                 continue
-            current[version] = _Slot(VersionStatus(version, LOADING, "loading"), fingerprint)
-            self._publish(name, current)
-            current = dict(current)
-            current[version] = await asyncio.to_thread(self._load, name, version, version_dir, fingerprint)
+            if serving is None:  # a version a request may be waiting for: say it is loading meanwhile
+                current[version] = _Slot(VersionStatus(version, LOADING, "loading"), fingerprint)
+                self._publish(name, current)
+                current = dict(current)
+            loaded = await asyncio.to_thread(self._load, name, version, version_dir, fingerprint)
+            if loaded.model is None and serving is not None:
+                # Its files were edited in place (truncated, half copied) and no longer load: the last good load
+                # goes on serving, with the failure in its status; the next change of the files is tried again.
+                logger.error(
+                    "%s version %d changed on disk and cannot be loaded; still serving its last good load",
+                    name, version, extra={"model": name, "version": version},
+                )
+                current[version] = _keep_serving(serving, loaded.status.reason, fingerprint)
+                continue
+            if serving is not None:
+                retired.append(serving)
+            current[version] = loaded
         self._publish(name, current)
         return retired
 

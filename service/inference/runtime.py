@@ -155,23 +155,69 @@ def create_session(
     return session
 
 
-def make_infer_fn(session: ort.InferenceSession, input_name: str, output_name: str) -> InferFn:
-    """A blocking callable: float32 [N,1,28,28] -> float32 [N,C]. ONNX Runtime releases the GIL in run()."""
-    outputs = [output_name]
+def make_infer_fn(
+    session: ort.InferenceSession, input_name: str, output_name: str, *, logits: bool = False, fixed_batch: int | None = None,
+    typicality_output: str | None = None,
+) -> InferFn:
+    """A blocking callable: the model's input batch -> float32 [N,C] probabilities, or [N,C+1] with the typicality
+    score as the last column when `typicality_output` is given (one array keeps the runners' batching unchanged).
+    ONNX Runtime releases the GIL in run(). `logits`: the graph answers logits, turned into probabilities here;
+    `fixed_batch`: the graph takes exactly that many pictures a run (an export without a dynamic batch axis), so a
+    batch runs in such slices."""
     run = session.run
+    if typicality_output is None:
+        outputs = [output_name]
 
-    def infer(images: np.ndarray) -> np.ndarray:
-        return run(outputs, {input_name: images})[0]
+        def infer(images: np.ndarray) -> np.ndarray:
+            return run(outputs, {input_name: images})[0]
+    else:
+        both = [output_name, typicality_output]
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            answer, typicality = run(both, {input_name: images})
+            return np.concatenate([answer, typicality.reshape(-1, 1).astype(answer.dtype, copy=False)], axis=1)
+
+    if fixed_batch is not None:
+        whole = infer
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            count = len(images)
+            padded = -count % fixed_batch
+            if padded:  # the last slice is filled up with copies of the last picture, and their answers dropped
+                images = np.concatenate([images, np.repeat(images[-1:], padded, axis=0)])
+            parts = [whole(images[start : start + fixed_batch]) for start in range(0, len(images), fixed_batch)]
+            return np.concatenate(parts)[:count]
+
+    output_type = next(o.type for o in session.get_outputs() if o.name == output_name)
+    if logits or output_type != "tensor(float)":  # float16 answers are served as float32
+        raw = infer
+        classes = slice(None, -1) if typicality_output else slice(None)
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            answer = np.asarray(raw(images), dtype=np.float32)
+            if logits:
+                answer[:, classes] = softmax(answer[:, classes])
+            return answer
 
     return infer
 
 
-def warm_up(infer: InferFn, num_classes: int) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def warm_up(
+    infer: InferFn, num_classes: int, instance_shape: tuple = (1, 28, 28), dtype: np.dtype = np.dtype(np.float32),
+    extra_columns: int = 0,
+) -> np.ndarray:
     """One inference on a blank picture, so the first request does not pay for lazy initialisation;
-    also proves the model answers probabilities of the declared width."""
-    probabilities = np.asarray(infer(np.zeros((1, 1, 28, 28), dtype=np.float32)))
-    if probabilities.shape != (1, num_classes):
-        raise ValueError(f"warm-up answered shape {list(probabilities.shape)}, expected [1, {num_classes}]")
+    also proves the model answers probabilities of the declared width (then `extra_columns`, e.g. typicality)."""
+    answer = np.asarray(infer(np.zeros((1, *instance_shape), dtype=dtype)))
+    if answer.shape != (1, num_classes + extra_columns):
+        raise ValueError(f"warm-up answered shape {list(answer.shape)}, expected [1, {num_classes + extra_columns}]")
+    probabilities = answer[:, :num_classes]
     if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
         raise ValueError(f"warm-up answered {probabilities.tolist()}, which are not softmax probabilities")
     return probabilities

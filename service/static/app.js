@@ -23,9 +23,11 @@
     placeholder: document.getElementById("result-placeholder"),
     result: document.getElementById("result"),
     label: document.getElementById("prediction-label"),
-    warnings: document.getElementById("warnings"),
     picture: document.getElementById("picture"),
     modelInput: document.getElementById("model-input"),
+    explanation: document.getElementById("explanation"),
+    explainedLabel: document.getElementById("explained-label"),
+    warnings: document.getElementById("warnings"),
     bars: document.getElementById("probabilities"),
     barTemplate: document.getElementById("bar-template"),
     model: document.getElementById("result-model"),
@@ -38,6 +40,17 @@
   let latestRequest = 0; // answers to older requests are dropped
 
   for (const element of document.querySelectorAll(".js-only")) element.hidden = false;
+
+  // The canvas is for the models that read drawn ink (digits, clothing); every model takes uploads.
+  const drawPanel = document.getElementById("draw-panel");
+  function chosenDrawable() {
+    const option = modelSelect && modelSelect.selectedOptions[0];
+    return !option || option.dataset.drawable !== "false";
+  }
+  function showDrawPanel() {
+    if (drawPanel) drawPanel.hidden = !chosenDrawable();
+  }
+  showDrawPanel();
 
   // ---- Showing results and errors -------------------------------------------------------------
 
@@ -65,17 +78,30 @@
     elements.error.hidden = true;
     elements.placeholder.hidden = true;
     elements.label.textContent = answer.label;
+    elements.picture.src = answer.picture_png;
+    elements.modelInput.src = answer.input_png;
+    const [height, width] = answer.input_size;
+    elements.modelInput.width = width;
+    elements.modelInput.height = height;
+    elements.explanation.width = width;
+    elements.explanation.height = height;
+    elements.modelInput.alt = "The " + width + " by " + height + " pixel input the model saw";
+    document.getElementById("model-input-caption").textContent = "What the model saw (" + width + "\u00d7" + height + ")";
+    elements.explanation.src = answer.explanation_png;
+    elements.explainedLabel.textContent = answer.explained_label;
     elements.warnings.replaceChildren();
-    for (const warning of answer.warnings || []) {  // what was doubtful about the picture
+    (answer.warnings || []).forEach(function (warning) {
       const item = document.createElement("li");
+      item.className = "warning warning-" + warning.code;
       item.dataset.code = warning.code;
       item.textContent = capitalise(warning.message);
       elements.warnings.appendChild(item);
-    }
-    elements.warnings.hidden = !(answer.warnings && answer.warnings.length);
-    elements.picture.src = answer.picture_png;
-    elements.modelInput.src = answer.input_png;
+    });
+    elements.warnings.hidden = !(answer.warnings || []).length;
     elements.bars.replaceChildren();
+    const shown = answer.top.length, classes = Object.keys(answer.probabilities).length;
+    document.getElementById("bars-heading").textContent =
+      shown < classes ? "The " + shown + " most probable classes" : "Probability of each class";
     answer.top.forEach(function (item, index) {
       const row = elements.barTemplate.content.firstElementChild.cloneNode(true);
       const percent = item.probability * 100;
@@ -136,10 +162,10 @@
     const file = fileInput.files[0];
     if (file) {
       predict(file, file.name);
-    } else if (hasInk) {
+    } else if (hasInk && chosenDrawable()) {
       predictDrawing();
     } else {
-      showError("invalid_input", "choose a picture file or draw a digit first");
+      showError("invalid_input", chosenDrawable() ? "choose a picture file or draw a digit first" : "choose a picture file first");
     }
   });
 
@@ -150,8 +176,9 @@
   modelSelect.addEventListener("change", function () {
     const details = document.getElementById("model-details");
     if (details) details.textContent = modelSelect.selectedOptions[0].dataset.details;
+    showDrawPanel();
     if (fileInput.files[0]) predict(fileInput.files[0], fileInput.files[0].name);
-    else if (hasInk) predictDrawing();
+    else if (hasInk && chosenDrawable()) predictDrawing();
   });
 
   // ---- Drag and drop --------------------------------------------------------------------------

@@ -137,9 +137,9 @@ def test_page_loads_accessible_and_makes_no_outside_request(browser, server, art
     assert {server.url + "/static/app.css", server.url + "/static/app.js"} <= set(requested)
     assert failures == []
 
-    # The picker lists the shipped models with their test accuracy, the best digits model chosen.
+    # The picker lists the shipped models with their input size and test accuracy, the best digits model chosen.
     options = page.locator("#model option").all_inner_texts()
-    assert any(re.fullmatch(rf"{MODEL} v\d+ · \d+\.\d% accuracy", o.strip()) for o in options), options
+    assert any(re.fullmatch(rf"{MODEL} v\d+ · 28×28 grey · \d+\.\d% accuracy", o.strip()) for o in options), options
     assert re.match(r"\d+\.\d% test accuracy on ", page.locator("#model-details").inner_text())
     assert page.locator("#model optgroup").first.get_attribute("label") == "Handwritten digits"
     assert page.locator("#model").input_value() == MODEL

@@ -35,7 +35,8 @@ def test_predict_runs_the_client(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("argv, prog", [(["serve", "--help"], "usage: pixelserve serve"),
-                                        (["predict", "--help"], "usage: pixelserve predict")])
+                                        (["predict", "--help"], "usage: pixelserve predict"),
+                                        (["import", "--help"], "usage: pixelserve import")])
 def test_help_names_the_console_script(capsys, argv, prog):
     with pytest.raises(SystemExit) as exited:
         cli.cli(argv)
@@ -48,4 +49,4 @@ def test_no_or_unknown_command_lists_the_commands(capsys):
     assert cli.cli([]) == 2
     assert cli.cli(["--port", "8000"]) == 2
     err = capsys.readouterr().err
-    assert "unknown command '--port'" in err and "pixelserve {serve,predict}" in err
+    assert "unknown command '--port'" in err and "pixelserve {serve,predict,import}" in err

@@ -107,7 +107,7 @@ def test_hot_requests_answer_as_uvicorns_cycle_does(settings):
         else:
             assert parts(hot) == parts(cycle), path
     statuses = {parts(hot)[0].split(b" ")[1] for hot, _ in answers}
-    assert statuses >= {b"200", b"404", b"413", b"422", b"503"}
+    assert statuses >= {b"200", b"400", b"404", b"413", b"422"}
     # Every well-formed predict and infer path went the hot way, and only those.
     assert sorted(set(CountingProtocol.hot)) == [
         "/v1/models/broken/predict", "/v1/models/digits/predict", "/v1/models/nope/predict",
@@ -170,7 +170,7 @@ def test_a_client_that_leaves_has_its_request_cancelled_and_counted_as_499(setti
             cancelled.set()
             raise
 
-    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel._submit", never_answers)
     app = create_app(settings)
 
     def check(port):
@@ -184,7 +184,7 @@ def test_a_client_that_leaves_has_its_request_cancelled_and_counted_as_499(setti
     assert metrics.requests.labels("digits", "2", "/v1/models/{name}/predict", "499")._value.get() == 1
 
 
-def test_an_app_fault_after_the_middleware_is_a_plain_500_and_the_server_goes_on(settings, monkeypatch):
+def test_an_app_fault_after_the_middleware_is_a_json_500_and_the_server_goes_on(settings, monkeypatch):
     app = create_app(settings)
 
     async def broken(scope, receive, send):
@@ -193,7 +193,8 @@ def test_an_app_fault_after_the_middleware_is_a_plain_500_and_the_server_goes_on
     def check(port):
         app.hot_entry, healthy = broken, app.hot_entry
         answer = exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {}))
-        assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and answer.endswith(b"Internal Server Error")
+        assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"content-type: application/json" in answer
+        assert orjson.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": {"code": "internal_error", "message": "Internal Server Error"}}
         assert b"connection: close" in answer
         app.hot_entry = healthy
         assert exchange(port, request("POST", "/v1/models/digits/predict", PREDICT, {})).startswith(b"HTTP/1.1 200 OK\r\n")
@@ -248,7 +249,7 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
         waiting.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr("service.inference.registry.ServedModel.predict", never_answers)
+    monkeypatch.setattr("service.inference.registry.ServedModel._submit", never_answers)
     app = create_app(settings)
     answers: list[bytes] = []
     clients: list[threading.Thread] = []
@@ -263,7 +264,7 @@ def test_a_request_cut_short_by_a_shutdown_out_of_time_gets_a_500(settings, monk
     serve_on_loopback(app, CountingProtocol, check, log_level="critical", timeout_graceful_shutdown=0.5)
     clients[0].join(10)
     assert answers[0].startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"connection: close" in answers[0]
-    assert answers[0].endswith(b"Internal Server Error")
+    assert answers[0].endswith(b'{"error":{"code":"internal_error","message":"Internal Server Error"}}')
 
 
 class FakeTransport:
@@ -297,8 +298,8 @@ def test_requests_read_in_one_loop_step_run_in_one_batch_and_are_answered_in_the
     batches: list[int] = []
     make_infer_fn = runtime.make_infer_fn
 
-    def recording_infer_fn(*args):
-        infer = make_infer_fn(*args)
+    def recording_infer_fn(*args, **options):
+        infer = make_infer_fn(*args, **options)
 
         def recorded(images):
             batches.append(len(images))

@@ -9,6 +9,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from service import imaging
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput
+from service.inference.card import parse_card
+from service.inference.model_input import ModelInput
+from tests.onnx_models import make_card
 from training.data import DATASETS, TEST_IMAGES, verified_file
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -423,13 +427,15 @@ def test_the_fashion_model_classifies_product_shots_as_well_as_clean_items(cloth
     assert (shot_labels == clean_labels).mean() >= 0.9
 
 
-def test_to_png_shows_the_input_exactly():
-    x = np.random.default_rng(3).random((1, 28, 28), dtype=np.float32)
-    shown = np.asarray(Image.open(io.BytesIO(imaging.to_png(x))))
-    np.testing.assert_array_equal(shown, np.rint(x[0] * 255).astype(np.uint8))
-    assert Image.open(io.BytesIO(imaging.to_png(x, scale=10))).size == (280, 280)
-    with pytest.raises(ValueError):
-        imaging.to_png(np.zeros((2, 28, 28)))
+def test_pixels_png_shows_the_input_exactly():
+    x = np.random.default_rng(3).random((28, 28, 1), dtype=np.float32)
+    shown = np.asarray(Image.open(io.BytesIO(imaging.pixels_png(x, 1.0, "L"))))
+    np.testing.assert_array_equal(shown, np.rint(x[:, :, 0] * 255).astype(np.uint8))
+    assert Image.open(io.BytesIO(imaging.pixels_png(x, 1.0, "L", scale=10))).size == (280, 280)
+    colour = np.random.default_rng(4).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(imaging.pixels_png(colour, 255.0, "RGB")))), colour)
+    # A BGR model's pixels are shown in their true colours.
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(imaging.pixels_png(colour[:, :, ::-1], 255.0, "BGR")))), colour)
 
 
 # ---------------------------------------------------------------- anything at all: never a crash
@@ -477,7 +483,9 @@ def test_the_page_gets_the_apis_input_and_a_picture_to_show(format):
     assert picture.mode == "RGB" and picture.getpixel((5, 5))[2] < 215  # still in colour: cream, not grey
     # A JPEG is decoded at a reduced scale (1/8 here: 375 >= 280 pixels a side); other formats whole.
     assert picture.size == ((375, 375) if format == "JPEG" else (3000, 3000))
-    page_x, page_picture = prepare_picture(data, "mnist-digit", MAX_PIXELS)
-    np.testing.assert_array_equal(page_x, x)
+    card = parse_card(make_card("digits", 1, b"any"))
+    page_x, seen, page_picture, _ = prepare_picture(data, SimpleNamespace(spec=card, input=ModelInput(card.input)), MAX_PIXELS)
+    np.testing.assert_array_equal(page_x, x[np.newaxis])
+    assert Image.open(io.BytesIO(base64.b64decode(seen.partition(",")[2]))).size == (28, 28)  # what the model saw
     shown = Image.open(io.BytesIO(base64.b64decode(page_picture.partition(",")[2])))
     assert max(shown.size) == DISPLAY_SIZE

@@ -98,8 +98,9 @@ NOT_SERVABLE = {
     "version not a number": ("/v2/models/digits/versions/latest{}", 404),
     "version zero": ("/v2/models/digits/versions/0{}", 404),
     "name escaping the repository": ("/v2/models/%2e%2e{}", 404),
-    "broken model": ("/v2/models/broken{}", 503),
-    "broken version": ("/v2/models/digits/versions/3{}", 503),
+    # Versions that failed to load: 400, which clients do not retry (Triton answers so for a model not ready).
+    "broken model": ("/v2/models/broken{}", 400),
+    "broken version": ("/v2/models/digits/versions/3{}", 400),
 }
 
 

@@ -122,7 +122,11 @@ def test_card_fields_and_sha256(published_model):
     assert card["input"] == {"name": "input", "shape": ["N", 1, 28, 28], "dtype": "float32",
                              "range": [0.0, 1.0], "polarity": "white-on-black"}
     assert card["output"] == {"name": "probabilities", "shape": ["N", 10], "dtype": "float32",
-                              "activation": "softmax"}
+                              "activation": "softmax", "typicality": "typicality"}
+    # Training fits calibration (validation split) and typicality (training split), measured on the test split.
+    assert card["calibration"]["temperature"] > 0 and card["calibration"]["ece_bins"] == 15
+    assert card["calibration"]["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-4)
+    assert card["typicality"]["output"] == "typicality" and card["typicality"]["flagged_share"] <= 0.05
     assert card["preprocessing"]["method"] == "mnist-digit"
     assert card["architecture"]["arch"] == "softmax" and card["architecture"]["parameters"] == 7850
     metrics = card["metrics"]
@@ -145,6 +149,6 @@ def test_report_and_plots_beside_the_model(published_model):
     assert matrix.shape == (10, 10) and matrix.sum() == 600
     assert report["test"]["accuracy"] == pytest.approx(np.trace(matrix) / 600)
     assert report["test"]["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-5)
-    for plot in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
+    for plot in ("learning_curves.png", "confusion_matrix.png", "misclassified.png", "reliability.png"):
         data = (published_model / plot).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) < 200_000

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from training import photo_mix
 from training.init_from import load_published_weights
 from training.models import build_model
-from training.photos import CONDITIONS, photo
+from training.synthetic_photos import CONDITIONS, photo
 
 PROJECT = Path(__file__).resolve().parents[2]
 

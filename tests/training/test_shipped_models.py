@@ -28,10 +28,12 @@ def pinned_torch() -> str:
     return pin
 
 
-def test_every_shipped_model_is_there_from_version_1():
-    # Later versions are published beside the first (the convnets fine-tuned on photos: docs/photos.md).
+def test_every_shipped_model_is_there_once():
+    # Version 1 as trained; version 2 the same weights with calibration and typicality folded in (issue 20);
+    # version 3 of the convnets fine-tuned on processed photos, calibrated the same way (issue 18, docs/photos.md).
+    versions = {name: sorted(p.name for p in SHIPPED if p.parent.name == name) for name in BARS}
+    assert versions == {name: ["1", "2", "3"] if name.endswith("-convnet") else ["1", "2"] for name in BARS}
     assert sorted({p.parent.name for p in SHIPPED}) == sorted(BARS)
-    assert all((MODELS / name / "1").is_dir() for name in BARS)
     leftovers = [p for p in MODELS.glob("*/*") if p.name.startswith(".tmp-")]
     assert leftovers == []
 
@@ -54,8 +56,15 @@ def test_card_matches_files(version_dir):
     assert card["preprocessing"]["method"] == {"digits": "mnist-digit", "fashion": "fashion-fit"}[card["task"]]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
-    assert [o.name for o in session.get_outputs()] == ["probabilities"]
-    (probabilities,) = session.run(None, {"input": np.random.rand(3, 1, 28, 28).astype(np.float32)})
+    trusted = "typicality" in card
+    assert [o.name for o in session.get_outputs()] == ["probabilities"] + ["typicality"] * trusted
+    probabilities, *typicality = session.run(None, {"input": np.random.rand(3, 1, 28, 28).astype(np.float32)})
+    if trusted:
+        assert typicality[0].shape == (3,) and typicality[0].dtype == np.float32
+        assert card["calibration"]["ece_after"] <= 0.015
+        assert card["calibration"]["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-4)
+        assert card["typicality"]["flagged_share"] <= 0.05
+        assert (version_dir / "reliability.png").stat().st_size < 200_000
     assert probabilities.shape == (3, len(card["classes"]))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 

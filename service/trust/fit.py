@@ -1,0 +1,169 @@
+"""Fit the trust sections of a classifier: one function for training, the importer and the command line.
+
+`fit_trust` takes an ONNX classifier and preprocessed pictures (validation: labelled, to fit the temperature and
+the typicality threshold; training: to fit the class Gaussians; test: labelled, to measure), and answers the
+graph to serve (temperature folded in, `typicality` output added) with the card sections describing it. The threshold is chosen on the test pictures (the validation pictures when
+none are given): typicality below it flags at most `flag_rate` of them.
+Needs `onnx` (fitting time only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from service.trust import calibration as cal
+from service.trust import typicality as typ
+from service.trust.graph import INPUT_VIEW, TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
+
+FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
+LOW_CONFIDENCE_MARGIN = 0.2  # top two calibrated probabilities closer than this: say the model hesitates
+BATCH = 500
+LAYER_CHOICES = ("input", "all", "none")
+
+
+@dataclass
+class TrustFit:
+    model: onnx.ModelProto  # the graph to serve
+    calibration: dict  # the card's "calibration" section
+    typicality: dict  # the card's "typicality" section
+    reliability: dict = field(default_factory=dict)  # {"before": bins, "after": bins} on the measured split
+    scores: dict = field(default_factory=dict)  # typicality of the validation / test pictures (for reports)
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    initializers = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, names: list[str], batch: int = BATCH) -> list[np.ndarray]:
+    """Every output in `names` for all of `inputs`, in batches, on ONNX Runtime's CPU provider."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = _input_name(model)
+    chunks = [session.run(names, {feed: inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(names))]
+
+
+def fit_trust(
+    model: onnx.ModelProto | bytes,
+    *,
+    output: str,
+    kind: str = "probabilities",
+    validation_inputs: np.ndarray,
+    validation_labels: np.ndarray,
+    train_inputs: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+    test_inputs: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    flag_rate: float = FLAG_RATE,
+    margin: float = LOW_CONFIDENCE_MARGIN,
+    layers: str = "input",
+    splits: dict[str, str] | None = None,
+) -> TrustFit:
+    """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
+    when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
+    measure, and choose the threshold, on the test pictures (the validation pictures when none are given).
+    `layers` picks the Mahalanobis members: "input" (the picture, pooled), "all" (also the input of every linear
+    layer) or "none" (the energy score alone). `splits` names each set for the card."""
+    if layers not in LAYER_CHOICES:
+        raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    validation_labels = np.asarray(validation_labels, dtype=np.int64)
+    parts = anatomy(model, output, kind)
+    if train_inputs is None or train_labels is None or layers == "none":
+        parts = replace(parts, features=[])
+    elif layers == "input":
+        parts = replace(parts, features=[f for f in parts.features if f[0] == INPUT_VIEW])
+    probe, names = with_fitting_outputs(model, parts)
+    val_parts = run_outputs(probe, validation_inputs, names)
+    num_classes = val_parts[0].shape[1]
+    temperature = cal.fit_temperature(val_parts[0], validation_labels)
+
+    members = []
+    if parts.features:
+        train_features = run_outputs(probe, train_inputs, names[1:])
+        train_labels = np.asarray(train_labels, dtype=np.int64)
+        for (tensor, _), features, held_out in zip(parts.features, train_features, val_parts[1:]):
+            member = typ.fit_subspace(features) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
+            members.append(member.calibrated(held_out))
+    energy = typ.EnergyFit.on(val_parts[0])
+    folded = fold(model, parts, temperature, members, energy)
+
+    val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
+    measured = "test" if test_inputs is not None and test_labels is not None else "validation"
+    if measured == "test":
+        test_labels = np.asarray(test_labels, dtype=np.int64)
+        test_logits = run_outputs(probe, test_inputs, names[:1])[0]
+        served, scores = run_outputs(folded, test_inputs, [output, TYPICALITY_OUTPUT])
+        labels = test_labels
+    else:
+        test_logits, served, scores, labels = val_parts[0], val_served, val_scores, validation_labels
+    threshold = typ.threshold_for(scores, flag_rate)  # on the measured split: at most flag_rate of it is flagged
+    before = cal.softmax(test_logits)
+    after = cal.softmax(served) if kind == "logits" else served.astype(np.float64)
+    if (before.argmax(1) != after.argmax(1)).any():
+        raise RuntimeError("folding the temperature changed a top class; refusing to publish")
+    ordered = np.sort(after, axis=1)
+    hesitant = (ordered[:, -1] - ordered[:, -2]) < margin
+    names_of = splits or {}
+
+    calibration = {
+        "method": "temperature scaling (Guo et al. 2017), folded into the graph: softmax(logits / T)",
+        "temperature": round(temperature, 6),
+        "fitted_on": names_of.get("validation", f"{len(validation_labels)} labelled validation pictures"),
+        "measured_on": names_of.get(measured, f"{len(labels)} {measured} pictures"),
+        "ece_bins": cal.ECE_BINS,
+        "ece_before": round(cal.expected_calibration_error(before, labels), 5),
+        "ece_after": round(cal.expected_calibration_error(after, labels), 5),
+        "nll_before": round(cal.nll(test_logits, labels), 5),
+        "nll_after": round(cal.nll(test_logits, labels, temperature), 5),
+        "accuracy": round(float((after.argmax(1) == labels).mean()), 5),
+        "low_confidence_margin": margin,
+        "low_confidence_share": round(float(hesitant.mean()), 5),
+        "low_confidence_accuracy": round(float((after.argmax(1) == labels)[hesitant].mean()), 5) if hesitant.any() else None,
+    }
+    typicality = {
+        "output": TYPICALITY_OUTPUT,
+        "method": "+".join(dict.fromkeys([*(_kind(m) for m in members), typ.ENERGY])),
+        "description": (
+            "the lowest of its members' scores, each in standard deviations from its mean on held-out pictures of the "
+            "training distribution (higher = more typical): pca-residual, minus the squared distance of the picture "
+            "from the principal subspace of the training pictures; mahalanobis, minus the squared Mahalanobis distance "
+            "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
+            "log-sum-exp of the logits (Liu et al. 2020)"
+        ),
+        "members": [
+            *(_member(m, t, d) for m, (t, d) in zip(members, parts.features)),
+            {"kind": typ.ENERGY, "tensor": "logits"},
+        ],
+        "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
+        if members else None,
+        "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
+        "threshold": threshold,
+        "threshold_chosen_on": names_of.get(measured, f"{len(labels)} {measured} pictures"),
+        "flag_rate_target": flag_rate,
+        "flagged_share": round(float((scores < threshold).mean()), 5),
+        "flagged_share_validation": round(float((val_scores < threshold).mean()), 5),
+    }
+    return TrustFit(
+        model=folded,
+        calibration=calibration,
+        typicality=typicality,
+        reliability={"before": cal.reliability(before, labels), "after": cal.reliability(after, labels)},
+        scores={"validation": val_scores, measured: scores},
+    )
+
+
+def _kind(member) -> str:
+    return typ.RESIDUAL if isinstance(member, typ.SubspaceFit) else typ.MAHALANOBIS
+
+
+def _member(member, tensor: str, dimension: int) -> dict:
+    described = {"kind": _kind(member), "tensor": tensor, "dimension": dimension}
+    if isinstance(member, typ.SubspaceFit):
+        described["components"] = int(member.components.shape[1])
+    return described

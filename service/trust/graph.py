@@ -1,0 +1,331 @@
+"""Graph surgery with the `onnx` package: find the logits and feature tensors of a classifier, expose
+them for fitting, and fold the fitted temperature and typicality score into the served graph.
+
+The served output keeps its name, shape and meaning (probabilities, or logits for a card whose output kind is
+"logits"); a second output `typicality` [N] float32 is added. Fitting-time only: serving never imports onnx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from service.trust.typicality import EnergyFit, GaussianFit, SubspaceFit
+
+TYPICALITY_OUTPUT = "typicality"
+_PREFIX = "trust_"  # names of everything this module adds
+INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most INPUT_VIEW_MAX values, flattened
+INPUT_VIEW_MAX = 4096  # 28x28 as it is, 224x224 colour pooled to 32x32x3
+MAX_FEATURES = 4096  # wider layers are left out of the Mahalanobis members (a D x D whitening matrix each)
+
+
+class GraphNotUnderstood(ValueError):
+    """The graph's served output cannot be traced back to logits."""
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Where the parts are: `logits` (a tensor name, or None when they must be rebuilt as log(probabilities)),
+    the Softmax node that turns them into the served probabilities (None for a logits output), and the
+    feature tensors [N, D] the typicality score may read: the picture itself (`INPUT_VIEW`, pooled down to at
+    most INPUT_VIEW_MAX values) and the input of every linear layer with at most MAX_FEATURES columns."""
+
+    output: str
+    kind: str  # "probabilities" | "logits"
+    logits: str | None
+    softmax: onnx.NodeProto | None
+    features: list[tuple[str, int]]  # (tensor, width): the input view and the input of every linear layer
+    opset: int
+    input_pool: tuple[int, bool] | None = None  # (pool side, NHWC) for the input view
+    float32: frozenset[str] = frozenset()  # tensors known to be float32 already (no Cast needed)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {name: node for node in graph.node for name in node.output}
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _inferred(model: onnx.ModelProto) -> tuple[dict[str, int], frozenset[str]]:
+    """The static width of every [N, D] tensor shape inference can follow, and the tensors known to be float32."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph shape inference cannot follow: no linear-layer features, casts everywhere
+        return {}, frozenset()
+    widths, floats = {}, set()
+    for info in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 2 and dims[1].HasField("dim_value"):
+            widths[info.name] = int(dims[1].dim_value)
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+            floats.add(info.name)
+    return widths, frozenset(floats)
+
+
+def _linear_inputs(graph: onnx.GraphProto) -> list[str]:
+    """The inputs of the linear layers (Gemm without transA, MatMul) whose weights are initializers, in graph order."""
+    initializers = {i.name for i in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type == "Gemm" and not _attribute(node, "transA", 0) and node.input[1] in initializers:
+            found.append(node.input[0])
+        elif node.op_type == "MatMul" and node.input[1] in initializers:
+            found.append(node.input[0])
+    return list(dict.fromkeys(found))
+
+
+def _input_shape(model: onnx.ModelProto) -> list[int | None]:
+    initializers = {i.name for i in model.graph.initializer}
+    graph_input = next(i for i in model.graph.input if i.name not in initializers)
+    return [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+
+
+def _input_pool(model: onnx.ModelProto) -> tuple[int, bool, int] | None:
+    """(pool side, whether the layout is NHWC, width of the pooled flattened picture) for a 4-D input of
+    static size with 1 or 3 channels, else None."""
+    shape = _input_shape(model)
+    if len(shape) != 4 or any(d is None for d in shape[1:]) or not ({shape[1], shape[3]} & {1, 3}):
+        return None
+    nhwc = shape[1] not in (1, 3)
+    c, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
+    side = 1
+    while c * (h // side) * (w // side) > INPUT_VIEW_MAX:
+        side += 1
+    return side, nhwc, c * (h // side) * (w // side)
+
+
+def anatomy(model: onnx.ModelProto, output: str, kind: str = "probabilities") -> Anatomy:
+    graph = model.graph
+    if output not in [o.name for o in graph.output]:
+        raise GraphNotUnderstood(f"the graph has no output {output!r}")
+    producers = _producers(graph)
+    softmax, logits = None, None
+    if kind == "logits":
+        logits = output
+    else:
+        node = producers.get(output)
+        if node is not None and node.op_type == "Softmax":
+            softmax, logits = node, node.input[0]
+    features = []
+    pool = _input_pool(model)
+    if pool is not None:
+        features.append((INPUT_VIEW, pool[2]))
+    widths, floats = _inferred(model)
+    for tensor in _linear_inputs(graph):
+        width = widths.get(tensor)
+        if width and width <= MAX_FEATURES:
+            features.append((tensor, width))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return Anatomy(output, kind, logits, softmax, features, opset, pool[:2] if pool else None, floats)
+
+
+def with_fitting_outputs(model: onnx.ModelProto, parts: Anatomy) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy that also outputs the logits (as float32; log(probabilities) when no logits tensor exists) and the
+    features, for one ONNX Runtime pass over the fitting pictures. Returns it and its output names in order."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    logits = _logits_tensor(graph, parts)
+    names = [logits]
+    names += _feature_tensors(graph, parts)
+    existing = {o.name for o in graph.output}
+    for name in names:
+        if name not in existing:
+            graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return copy, names
+
+
+def _feature_tensors(graph: onnx.GraphProto, parts: Anatomy) -> list[str]:
+    """Add float32 [N, D] copies of the feature tensors to `graph`; their names, in `parts.features` order."""
+    names = []
+    for tensor, _ in parts.features:
+        if tensor == INPUT_VIEW:
+            initializers = {i.name for i in graph.initializer}
+            source = next(i.name for i in graph.input if i.name not in initializers)
+            if source not in parts.float32:
+                graph.node.append(helper.make_node("Cast", [source], [_PREFIX + "picture_f32"], to=TensorProto.FLOAT))
+                source = _PREFIX + "picture_f32"
+            side, nhwc = parts.input_pool
+            if nhwc:  # to NCHW, so the view has the same order of values for either layout
+                graph.node.append(helper.make_node("Transpose", [source], [_PREFIX + "picture_nchw"], perm=[0, 3, 1, 2]))
+                source = _PREFIX + "picture_nchw"
+            if side > 1:
+                graph.node.append(helper.make_node("AveragePool", [source], [_PREFIX + "picture_pooled"], kernel_shape=[side, side], strides=[side, side]))
+                source = _PREFIX + "picture_pooled"
+            graph.node.append(helper.make_node("Flatten", [source], [INPUT_VIEW], axis=1))
+            names.append(INPUT_VIEW)
+        elif tensor in parts.float32:
+            names.append(tensor)
+        else:
+            names.append(f"{_PREFIX}f32_{len(names)}")
+            graph.node.append(helper.make_node("Cast", [tensor], [names[-1]], to=TensorProto.FLOAT))
+    return names
+
+
+def _logits_tensor(graph: onnx.GraphProto, parts: Anatomy) -> str:
+    """A float32 logits tensor added to `graph`: the logits cast, or log of the served probabilities."""
+    name = _PREFIX + "logits_f32"
+    if parts.logits and parts.logits in parts.float32:
+        return parts.logits
+    if parts.logits:
+        graph.node.append(helper.make_node("Cast", [parts.logits], [name], to=TensorProto.FLOAT))
+    else:
+        floor = numpy_helper.from_array(np.array(1e-30, np.float32), _PREFIX + "floor")
+        graph.initializer.append(floor)
+        graph.node.extend([
+            helper.make_node("Cast", [parts.output], [_PREFIX + "p_f32"], to=TensorProto.FLOAT),
+            helper.make_node("Max", [_PREFIX + "p_f32", floor.name], [_PREFIX + "p_floor"]),
+            helper.make_node("Log", [_PREFIX + "p_floor"], [name]),
+        ])
+    return name
+
+
+def _elem_type(graph: onnx.GraphProto, output: str) -> int:
+    for info in graph.output:
+        if info.name == output:
+            return info.type.tensor_type.elem_type
+    return TensorProto.FLOAT
+
+
+def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, keepdims: int = 0) -> onnx.NodeProto:
+    """A reduction over axis 1; axes became an input in opset 18."""
+    if opset >= 18:
+        axes = numpy_helper.from_array(np.array([1], np.int64), out + "_axes")
+        graph.initializer.append(axes)
+        return helper.make_node(op, [tensor, axes.name], [out], keepdims=keepdims)
+    return helper.make_node(op, [tensor], [out], axes=[1], keepdims=keepdims)
+
+
+def fold(
+    model: onnx.ModelProto, parts: Anatomy, temperature: float, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None
+) -> onnx.ModelProto:
+    """The served graph with the logits divided by `temperature` before the softmax (or before the served logits),
+    and a `typicality` output: the lowest standardised score of the members, one per `parts.features` (in that
+    order: a PCA residual or a Mahalanobis score) and the energy of the raw logits (with `energy`)."""
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    graph = folded.graph
+    served_type = _elem_type(graph, parts.output)
+    np_type = helper.tensor_dtype_to_np_dtype(served_type)
+    t = numpy_helper.from_array(np.array(temperature, dtype=np_type), _PREFIX + "temperature")
+    graph.initializer.append(t)
+
+    # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
+    columns = _add_feature_members(graph, parts, members) if members else []
+    if energy is not None:
+        columns.append(_add_energy(graph, parts, energy))
+    if not columns:
+        raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
+    graph.node.append(helper.make_node("Concat", columns, [_PREFIX + "standard_scores"], axis=1))
+    graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
+
+    if parts.softmax is not None:  # ... -> logits -> Div(T) -> Softmax -> probabilities
+        position = next(i for i, n in enumerate(graph.node) if n.op_type == "Softmax" and list(n.output) == list(parts.softmax.output))
+        graph.node.insert(position, helper.make_node("Div", [parts.logits, t.name], [_PREFIX + "scaled_logits"]))
+        graph.node[position + 1].input[0] = _PREFIX + "scaled_logits"
+    else:  # the served tensor is renamed where it is made and used, and rebuilt at the end from that copy
+        raw = _PREFIX + "served_raw"
+        for node in graph.node:
+            node.output[:] = [raw if o == parts.output else o for o in node.output]
+            node.input[:] = [raw if i == parts.output else i for i in node.input]
+        if parts.kind == "logits":
+            graph.node.append(helper.make_node("Div", [raw, t.name], [parts.output]))
+        else:  # probabilities without a Softmax node: softmax(log(p) / T), in the served type
+            floor = numpy_helper.from_array(np.array(1e-30, np_type), _PREFIX + "served_floor")
+            graph.initializer.append(floor)
+            graph.node.extend([
+                helper.make_node("Max", [raw, floor.name], [_PREFIX + "served_floored"]),
+                helper.make_node("Log", [_PREFIX + "served_floored"], [_PREFIX + "served_log"]),
+                helper.make_node("Div", [_PREFIX + "served_log", t.name], [_PREFIX + "served_scaled"]),
+                helper.make_node("Softmax", [_PREFIX + "served_scaled"], [parts.output], axis=-1),
+            ])
+    # Appended nodes read only tensors made earlier, so the node order stays topological.
+    graph.output.append(helper.make_tensor_value_info(TYPICALITY_OUTPUT, TensorProto.FLOAT, [_batch_dim(graph)]))
+    onnx.checker.check_model(folded)
+    return folded
+
+
+def _batch_dim(graph: onnx.GraphProto):
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_param"):
+        return dims[0].dim_param
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else "N"
+
+
+def _standardise(graph: onnx.GraphProto, score: str, offset: float, scale: float, out: str, negate: bool) -> list[onnx.NodeProto]:
+    """out = (s - offset) / scale with s = -score when `negate`, as one Mul and one Add."""
+    factor = numpy_helper.from_array(np.array((-1.0 if negate else 1.0) / scale, np.float32), out + "_factor")
+    shift = numpy_helper.from_array(np.array(-offset / scale, np.float32), out + "_shift")
+    graph.initializer.extend([factor, shift])
+    return [helper.make_node("Mul", [score, factor.name], [out + "_scaled"]), helper.make_node("Add", [out + "_scaled", shift.name], [out])]
+
+
+def _add_feature_members(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit | SubspaceFit]) -> list[str]:
+    """One standardised [N, 1] float32 column per feature tensor."""
+    columns = []
+    for index, (fit, source) in enumerate(zip(fits, _feature_tensors(graph, parts))):
+        p = f"{_PREFIX}m{index}_"
+        if isinstance(fit, SubspaceFit):
+            columns.append(_add_residual(graph, source, fit, p))
+        else:
+            columns.append(_add_mahalanobis(graph, source, fit, p, parts.opset))
+    return columns
+
+
+def _add_residual(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str) -> str:
+    """score = -(|x - m|^2 - |(x - m) P|^2): the squared distance from the principal subspace, standardised:
+    (score - offset) / scale, with 1 / scale folded into the two summing vectors (fewer nodes to run)."""
+    mean = numpy_helper.from_array(fit.mean.astype(np.float32)[None, :], p + "mean")
+    components = numpy_helper.from_array(fit.components.astype(np.float32), p + "components")
+    sum_d = numpy_helper.from_array(np.full((fit.components.shape[0], 1), -1.0 / fit.scale, np.float32), p + "sum_d")
+    sum_k = numpy_helper.from_array(np.full((fit.components.shape[1], 1), 1.0 / fit.scale, np.float32), p + "sum_k")
+    shift = numpy_helper.from_array(np.array(-fit.offset / fit.scale, np.float32), p + "shift")
+    graph.initializer.extend([mean, components, sum_d, sum_k, shift])
+    graph.node.extend([
+        helper.make_node("Sub", [source, mean.name], [p + "centred"]),
+        helper.make_node("Mul", [p + "centred", p + "centred"], [p + "centred2"]),
+        helper.make_node("MatMul", [p + "centred2", sum_d.name], [p + "norm"]),  # [N, 1]: -|x - m|^2 / scale
+        helper.make_node("MatMul", [p + "centred", components.name], [p + "coords"]),  # [N, k]
+        helper.make_node("Mul", [p + "coords", p + "coords"], [p + "coords2"]),
+        helper.make_node("MatMul", [p + "coords2", sum_k.name], [p + "explained"]),  # [N, 1]: |(x - m) P|^2 / scale
+        helper.make_node("Add", [p + "norm", p + "explained"], [p + "score"]),
+        helper.make_node("Add", [p + "score", shift.name], [p + "standard"]),
+    ])
+    return p + "standard"
+
+
+def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> str:
+    """score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised."""
+    whitening = numpy_helper.from_array(fit.whitening.astype(np.float32), p + "whitening")
+    means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
+    mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
+    ones = numpy_helper.from_array(np.ones((fit.whitening.shape[1], 1), np.float32), p + "ones")
+    graph.initializer.extend([whitening, means_t, mean_norms, ones])
+    graph.node.extend([
+        helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
+        helper.make_node("Mul", [p + "g", p + "g"], [p + "g2"]),
+        helper.make_node("MatMul", [p + "g2", ones.name], [p + "g_norm"]),  # [N, 1]
+        helper.make_node("MatMul", [p + "g", means_t.name], [p + "cross"]),  # [N, C]
+        helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
+        helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
+        _reduce("ReduceMin", p + "distances", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
+        *_standardise(graph, p + "nearest", fit.offset, fit.scale, p + "standard", negate=True),
+    ])
+    return p + "standard"
+
+
+def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> str:
+    """The standardised energy of the raw logits, an [N, 1] float32 column."""
+    logits = _logits_tensor(graph, parts)
+    out = _PREFIX + "energy_standard"
+    graph.node.append(_reduce("ReduceLogSumExp", logits, _PREFIX + "energy", parts.opset, graph, keepdims=1))
+    graph.node.extend(_standardise(graph, _PREFIX + "energy", fit.offset, fit.scale, out, negate=False))
+    return out

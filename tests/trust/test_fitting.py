@@ -1,0 +1,148 @@
+"""Fitting trust (service.trust): temperature scaling, the folded graph, typicality, on small synthetic models
+of any input the card describes (1 or 3 channels, any size, NCHW or NHWC, probabilities or logits)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from service.trust import calibration as cal
+from service.trust.fit import fit_trust, run_outputs
+from service.trust.graph import INPUT_VIEW, anatomy
+from tests.onnx_models import classifier_weights, make_classifier
+
+
+def logits_of(x: np.ndarray, seed: int, num_classes: int = 10) -> np.ndarray:
+    weights, bias = classifier_weights(seed, num_classes, int(np.prod(x.shape[1:])))
+    return x.reshape(len(x), -1).astype(np.float64) @ weights + bias
+
+
+def overconfident_data(shape: tuple, seed: int, count: int, true_temperature: float = 3.0):
+    """Pictures and labels drawn from softmax(logits / 3): the model (temperature 1) is over-confident."""
+    rng = np.random.default_rng(seed + 100)
+    x = rng.random((count, *shape), dtype=np.float32) * 0.2
+    p = cal.softmax(logits_of(x, seed), true_temperature)
+    labels = np.array([rng.choice(p.shape[1], p=row) for row in p])
+    return x, labels
+
+
+def test_ece_and_nll_on_known_cases():
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])  # 90% bin: half right; 60% bin: all right
+    assert cal.expected_calibration_error(probabilities, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    logits = np.log(probabilities)
+    assert cal.nll(logits, labels) == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.6, 0.6])))
+
+
+def test_temperature_fit_finds_the_true_temperature_and_lowers_ece():
+    x, labels = overconfident_data((1, 28, 28), seed=3, count=4000)
+    logits = logits_of(x, 3)
+    temperature = cal.fit_temperature(logits, labels)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before = cal.expected_calibration_error(cal.softmax(logits), labels)
+    after = cal.expected_calibration_error(cal.softmax(logits, temperature), labels)
+    assert after < before / 2
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 96, 64)], ids=["grey-28", "colour-32", "colour-96x64"])
+def test_fit_trust_folds_the_temperature_and_adds_typicality(shape):
+    seed = 5
+    model = make_classifier(seed=seed, input_shape=("N", *shape))
+    val_x, val_y = overconfident_data(shape, seed, 1000)
+    train_x, train_y = overconfident_data(shape, seed + 1, 1000)
+    test_x, test_y = overconfident_data(shape, seed + 2, 1000)
+    fit = fit_trust(
+        model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
+        train_inputs=train_x, train_labels=train_y, test_inputs=test_x, test_labels=test_y,
+    )
+    temperature = fit.calibration["temperature"]
+    assert temperature > 2.0
+    assert fit.calibration["ece_after"] < fit.calibration["ece_before"]
+    probabilities, typicality = run_outputs(fit.model, test_x, ["probabilities", "typicality"])
+    # The served graph answers softmax(logits / T), and keeps every top class.
+    np.testing.assert_allclose(probabilities, cal.softmax(logits_of(test_x, seed), temperature), atol=2e-5)
+    assert typicality.shape == (len(test_x),) and typicality.dtype == np.float32
+    # The picture's view (pooled when large) is a Mahalanobis member beside the energy score.
+    members = fit.typicality["members"]
+    assert members[0]["tensor"] == INPUT_VIEW and members[0]["kind"] == "pca-residual" and members[0]["dimension"] <= 4096
+    assert members[-1]["kind"] == "energy"
+    # The threshold flags at most 5% of the test pictures; noise far brighter than them is flagged.
+    assert np.mean(typicality < fit.typicality["threshold"]) <= 0.05
+    noise = np.random.default_rng(0).random((200, *shape), dtype=np.float32)
+    (noise_typicality,) = run_outputs(fit.model, noise, ["typicality"])
+    assert np.mean(noise_typicality < fit.typicality["threshold"]) >= 0.9
+
+
+def _logits_model(nhwc: bool) -> onnx.ModelProto:
+    """input [N,8,8,3] (NHWC) or [N,3,8,8] -> Flatten -> Gemm -> logits (no softmax in the graph)."""
+    weights, bias = classifier_weights(9, 4, 192)
+    shape = ["N", 8, 8, 3] if nhwc else ["N", 3, 8, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "logits-model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+def test_a_logits_output_is_divided_by_the_temperature(nhwc):
+    model = _logits_model(nhwc)
+    rng = np.random.default_rng(1)
+    shape = (8, 8, 3) if nhwc else (3, 8, 8)
+    x = rng.random((1200, *shape), dtype=np.float32)
+    (raw,) = run_outputs(model, x, ["logits"])
+    labels = np.array([rng.choice(4, p=row) for row in cal.softmax(raw, 2.0)])
+    fit = fit_trust(model, output="logits", kind="logits", validation_inputs=x[:600], validation_labels=labels[:600],
+                    train_inputs=x[600:], train_labels=labels[600:])
+    served, typicality = run_outputs(fit.model, x[:10], ["logits", "typicality"])
+    np.testing.assert_allclose(served, raw[:10] / fit.calibration["temperature"], rtol=1e-5, atol=1e-5)
+    assert typicality.shape == (10,)
+
+
+def test_without_training_labels_the_energy_score_stands_alone():
+    model = make_classifier(seed=2)
+    x, labels = overconfident_data((1, 28, 28), 2, 800)
+    fit = fit_trust(model, output="probabilities", validation_inputs=x, validation_labels=labels)
+    assert [m["kind"] for m in fit.typicality["members"]] == ["energy"]
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    energy = np.log(np.exp(logits_of(x, 2)).sum(1))
+    standard = (energy - energy.mean()) / energy.std()
+    np.testing.assert_allclose(typicality, standard, atol=1e-3)
+
+
+def test_the_graph_parts_are_found_in_a_shipped_model():
+    from training.data import PROJECT_ROOT
+
+    model = onnx.load(PROJECT_ROOT / "models" / "mnist-convnet" / "1" / "model.onnx")
+    parts = anatomy(model, "probabilities")
+    assert parts.softmax is not None and parts.logits
+    assert [t for t, _ in parts.features][0] == INPUT_VIEW and len(parts.features) >= 3
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+
+
+def test_the_graph_computes_the_members_as_numpy_does():
+    """layers="all": the picture's PCA residual, a Mahalanobis member on the Gemm's input, and the energy; the
+    graph's typicality is the lowest of the three standardised scores."""
+    from service.trust import typicality as typ
+
+    model = make_classifier(seed=4)
+    val_x, val_y = overconfident_data((1, 28, 28), 4, 600)
+    train_x, train_y = overconfident_data((1, 28, 28), 5, 600)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
+                    train_inputs=train_x, train_labels=train_y, layers="all")
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "mahalanobis", "energy"]
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731  the input view and the Gemm's input are both the picture
+    residual = typ.fit_subspace(flat(train_x)).calibrated(flat(val_x))
+    gaussians = typ.fit_gaussians(flat(train_x), train_y, 10).calibrated(flat(val_x))
+    energy = typ.EnergyFit.on(logits_of(val_x, 4))
+    x = np.concatenate([val_x[:50], np.random.default_rng(1).random((20, 1, 28, 28), dtype=np.float32)])
+    expected = np.min([residual.standardised(flat(x)), gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
