@@ -63,25 +63,13 @@ def answer_matches(content: bytes, expected: np.ndarray, classes: list[str]) -> 
     return same_top(answered, expected[0], classes, TOP_K, TOLERANCE), answered
 
 
-def _point(report: dict, server: str, connections: int) -> dict | None:
-    for series in report["series"]:
-        if series["server"] == server and series["protocol"] == PROTOCOL:
-            return next((p for p in series["points"] if p["connections"] == connections), None)
-    return None
-
-
-def _target(description: str, measured: float | None, limit: float, *, at_most: bool = False, unit: str = "") -> dict:
-    if measured is None:
-        return {"target": description, "measured": None, "met": None}
-    met = measured <= limit if at_most else measured >= limit
-    return {"target": description, "measured": round(measured, 3), "limit": limit, "unit": unit, "met": met}
-
-
 def photo_targets(report: dict) -> list[dict]:
     """The issue's targets for a ResNet-18-sized model, as ratios within this one run."""
+    from serving_report import _point, _target  # here: serving_report imports this module
+
     high = max(report["connections"])
-    service = {c: _point(report, "service-on", c) for c in (1, high)}
-    naive = {c: _point(report, "naive-photo", c) for c in (1, high)}
+    service = {c: _point(report, "service-on", PROTOCOL, c) for c in (1, high)}
+    naive = {c: _point(report, "naive-photo", PROTOCOL, c) for c in (1, high)}
     floor = (report.get("floor") or {}).get("best")
 
     def ratio(a: dict | None, b: dict | None, key: str) -> float | None:
