@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped models in models/, one after the other (about 30 minutes on 2 CPU cores).
+# Reproduce the shipped models in models/, one after the other (about 30 minutes on 2 CPU cores, plus the
+# photo pools of the convnets' fine-tuning: about 10 minutes each the first time, then cached in data/photo-mix/).
 #   scripts/train-shipped-models.sh                  # all four
 #   scripts/train-shipped-models.sh fashion-mlp      # only the named ones
 # Each run publishes the next free version (models/<name>/<n>/); remove models/<name>/ first to
@@ -16,6 +17,13 @@ declare -A RECIPES=(
   [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 24 --shift 1 --hflip --patience 6"
 )
 ORDER=(mnist-convnet mnist-mlp fashion-mlp fashion-convnet)
+# Then the convnets learn what serving produces from photos (docs/photos.md): the version just trained is
+# fine-tuned on a mix of clean pictures and synthetic photos run through the service's preprocessing,
+# published as the next version.
+declare -A PHOTO_RECIPES=(
+  [mnist-convnet]="--dataset mnist --arch lenet5 --epochs 4 --lr 3e-4 --shift 2 --photo-mix 0.3 --photo-pool 1000"
+  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 2 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200"
+)
 
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
@@ -28,5 +36,12 @@ done
 for name in "${names[@]}"; do
   echo "== $name"
   # shellcheck disable=SC2086  # the recipe is a list of options
-  "$PY" -m training train ${RECIPES[$name]} --name "$name" --models-dir "$MODELS_DIR" --no-progress
+  published=$("$PY" -m training train ${RECIPES[$name]} --name "$name" --models-dir "$MODELS_DIR" --no-progress | tee /dev/stderr)
+  if [ -n "${PHOTO_RECIPES[$name]+set}" ]; then
+    base=$(sed -n 's/^published \([^:]*\):.*/\1/p' <<<"$published")
+    echo "== $name: fine-tuned on processed photos from $base"
+    # shellcheck disable=SC2086
+    "$PY" -m training train ${PHOTO_RECIPES[$name]} --init-from "$base/model.onnx" --name "$name" \
+      --models-dir "$MODELS_DIR" --no-progress
+  fi
 done

@@ -102,12 +102,16 @@ def decode_base64_picture(index: int, item: dict) -> bytes:
     return data
 
 
-def pictures_to_batch(pictures: list[bytes], card: ModelCard, model_input: ModelInput, *, max_pixels: int) -> np.ndarray:
-    """Picture files -> the model's batch, prepared as the model card's preprocessing says (blocking)."""
-    from service.imaging import picture_pixels  # Pillow is only needed once a picture arrives
+def pictures_to_batch(
+    pictures: list[bytes], card: ModelCard, model_input: ModelInput, *, max_pixels: int
+) -> tuple[np.ndarray, list[list[dict]]]:
+    """Picture files -> the model's batch, prepared as the model card's preprocessing says, and per picture
+    the warnings ({"code", "message"}) about what was doubtful in it: a faint or unclear object (blocking)."""
+    from service.imaging import picture_pixels_with_warnings  # Pillow is only needed once a picture arrives
 
-    made = [picture_pixels(data, card, max_pixels=max_pixels) for data in pictures]
-    return model_input.from_pixels(np.stack([pixels for pixels, _ in made]), made[0][1])
+    made = [picture_pixels_with_warnings(data, card, max_pixels=max_pixels) for data in pictures]
+    warnings = [[{"code": w.code, "message": w.message} for w in found] for _, _, found in made]
+    return model_input.from_pixels(np.stack([pixels for pixels, _, _ in made]), made[0][1]), warnings
 
 
 def format_predictions(

@@ -83,7 +83,10 @@ class Prediction(BaseModel):
     typicality: float | None = Field(
         None, description="How much the picture looks like the training pictures (higher: more); null when the model has no typicality score"
     )
-    warnings: list[Warning] = Field(default_factory=list, description="out_of_distribution, low_confidence; empty when all is well")
+    warnings: list[Warning] = Field(
+        default_factory=list,
+        description="low_contrast, unclear_object (pictures: a faint or unclear object), out_of_distribution, low_confidence; empty when all is well",
+    )
     explanation: Explanation | None = Field(None, description="Only with explain=true")
 
 

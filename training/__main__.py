@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="augmentation: random horizontal mirroring (default: on for folders of pictures, "
                      "off for the named datasets)")
     opt.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing")
+    opt.add_argument("--photo-mix", type=float, default=defaults.photo_mix,
+                     help="train on what serving produces: share of each batch drawn from a pool of synthetic "
+                     "photos run through the service's preprocessing (0: clean pictures only; the named datasets)")
+    opt.add_argument("--photo-pool", type=int, default=1000,
+                     help="how many training pictures get a processed photo (with --photo-mix; cached in data/photo-mix/)")
+    opt.add_argument("--init-from", type=Path, default=None, metavar="MODEL_ONNX",
+                     help="start from a published model's weights (same --arch and options) and fine-tune it; "
+                     "its batch norms stay frozen")
     opt.add_argument("--patience", type=int, default=defaults.patience,
                      help="stop after this many epochs without a better validation accuracy "
                      "(with onecycle, counted from the end of its 30%% warm-up)")
@@ -194,7 +202,11 @@ def split_channels(args: argparse.Namespace) -> tuple[int, tuple[int, ...] | Non
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.photo_mix <= 1.0:
+        raise SystemExit(f"error: --photo-mix is a share in [0, 1], got {args.photo_mix}")
     folder = args.dataset.startswith(FOLDER_PREFIX)
+    if folder and args.photo_mix > 0:
+        raise SystemExit("error: --photo-mix is for the named datasets (mnist, fashion-mnist)")
     picture_channels, widths = split_channels(args)
     if not folder and args.channels is not None and len(args.channels) == 1:
         raise SystemExit("error: --channels 1|3 is for folders of pictures; the named datasets are grey 28x28")
@@ -205,6 +217,8 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, shift=args.shift, hflip=hflip,
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
+        photo_mix=args.photo_mix, photo_pool=args.photo_pool if args.photo_mix > 0 else 0,
+        init_from=str(args.init_from) if args.init_from else None,
     )
     folder_options = augmentation = None
     if folder:

@@ -17,7 +17,9 @@ from training.data import Splits, load_splits
 from training.download import sha256_of
 from training.export import MIN_PARITY_IMAGES, OPSET, check_parity, export_onnx, onnx_probabilities, publish
 from training.folders import FolderOptions, FolderSplits, folder_path, load_folder
+from training.init_from import load_published_weights
 from training.photo_batches import PhotoBatches
+from training.photo_mix import PhotoMixBatches, conditions_for, processed_pool
 from training.models import build_model, count_parameters
 from training.report import plot_reliability, summarize, write_report
 from training.train import TrainConfig, fit
@@ -57,7 +59,16 @@ def train_and_publish(
     shape = {"in_channels": photo.channels, "image_size": photo.size} if photo else {}
     torch.manual_seed(config.seed)  # the seed governs the initial weights too
     classifier = build_model(arch, len(classes), **arch_options, **shape)
+    if config.init_from:
+        load_published_weights(classifier, Path(config.init_from))
     batches = None
+    if photo is None and config.photo_mix > 0 and config.photo_pool > 0:
+        pool = processed_pool(splits.train_images, splits.train_labels, dataset, config.photo_pool, config.seed)
+        batches = PhotoMixBatches(splits, config, pool)
+        splits.split += (
+            f"; {len(pool[0])} of the training pictures also as synthetic photos ({', '.join(conditions_for(dataset))}) "
+            f"run through the service's preprocessing, a share {config.photo_mix} of each batch drawn from them"
+        )
     if photo is not None:
         augmentation = augmentation or PhotoAugmentation()
         batches = PhotoBatches(splits.train_images, splits.train_labels, photo, min_scale=augmentation.min_scale,

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import Splits
+from training.init_from import freeze_batch_norms
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -34,6 +35,9 @@ class TrainConfig:
     shift: int = 0  # augmentation: random translation by up to this many pixels
     hflip: bool = False  # augmentation: random horizontal mirror (clothes, not digits)
     label_smoothing: float = 0.0
+    photo_mix: float = 0.0  # share of each batch drawn from the pool of processed photos (training/photo_mix.py)
+    photo_pool: int = 0  # how many training pictures get a processed photo
+    init_from: str | None = None  # a published model.onnx to start from (fine-tuning; batch norms frozen)
     patience: int = 5  # stop after this many epochs without a better validation accuracy
     seed: int = 0
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -79,11 +83,14 @@ class ArrayBatches:
         self.inputs = to_tensor(splits.train_images)
         self.labels = torch.from_numpy(splits.train_labels)
         self.shift, self.hflip = config.shift, config.hflip
+        self.keep_normalisation = bool(config.init_from)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def prepare(self, model: nn.Module) -> None:
+        if self.keep_normalisation:  # a published model keeps the normalisation it was trained with
+            return
         model.normalize.mean.fill_(self.inputs.mean().item())
         model.normalize.std.fill_(self.inputs.std().item())
 
@@ -181,6 +188,8 @@ def fit(
     train_seconds, start = 0.0, time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
+        if config.init_from:
+            freeze_batch_norms(model)
         order = torch.randperm(len(batches), generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         epoch_start = time.perf_counter()
@@ -188,8 +197,9 @@ def fit(
                    disable=not progress, leave=False, mininterval=1.0)
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            inputs = batches.batch(index, generator).contiguous(memory_format=memory_format)
-            targets = train_y[index]
+            made = batches.batch(index, generator)  # a photo mix brings labels of its own
+            inputs, targets = made if isinstance(made, tuple) else (made, train_y[index])
+            inputs = inputs.contiguous(memory_format=memory_format)
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

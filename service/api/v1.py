@@ -117,10 +117,15 @@ def _served(request: Request, name: str, version: int | None) -> ServedModel:
     return served
 
 
-async def _answer(request: Request, served: ServedModel, batch, top_k: int | None, explain: bool = False) -> Response:
+async def _answer(
+    request: Request, served: ServedModel, batch, top_k: int | None, explain: bool = False,
+    picture_warnings: dict[int, list[dict]] | None = None,
+) -> Response:
     probabilities, typicality = await served.predict_scored(batch)
     top_k = request.app.state.settings.default_top_k if top_k is None else top_k
     predictions = format_predictions(probabilities, served.classes, top_k, typicality, served.trust)
+    for index, found in (picture_warnings or {}).items():  # what was doubtful in each picture comes first
+        predictions[index]["warnings"] = found + predictions[index]["warnings"]
     if explain:
         for prediction, explanation in zip(predictions, await explain_batch(served, batch, probabilities)):
             prediction["explanation"] = explanation
@@ -150,8 +155,9 @@ def _explained_count(count: int, explain: bool, served: ServedModel) -> None:
         )
 
 
-async def _decode(request: Request, pictures: list[bytes], served: ServedModel) -> np.ndarray:
-    """Picture files -> the model's input batch, decoded within the worker's memory budget."""
+async def _decode(request: Request, pictures: list[bytes], served: ServedModel) -> tuple[np.ndarray, list[list[dict]]]:
+    """Picture files -> the model's input batch, decoded within the worker's memory budget, and each
+    picture's warnings."""
     settings = request.app.state.settings
     return await decode_within_budget(
         pictures, partial(pictures_to_batch, pictures, served.spec, served.input, max_pixels=settings.max_image_pixels),
@@ -207,7 +213,8 @@ async def predict(request: Request, name: ModelName) -> Response:
         batch = pixels_to_batch(instances, model_input)
     else:
         data = [decode_base64_picture(i, instances[i]) for i in pictures]
-        decoded = await _decode(request, data, served)
+        decoded, found = await _decode(request, data, served)
+        picture_warnings = dict(zip(pictures, found, strict=True))
         if len(pictures) == len(instances):
             batch = decoded
         else:  # pixels and pictures mixed: put each back in its place
@@ -216,6 +223,7 @@ async def predict(request: Request, name: ModelName) -> Response:
             batch = np.empty((len(instances), *model_input.instance_shape), dtype=model_input.dtype)
             batch[pictures] = decoded
             batch[numeric] = np.concatenate([pixel_instance(i, instances[i], model_input) for i in numeric])
+        return await _answer(request, served, batch, top_k, explain, picture_warnings)
     return await _answer(request, served, batch, top_k, explain)
 
 
@@ -265,8 +273,8 @@ async def predict_image(
         data = [await upload.read() for upload in uploads]
     finally:
         await form.close()  # uploads spill to temporary files past 1 MB
-    batch = await _decode(request, data, served)
-    return await _answer(request, served, batch, top_k, explain)
+    batch, found = await _decode(request, data, served)
+    return await _answer(request, served, batch, top_k, explain, dict(enumerate(found)))
 
 
 @router.post(

@@ -34,7 +34,7 @@ from service.api.dependencies import tag_request
 from service.api.forms import read_form
 from service.decoding import decode_within_budget
 from service.errors import InvalidInput, ServiceError
-from service.imaging import ACCEPTED_DESCRIPTION, WORK_SIDE, pixels_and_picture, pixels_png
+from service.imaging import ACCEPTED_DESCRIPTION, WORK_SIDE, pixels_png, pixels_picture_and_warnings
 from service.predictions import format_predictions
 from service.trust.explain import explain_batch
 
@@ -176,12 +176,20 @@ def overlay_png(seen: np.ndarray, heat: np.ndarray) -> bytes:
 def prepare_picture(data: bytes, served: Any, max_pixels: int) -> tuple[np.ndarray, str, str, np.ndarray]:
     """Picture bytes -> (the model's input batch of one, what the model saw as a PNG, the picture to show back,
     what the model saw in [0, 1] for the explanation's overlay); the input is the API's own."""
-    pixels, full_scale, picture = pixels_and_picture(data, served.spec, max_pixels=max_pixels, picture_side=DISPLAY_SIZE)
+    return prepare_picture_with_warnings(data, served, max_pixels)[:4]
+
+
+def prepare_picture_with_warnings(data: bytes, served: Any, max_pixels: int) -> tuple[np.ndarray, str, str, np.ndarray, list[dict]]:
+    """`prepare_picture`, and the API's warnings about what was doubtful in the picture (a faint or unclear object)."""
+    pixels, full_scale, picture, doubts = pixels_picture_and_warnings(
+        data, served.spec, max_pixels=max_pixels, picture_side=DISPLAY_SIZE
+    )
     seen = png_data_url(pixels_png(pixels, full_scale, served.spec.input.color_order))
     seen_unit = np.asarray(pixels, dtype=np.float32) / float(full_scale)
     if served.spec.input.color_order == "BGR":
         seen_unit = seen_unit[..., ::-1]
-    return served.input.from_pixels(pixels[np.newaxis], full_scale), seen, display_picture(picture), seen_unit
+    warnings = [{"code": w.code, "message": w.message} for w in doubts]
+    return served.input.from_pixels(pixels[np.newaxis], full_scale), seen, display_picture(picture), seen_unit, warnings
 
 
 async def predict_picture(request: Request, model: str, upload: UploadFile | None) -> dict[str, Any]:
@@ -197,8 +205,8 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
 
     started = time.perf_counter()
     # Decoding is CPU work: off the event loop and within the worker's memory budget, as the v1 endpoints do it.
-    x, input_png, picture_png, seen_unit = await decode_within_budget(
-        [data], partial(prepare_picture, data, served, settings.max_image_pixels),
+    x, input_png, picture_png, seen_unit, picture_warnings = await decode_within_budget(
+        [data], partial(prepare_picture_with_warnings, data, served, settings.max_image_pixels),
         memory=request.app.state.memory, max_request_pixels=settings.max_request_pixels,
         reduce_to=WORK_SIDE if served.spec.is_ink else None,  # photo methods: the whole picture, to be safe
     )
@@ -219,7 +227,7 @@ async def predict_picture(request: Request, model: str, upload: UploadFile | Non
         "input_png": input_png,
         "input_size": [served.spec.input.height, served.spec.input.width],
         "typicality": prediction["typicality"],
-        "warnings": prediction["warnings"],
+        "warnings": picture_warnings + prediction["warnings"],
         "explanation_png": png_data_url(overlay_png(seen_unit, np.asarray(explanation["map"], dtype=np.float32))),
         "explained_label": explanation["label"],
         "picture_png": picture_png,

@@ -12,33 +12,54 @@ from PIL import Image
 
 from service.errors import InvalidInput
 from service.imaging.decode import ACCEPTED_DESCRIPTION, ACCEPTED_FORMATS, JPEG_START, decode, decode_picture
-from service.imaging.ink import METHODS, WORK_SIDE
-from service.imaging.ink import preprocess_image as _ink_preprocess
+from service.imaging.ink import METHOD_SIDE, METHODS, WORK_SIDE, ImageWarning, prepare
 from service.imaging import photo
 from service.inference.card import ModelCard
 
 __all__ = [
     "ACCEPTED_DESCRIPTION", "ACCEPTED_FORMATS", "METHODS", "decode_picture", "picture_pixels", "pixels_and_picture",
-    "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture",
+    "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture", "ImageWarning",
+    "picture_pixels_with_warnings", "pixels_picture_and_warnings", "to_model_input_picture_and_warnings",
+    "to_model_input_with_warnings",
 ]
+
+# A garment is separated from its surface by colour; a digit's strokes need only grey.
+DRAFT_MODE = {"mnist-digit": "L", "fashion-fit": "RGB"}
 
 
 def picture_pixels(data: bytes, card: ModelCard, *, max_pixels: int) -> tuple[np.ndarray, float]:
     """Picture bytes -> (pixels [H, W, C] in the model's colour order, their full scale): uint8 and 255 for the
     photo methods, float32 in [0, 1] and 1.0 for the ink methods."""
+    pixels, full_scale, _ = picture_pixels_with_warnings(data, card, max_pixels=max_pixels)
+    return pixels, full_scale
+
+
+def picture_pixels_with_warnings(data: bytes, card: ModelCard, *, max_pixels: int) -> tuple[np.ndarray, float, list[ImageWarning]]:
+    """`picture_pixels`, and what was doubtful about the picture (the ink methods: a faint or unclear object)."""
     if card.is_ink:
-        return to_model_input(data, card.preprocessing.method, max_pixels=max_pixels)[0][:, :, np.newaxis], 1.0
-    return photo.picture_pixels(data, card, max_pixels=max_pixels), 255.0
+        x, warnings = to_model_input_with_warnings(data, card.preprocessing.method, max_pixels=max_pixels)
+        return x[0][:, :, np.newaxis], 1.0, warnings
+    return photo.picture_pixels(data, card, max_pixels=max_pixels), 255.0, []
 
 
 def pixels_and_picture(data: bytes, card: ModelCard, *, max_pixels: int, picture_side: int) -> tuple[np.ndarray, float, Image.Image]:
     """`picture_pixels`, and the decoded picture to show back, at least `picture_side` pixels a side where it is
     larger (a JPEG is decoded a second time at a reduced scale: cheaper than decoding a photo once in full)."""
+    pixels, full_scale, picture, _ = pixels_picture_and_warnings(data, card, max_pixels=max_pixels, picture_side=picture_side)
+    return pixels, full_scale, picture
+
+
+def pixels_picture_and_warnings(
+    data: bytes, card: ModelCard, *, max_pixels: int, picture_side: int
+) -> tuple[np.ndarray, float, Image.Image, list[ImageWarning]]:
+    """`pixels_and_picture`, and what was doubtful about the picture."""
     if card.is_ink:
-        x, picture = to_model_input_and_picture(data, card.preprocessing.method, max_pixels=max_pixels, picture_side=picture_side)
-        return x[0][:, :, np.newaxis], 1.0, picture
+        x, picture, warnings = to_model_input_picture_and_warnings(
+            data, card.preprocessing.method, max_pixels=max_pixels, picture_side=picture_side
+        )
+        return x[0][:, :, np.newaxis], 1.0, picture, warnings
     pixels = photo.picture_pixels(data, card, max_pixels=max_pixels)  # first: a bad picture fails before a second decode
-    return pixels, 255.0, decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
+    return pixels, 255.0, decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB"), []
 
 
 def pixels_png(pixels: np.ndarray, full_scale: float, color_order: str, *, scale: int = 1) -> bytes:
@@ -56,25 +77,41 @@ def pixels_png(pixels: np.ndarray, full_scale: float, color_order: str, *, scale
 
 def to_model_input(data: bytes, method: str, *, max_pixels: int) -> np.ndarray:
     """Picture bytes -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
+    return to_model_input_with_warnings(data, method, max_pixels=max_pixels)[0]
+
+
+def to_model_input_with_warnings(data: bytes, method: str, *, max_pixels: int) -> tuple[np.ndarray, list[ImageWarning]]:
+    """The model input as `to_model_input` makes it, and what was doubtful about the picture."""
     _check_method(method)
-    return preprocess_image(decode(data, max_pixels=max_pixels, reduce_to=WORK_SIDE), method)
+    return prepare(decode(data, max_pixels=max_pixels, reduce_to=METHOD_SIDE[method], draft_mode=DRAFT_MODE[method]), method)
 
 
 def to_model_input_and_picture(data: bytes, method: str, *, max_pixels: int, picture_side: int) -> tuple[np.ndarray, Image.Image]:
-    """The model input exactly as `to_model_input` makes it, and the decoded picture to show back, at
-    least `picture_side` pixels a side where it is larger. A JPEG is decoded twice, each time at a
-    reduced scale, which costs far less than decoding a photo once at full size; other formats once."""
+    """The model input exactly as `to_model_input` makes it, and the decoded picture to show back."""
+    x, picture, _ = to_model_input_picture_and_warnings(data, method, max_pixels=max_pixels, picture_side=picture_side)
+    return x, picture
+
+
+def to_model_input_picture_and_warnings(
+    data: bytes, method: str, *, max_pixels: int, picture_side: int
+) -> tuple[np.ndarray, Image.Image, list[ImageWarning]]:
+    """The model input and warnings exactly as `to_model_input_with_warnings` makes them, and the decoded
+    picture to show back, at least `picture_side` pixels a side where it is larger. A JPEG is decoded
+    twice, each time at a reduced scale, which costs far less than decoding a photo once at full size;
+    other formats once."""
     if data[:3] == JPEG_START:
-        x = to_model_input(data, method, max_pixels=max_pixels)  # first: a bad method or picture fails before a second decode
-        return x, decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB")
+        x, warnings = to_model_input_with_warnings(data, method, max_pixels=max_pixels)  # first: a bad picture fails early
+        return x, decode(data, max_pixels=max_pixels, reduce_to=picture_side, draft_mode="RGB"), warnings
+    _check_method(method)
     picture = decode_picture(data, max_pixels=max_pixels)
-    return preprocess_image(picture, method), picture
+    x, warnings = prepare(picture, method)
+    return x, picture, warnings
 
 
 def preprocess_image(image: Image.Image, method: str) -> np.ndarray:
     """A decoded picture -> float32 [1, 28, 28] in [0, 1], white on black, prepared as `method` says."""
     _check_method(method)
-    return _ink_preprocess(image, method)
+    return prepare(image, method)[0]
 
 
 def _check_method(method: str) -> None:
