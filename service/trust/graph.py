@@ -219,13 +219,7 @@ def fold(
     graph.initializer.append(t)
 
     # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
-    columns = _add_feature_members(graph, parts, members) if members else []
-    if energy is not None:
-        columns.append(_add_energy(graph, parts, energy))
-    if not columns:
-        raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
-    graph.node.append(helper.make_node("Concat", columns, [_PREFIX + "standard_scores"], axis=1))
-    graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
+    _add_typicality(graph, parts, members, energy)
 
     if parts.softmax is not None:  # ... -> logits -> Div(T) -> Softmax -> probabilities
         position = next(i for i, n in enumerate(graph.node) if n.op_type == "Softmax" and list(n.output) == list(parts.softmax.output))
@@ -260,72 +254,80 @@ def _batch_dim(graph: onnx.GraphProto):
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") else "N"
 
 
-def _standardise(graph: onnx.GraphProto, score: str, offset: float, scale: float, out: str, negate: bool) -> list[onnx.NodeProto]:
-    """out = (s - offset) / scale with s = -score when `negate`, as one Mul and one Add."""
-    factor = numpy_helper.from_array(np.array((-1.0 if negate else 1.0) / scale, np.float32), out + "_factor")
-    shift = numpy_helper.from_array(np.array(-offset / scale, np.float32), out + "_shift")
-    graph.initializer.extend([factor, shift])
-    return [helper.make_node("Mul", [score, factor.name], [out + "_scaled"]), helper.make_node("Add", [out + "_scaled", shift.name], [out])]
+@dataclass(frozen=True)
+class _Member:
+    """A member's raw [N, 1] score columns and how they combine into its standardised score:
+    standard = sum(weights[i] * column[i]) + shift."""
+
+    columns: list[str]
+    weights: list[float]
+    shift: float
 
 
-def _add_feature_members(graph: onnx.GraphProto, parts: Anatomy, fits: list[GaussianFit | SubspaceFit]) -> list[str]:
-    """One standardised [N, 1] float32 column per feature tensor."""
-    columns = []
-    for index, (fit, source) in enumerate(zip(fits, _feature_tensors(graph, parts))):
-        p = f"{_PREFIX}m{index}_"
-        if isinstance(fit, SubspaceFit):
-            columns.append(_add_residual(graph, source, fit, p))
-        else:
-            columns.append(_add_mahalanobis(graph, source, fit, p, parts.opset))
-    return columns
+def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None) -> None:
+    """typicality = min over members of their standardised scores. Every standardisation (and the residual's
+    difference of two norms) is linear in the members' raw columns, so one Gemm does them all at once:
+    Concat(raw columns) [N, R] @ W [R, M] + b [M] -> [N, M] standardised scores, then one ReduceMin. ONNX Runtime
+    pays a fixed cost per node on small batches, so fewer nodes is what makes the score cheap."""
+    found = [
+        _add_residual(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset) if isinstance(fit, SubspaceFit)
+        else _add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset)
+        for i, (fit, source) in enumerate(zip(members, _feature_tensors(graph, parts) if members else []))
+    ]
+    if energy is not None:
+        found.append(_add_energy(graph, parts, energy))
+    if not found:
+        raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
+    columns = [c for m in found for c in m.columns]
+    weights = np.zeros((len(columns), len(found)), np.float32)
+    row = 0
+    for j, member in enumerate(found):
+        weights[row : row + len(member.columns), j] = member.weights
+        row += len(member.columns)
+    combine = numpy_helper.from_array(weights, _PREFIX + "standardise_weights")
+    shifts = numpy_helper.from_array(np.array([m.shift for m in found], np.float32), _PREFIX + "standardise_shifts")
+    graph.initializer.extend([combine, shifts])
+    raw = columns[0]
+    if len(columns) > 1:
+        raw = _PREFIX + "raw_scores"
+        graph.node.append(helper.make_node("Concat", columns, [raw], axis=1))
+    graph.node.append(helper.make_node("Gemm", [raw, combine.name, shifts.name], [_PREFIX + "standard_scores"]))
+    graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
 
 
-def _add_residual(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str) -> str:
-    """score = -(|x - m|^2 - |(x - m) P|^2): the squared distance from the principal subspace, standardised:
-    (score - offset) / scale, with 1 / scale folded into the two summing vectors (fewer nodes to run)."""
+def _add_residual(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str, opset: int) -> _Member:
+    """score = |(x - m) P|^2 - |x - m|^2: minus the squared distance from the principal subspace, standardised
+    as (score - offset) / scale."""
     mean = numpy_helper.from_array(fit.mean.astype(np.float32)[None, :], p + "mean")
     components = numpy_helper.from_array(fit.components.astype(np.float32), p + "components")
-    sum_d = numpy_helper.from_array(np.full((fit.components.shape[0], 1), -1.0 / fit.scale, np.float32), p + "sum_d")
-    sum_k = numpy_helper.from_array(np.full((fit.components.shape[1], 1), 1.0 / fit.scale, np.float32), p + "sum_k")
-    shift = numpy_helper.from_array(np.array(-fit.offset / fit.scale, np.float32), p + "shift")
-    graph.initializer.extend([mean, components, sum_d, sum_k, shift])
+    graph.initializer.extend([mean, components])
     graph.node.extend([
         helper.make_node("Sub", [source, mean.name], [p + "centred"]),
-        helper.make_node("Mul", [p + "centred", p + "centred"], [p + "centred2"]),
-        helper.make_node("MatMul", [p + "centred2", sum_d.name], [p + "norm"]),  # [N, 1]: -|x - m|^2 / scale
         helper.make_node("MatMul", [p + "centred", components.name], [p + "coords"]),  # [N, k]
-        helper.make_node("Mul", [p + "coords", p + "coords"], [p + "coords2"]),
-        helper.make_node("MatMul", [p + "coords2", sum_k.name], [p + "explained"]),  # [N, 1]: |(x - m) P|^2 / scale
-        helper.make_node("Add", [p + "norm", p + "explained"], [p + "score"]),
-        helper.make_node("Add", [p + "score", shift.name], [p + "standard"]),
+        _reduce("ReduceSumSquare", p + "coords", p + "explained", opset, graph, keepdims=1),  # [N, 1]: |(x - m) P|^2
+        _reduce("ReduceSumSquare", p + "centred", p + "norm", opset, graph, keepdims=1),  # [N, 1]: |x - m|^2
     ])
-    return p + "standard"
+    return _Member([p + "explained", p + "norm"], [1.0 / fit.scale, -1.0 / fit.scale], -fit.offset / fit.scale)
 
 
-def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> str:
+def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> _Member:
     """score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised."""
     whitening = numpy_helper.from_array(fit.whitening.astype(np.float32), p + "whitening")
     means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
     mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
-    ones = numpy_helper.from_array(np.ones((fit.whitening.shape[1], 1), np.float32), p + "ones")
-    graph.initializer.extend([whitening, means_t, mean_norms, ones])
+    graph.initializer.extend([whitening, means_t, mean_norms])
     graph.node.extend([
         helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
-        helper.make_node("Mul", [p + "g", p + "g"], [p + "g2"]),
-        helper.make_node("MatMul", [p + "g2", ones.name], [p + "g_norm"]),  # [N, 1]
+        _reduce("ReduceSumSquare", p + "g", p + "g_norm", opset, graph, keepdims=1),  # [N, 1]
         helper.make_node("MatMul", [p + "g", means_t.name], [p + "cross"]),  # [N, C]
         helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
         helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
         _reduce("ReduceMin", p + "distances", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
-        *_standardise(graph, p + "nearest", fit.offset, fit.scale, p + "standard", negate=True),
     ])
-    return p + "standard"
+    return _Member([p + "nearest"], [-1.0 / fit.scale], -fit.offset / fit.scale)
 
 
-def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> str:
-    """The standardised energy of the raw logits, an [N, 1] float32 column."""
-    logits = _logits_tensor(graph, parts)
-    out = _PREFIX + "energy_standard"
-    graph.node.append(_reduce("ReduceLogSumExp", logits, _PREFIX + "energy", parts.opset, graph, keepdims=1))
-    graph.node.extend(_standardise(graph, _PREFIX + "energy", fit.offset, fit.scale, out, negate=False))
-    return out
+def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Member:
+    """The energy of the raw logits, an [N, 1] float32 column, standardised as (energy - offset) / scale."""
+    graph.node.append(_reduce("ReduceLogSumExp", _logits_tensor(graph, parts), _PREFIX + "energy", parts.opset, graph, keepdims=1))
+    return _Member([_PREFIX + "energy"], [1.0 / fit.scale], -fit.offset / fit.scale)

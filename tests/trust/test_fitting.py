@@ -146,3 +146,16 @@ def test_the_graph_computes_the_members_as_numpy_does():
     expected = np.min([residual.standardised(flat(x)), gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
     (typicality,) = run_outputs(fit.model, x, ["typicality"])
     np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_the_typicality_adds_few_nodes():
+    """ONNX Runtime pays a fixed cost per node per run, which dominates small batches: the temperature and the
+    default typicality (PCA residual + energy) add at most 10 nodes (Div; Flatten, Sub, MatMul, 2 ReduceSumSquare;
+    ReduceLogSumExp; Concat, Gemm, ReduceMin)."""
+    model = make_classifier(seed=6)
+    val_x, val_y = overconfident_data((1, 28, 28), 6, 400)
+    train_x, train_y = overconfident_data((1, 28, 28), 7, 400)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
+                    train_inputs=train_x, train_labels=train_y)
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "energy"]
+    assert len(fit.model.graph.node) - len(model.graph.node) <= 10
