@@ -222,7 +222,7 @@ def derive_budgets(*, memory_limit: int | None, workers: int, baseline: int, max
 
 # Bodies up to this size are not counted: uvicorn reads this much ahead of the app anyway (its flow control's high
 # water mark). Bodies the service's HTTP protocol gathers itself (up to 1 MiB, v1 predict and v2 infer) are not
-# counted either: the protocol bounds them (service.http.protocol.HOT_GATHERING_LIMIT).
+# counted either: the protocol bounds them (service.http.hot_request.HOT_GATHERING_LIMIT).
 LARGE_BODY_BYTES = 64 << 10
 # A burst of decoding this large is followed by malloc_trim once no decoding is under way.
 TRIM_AFTER_BYTES = 32 << 20

@@ -20,7 +20,7 @@ __all__ = [
     "ACCEPTED_DESCRIPTION", "ACCEPTED_FORMATS", "METHODS", "decode_picture", "picture_pixels", "pixels_and_picture",
     "pixels_png", "preprocess_image", "to_model_input", "to_model_input_and_picture", "ImageWarning",
     "picture_pixels_with_warnings", "pixels_picture_and_warnings", "to_model_input_picture_and_warnings",
-    "to_model_input_with_warnings",
+    "to_model_input_with_warnings", "WORK_SIDE",
 ]
 
 # A garment is separated from its surface by colour; a digit's strokes need only grey.

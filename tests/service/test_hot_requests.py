@@ -1,4 +1,4 @@
-"""Hot requests skip uvicorn's request cycle (`service.http.protocol.HotRequest`): on a real server on
+"""Hot requests skip uvicorn's request cycle (`service.http.hot_request.HotRequest`): on a real server on
 loopback, their answers must be those of uvicorn's cycle, and HTTP must behave as before."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from uvicorn.server import ServerState
 
 from service.inference import runtime
 from service.app import create_app
-from service.http.protocol import HttpProtocol, _Resumed
+from service.http.hot_request import _Resumed
+from service.http.protocol import HttpProtocol
 from service.observability import request_id_var
 from tests.service.conftest import make_settings, serve_on_loopback
 from tests.service.test_hot_paths import IMAGE, REQUESTS

@@ -7,7 +7,8 @@ import socket
 
 import uvicorn
 
-from service.http.protocol import HeaderHoldingTransport, HttpProtocol
+from service.http.hot_request import HeaderHoldingTransport
+from service.http.protocol import HttpProtocol
 from tests.service.conftest import serve_on_loopback
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 
 from service.trust.explain import copies_per_picture, geometry, occluded_copies, positions, sensitivity_map
 from tests.trust.datasets import dataset_pictures

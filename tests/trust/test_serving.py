@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
