@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/memory_return.py [--side 4500] [--uploads 4] [--pictures 2] [--rounds 2]
 
-For each setting of PIXELSERVE_RETURN_MEMORY (true: glibc's mmap threshold fixed at 1 MiB, two malloc arenas,
+For each setting of PIXELSERVE_RETURN_MEMORY (true: glibc's mmap threshold fixed at 32 MiB, two malloc arenas,
 malloc_trim after a burst; false: glibc's defaults), a fresh `python -m service` (one worker, budgets large
 enough that every upload decodes at once) gets `--uploads` concurrent uploads of `--pictures` RGB PNGs of
 `--side` pixels a side; the worker's RSS is read before, at the peak (sampled every 20 ms) and 2 s after the

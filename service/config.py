@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     budget_wait_s: float = Field(5.0, ge=0, description="Longest a request waits for the decode or body budget before 503")
     return_memory: bool = Field(
         True,
-        description="Give memory back to the system after large requests (glibc: a fixed 1 MiB mmap threshold, two "
+        description="Give memory back to the system after large requests (glibc: a fixed 32 MiB mmap threshold, two "
         "malloc arenas, malloc_trim after a burst of decoding); measured in docs/limits.md",
     )
     default_top_k: int = Field(3, ge=1, description="How many best classes a v1 prediction lists by default")

@@ -140,10 +140,13 @@ def _mib(size: int) -> str:
 
 M_ARENA_MAX = -8  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-# Buffers from this size up (a large picture's pixels, a large body) are mapped on their own and unmapped when
-# freed. glibc's default threshold starts at 128 KiB but grows with each large block freed, up to 32 MiB, after
-# which such buffers come from the heap, whose freed memory is kept by the process.
-MMAP_THRESHOLD_BYTES = 1 << 20
+# Buffers from this size up (a large picture's pixels) are mapped on their own and unmapped when freed.
+# glibc's default threshold starts at 128 KiB and grows with each large block freed up to this same 32 MiB;
+# fixing it there at once keeps smaller buffers in the heap, which malloc_trim gives back after a burst.
+# As measured (ResNet-18, batch 1, one thread): a 1 MiB threshold made every ONNX Runtime run 13% slower
+# (61-63 ms against 53-55: its large scratch buffers were mapped and unmapped each run), while RSS 2 s after
+# bench/memory_return.py's burst stayed at 123 MiB against 119-120 (docs/limits.md).
+MMAP_THRESHOLD_BYTES = 32 << 20
 # Heaps ("arenas") for threads: glibc makes up to 8 per core, each keeping what its threads freed.
 ARENA_MAX = 2
 

@@ -112,9 +112,17 @@ def framed(image: Image.Image, card: ModelCard, full_size: tuple[int, int]) -> I
             size = (int(shorter * full_width / full_height), shorter)
     else:
         size = (prep.resize_size[1], prep.resize_size[0])
-    resized = image.resize(size, resample)
     if prep.crop_rounding == "floor":  # Hugging Face's center_crop
         top, left = (size[1] - height) // 2, (size[0] - width) // 2
     else:  # torchvision's CenterCrop (Python's round: half to even)
         top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
-    return resized.crop((left, top, left + width, top + height))
+    if top < 0 or left < 0:  # a crop larger than the resized picture: pad as the libraries do
+        return image.resize(size, resample).crop((left, top, left + width, top + height))
+    # Only the part that is kept is resized: Pillow's `box` names the source region, and each output pixel
+    # is the same weighted sum of source pixels as in the whole resize (the filter reads past the box into the
+    # rest of the picture, as the whole resize does). The box is passed as single-precision floats, so a few
+    # pixels in a hundred thousand come out one grey level apart. As measured (640x480 to 224x224 through
+    # 341x256, bilinear): 1.5 ms against 3.1 ms.
+    sx, sy = image.width / size[0], image.height / size[1]
+    box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    return image.resize((width, height), resample, box=box)
