@@ -25,6 +25,20 @@ BATCH = 500
 LAYER_CHOICES = ("input", "all", "none")
 
 
+@dataclass(frozen=True)
+class ServedPictures:
+    """The model's own classes as serving makes them from uploads (its preprocessing's output), beside the dataset's
+    tensors: the typicality members are fitted on `train_inputs` with the training pictures, standardised on
+    `validation_inputs` with the validation pictures, and the threshold holds at most `flag_rate` of the test
+    pictures and of each `test` set flagged (e.g. the test pictures sent as uploads)."""
+
+    train_inputs: np.ndarray
+    train_labels: np.ndarray
+    validation_inputs: np.ndarray
+    test: dict[str, np.ndarray] = field(default_factory=dict)
+    description: str = ""  # what they are, for the card
+
+
 @dataclass
 class TrustFit:
     model: onnx.ModelProto  # the graph to serve
@@ -62,12 +76,16 @@ def fit_trust(
     margin: float = LOW_CONFIDENCE_MARGIN,
     layers: str = "input",
     splits: dict[str, str] | None = None,
+    temperature: float | None = None,
+    served: ServedPictures | None = None,
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
     measure, and choose the threshold, on the test pictures (the validation pictures when none are given).
     `layers` picks the Mahalanobis members: "input" (the picture, pooled), "all" (also the input of every linear
-    layer) or "none" (the energy score alone). `splits` names each set for the card."""
+    layer) or "none" (the energy score alone). `splits` names each set for the card. `temperature` keeps a known
+    temperature instead of fitting one (refitting a served model's typicality in place); `served` adds the pictures
+    serving makes of the model's own classes to the typicality's fit, standardisation and threshold."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
@@ -81,16 +99,25 @@ def fit_trust(
     probe, names = with_fitting_outputs(model, parts)
     val_parts = run_outputs(probe, validation_inputs, names)
     num_classes = val_parts[0].shape[1]
-    temperature = cal.fit_temperature(val_parts[0], validation_labels)
+    if temperature is None:
+        temperature = cal.fit_temperature(val_parts[0], validation_labels)
+    held_out_parts = val_parts
+    if served is not None:  # standardised on what serving makes of validation pictures too
+        served_val = run_outputs(probe, served.validation_inputs, names)
+        held_out_parts = [np.concatenate([a, b]) for a, b in zip(val_parts, served_val)]
 
     members = []
     if parts.features:
         train_features = run_outputs(probe, train_inputs, names[1:])
         train_labels = np.asarray(train_labels, dtype=np.int64)
-        for (tensor, _), features, held_out in zip(parts.features, train_features, val_parts[1:]):
+        if served is not None:
+            served_train = run_outputs(probe, served.train_inputs, names[1:])
+            train_features = [np.concatenate([a, b]) for a, b in zip(train_features, served_train)]
+            train_labels = np.concatenate([train_labels, np.asarray(served.train_labels, dtype=np.int64)])
+        for (tensor, _), features, held_out in zip(parts.features, train_features, held_out_parts[1:]):
             member = typ.fit_subspace(features) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
             members.append(member.calibrated(held_out))
-    energy = typ.EnergyFit.on(val_parts[0])
+    energy = typ.EnergyFit.on(held_out_parts[0])
     folded = fold(model, parts, temperature, members, energy)
 
     val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
@@ -102,7 +129,9 @@ def fit_trust(
         labels = test_labels
     else:
         test_logits, served, scores, labels = val_parts[0], val_served, val_scores, validation_labels
-    threshold = typ.threshold_for(scores, flag_rate)  # on the measured split: at most flag_rate of it is flagged
+    served_scores = {name: run_outputs(folded, inputs, [TYPICALITY_OUTPUT])[0] for name, inputs in (served.test if served else {}).items()}
+    # On the measured split, and on each served test set: at most flag_rate of each is flagged.
+    threshold = min(typ.threshold_for(s, flag_rate) for s in [scores, *served_scores.values()])
     before = cal.softmax(test_logits)
     after = cal.softmax(served) if kind == "logits" else served.astype(np.float64)
     if (before.argmax(1) != after.argmax(1)).any():
@@ -149,6 +178,9 @@ def fit_trust(
         "flagged_share": round(float((scores < threshold).mean()), 5),
         "flagged_share_validation": round(float((val_scores < threshold).mean()), 5),
     }
+    if served is not None:
+        typicality["served_pictures"] = served.description
+        typicality["flagged_share_served"] = {name: round(float((s < threshold).mean()), 5) for name, s in served_scores.items()}
     return TrustFit(
         model=folded,
         calibration=calibration,

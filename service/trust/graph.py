@@ -331,3 +331,35 @@ def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Memb
     """The energy of the raw logits, an [N, 1] float32 column, standardised as (energy - offset) / scale."""
     graph.node.append(_reduce("ReduceLogSumExp", _logits_tensor(graph, parts), _PREFIX + "energy", parts.opset, graph, keepdims=1))
     return _Member([_PREFIX + "energy"], [1.0 / fit.scale], -fit.offset / fit.scale)
+
+
+def strip_trust(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The classifier as it was before `fold`: every node, initializer and output this module added removed, the
+    Softmax (or served output) reading the raw logits again. For refitting a served graph's typicality in place."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    graph = stripped.graph
+    added = lambda name: name.startswith(_PREFIX) or name in (TYPICALITY_OUTPUT, TYPICALITY_OUTPUT + "_axes")  # noqa: E731
+    divided = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Div" and n.output[0] == _PREFIX + "scaled_logits"}
+    raw = _PREFIX + "served_raw"
+    made_raw = any(raw in n.output for n in graph.node)
+    rebuilt = [n for n in graph.node if n.output and not added(n.output[0]) and any(added(i) for i in n.input) and raw not in n.input]
+    if made_raw and rebuilt:
+        raise GraphNotUnderstood("the served output was rebuilt after the logits; strip_trust handles a Softmax graph or a logits output")
+    kept = [n for n in graph.node if not any(added(o) for o in n.output) or raw in n.output]
+    if made_raw:  # the served tensor was renamed where it was made: give it its name back
+        served = next(o.name for o in graph.output if not added(o.name))
+        for node in kept:
+            node.output[:] = [served if o == raw else o for o in node.output]
+    for node in kept:
+        node.input[:] = [divided.get(i, i) for i in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [i for i in graph.initializer if not added(i.name)]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    outputs = [o for o in graph.output if not added(o.name)]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    onnx.checker.check_model(stripped)
+    return stripped
