@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--layers", default="input", choices=["input", "all", "none"],
                            help="Mahalanobis members of the typicality score beside the energy score: the picture "
                            "(pooled), the picture and the input of every linear layer, or none")
+    calibrate.add_argument("--refit-typicality", action="store_true",
+                           help="refit only the typicality of this served version, in place (same weights and "
+                           "temperature), on the training split and on synthetic photos of it through the service's "
+                           "preprocessing; the threshold also holds the test pictures sent as uploads to the flag rate")
     add_data_options(calibrate)
 
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
@@ -267,6 +271,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+    if args.refit_typicality:
+        from training.trust import refit_typicality_in_place
+
+        card = refit_typicality_in_place(args.model, args.data_dir, download=args.download)
+        typicality = card["typicality"]
+        print(f"refitted {args.model} in place: typicality ({typicality['method']}) threshold {typicality['threshold']:.4f} "
+              f"flags {typicality['flagged_share']:.1%} of the test pictures, {typicality['flagged_share_served']}")
+        return 0
     version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
     calibration, typicality = card["calibration"], card["typicality"]
     print(

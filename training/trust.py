@@ -8,19 +8,28 @@ same weights with the temperature folded in, the `typicality` output, the update
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
+from PIL import Image
 
-from service.trust.fit import TrustFit, fit_trust
-from training.data import Splits, load_splits
-from training.export import publish
+from service.trust.fit import ServedPictures, TrustFit, fit_trust
+from training.data import PROJECT_ROOT, Splits, load_splits
+from service.trust.graph import strip_trust
+from training.export import _write_model, publish
 from training.report import plot_reliability
 
 REPORT_FILES = ("report.json", "learning_curves.png", "confusion_matrix.png", "misclassified.png")
+PHOTO_CACHE = PROJECT_ROOT / "data" / "trust-photos"
+# Synthetic photos of training and validation pictures the typicality is fitted and standardised on (besides the
+# pictures themselves), and their seeds; at most TRAINING_SIDE pixels a side (the preprocessing works at 512-1,024).
+SERVED_TRAIN, SERVED_VALIDATION, SERVED_SEEDS = 400, 100, (11, 12)
+METHOD_OF = {"mnist": "mnist-digit", "fashion-mnist": "fashion-fit"}
 
 
 def model_inputs(images: np.ndarray) -> np.ndarray:
@@ -28,7 +37,70 @@ def model_inputs(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images, dtype=np.float32) / 255.0)[:, np.newaxis]
 
 
-def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input") -> TrustFit:
+def photos_as_served(images: np.ndarray, labels: np.ndarray, dataset: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` of the pictures (drawn with `seed`) as synthetic photos under their dataset's conditions, run through
+    the service's own preprocessing: float32 [n, 1, 28, 28] and their labels (a photo the preprocessing refuses is
+    left out). Cached under data/trust-photos/, keyed by the pictures, count, seed and the preprocessing code."""
+    from service.errors import InvalidInput
+    from service.imaging import to_model_input
+    from training.photo_mix import TRAINING_SIDE, conditions_for, preprocessing_hash
+    from training.synthetic_photos import photo
+
+    key = hashlib.sha256(images[:: max(1, len(images) // 64)].tobytes()).hexdigest()[:8]
+    path = PHOTO_CACHE / f"{dataset}-{count}-seed{seed}-{key}-{preprocessing_hash()}.npz"
+    if path.exists():
+        cached = np.load(path)
+        return model_inputs(cached["photos"]), cached["labels"]
+    rng = np.random.default_rng(seed)
+    conditions, method = conditions_for(dataset), METHOD_OF[dataset]
+    kept, kept_labels = [], []
+    for n, i in enumerate(rng.choice(len(images), count, replace=False)):
+        back = images[rng.integers(len(images))]
+        data = photo(conditions[n % len(conditions)], images[i], rng, label=int(labels[i]), back=back, max_side=TRAINING_SIDE)
+        try:
+            kept.append(to_model_input(data, method, max_pixels=40_000_000)[0])
+        except InvalidInput:
+            continue
+        kept_labels.append(labels[i])
+    photos = np.clip(np.rint(np.stack(kept) * 255), 0, 255).astype(np.uint8)
+    PHOTO_CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, photos=photos, labels=np.asarray(kept_labels))
+    return model_inputs(photos), np.asarray(kept_labels)
+
+
+def uploads_as_served(images: np.ndarray, method: str) -> np.ndarray:
+    """uint8 [N, 28, 28] pictures each sent as a PNG upload: the tensors the service's preprocessing makes of them
+    (a picture it refuses, a 422, gets no answer to flag and is left out)."""
+    from service.errors import InvalidInput
+    from service.imaging import to_model_input
+
+    made = []
+    for picture in images:
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format="PNG")
+        try:
+            made.append(to_model_input(buffer.getvalue(), method, max_pixels=40_000_000))
+        except InvalidInput:
+            continue
+    return np.stack(made)
+
+
+def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
+    """What serving makes of the model's own classes: photos of training and validation pictures through the
+    preprocessing, and the test pictures sent as PNG uploads (which the threshold holds to the flag rate too)."""
+    train_x, train_y = photos_as_served(splits.train_images, splits.train_labels, dataset, SERVED_TRAIN, SERVED_SEEDS[0])
+    val_x, _ = photos_as_served(splits.val_images, splits.val_labels, dataset, SERVED_VALIDATION, SERVED_SEEDS[1])
+    uploaded = uploads_as_served(splits.test_images, METHOD_OF[dataset])
+    return ServedPictures(
+        train_inputs=train_x, train_labels=train_y, validation_inputs=val_x, test={"test_uploaded": uploaded},
+        description=(f"{len(train_x)} training and {len(val_x)} validation pictures as synthetic photos "
+                     f"(training/synthetic_photos.py, seeds {SERVED_SEEDS[0]} and {SERVED_SEEDS[1]}) through the service's "
+                     f"{METHOD_OF[dataset]} preprocessing; the test pictures sent as PNG uploads (test_uploaded)"),
+    )
+
+
+def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input", *,
+                  temperature: float | None = None, served: ServedPictures | None = None) -> TrustFit:
     return fit_trust(
         proto,
         output=card["output"]["name"],
@@ -41,6 +113,8 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
             "train": f"the training split ({len(splits.train_labels)} pictures) of {splits.split}",
             "test": f"{splits.test_split} ({len(splits.test_labels)} pictures)",
         },
+        temperature=temperature,
+        served_pictures=served,
     )
 
 
@@ -76,3 +150,25 @@ def calibrate_published(
 
     published = publish(version_dir.parent.parent, card["name"], fit.model, new_card, write_extras)
     return published, json.loads((published / "model.json").read_text())
+
+
+def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *, download: bool = False) -> dict:
+    """Refit a served version's typicality on its dataset and on what serving makes of it (`served_pictures`),
+    keeping its weights and temperature: the graph's trust nodes are stripped and folded again, model.onnx and
+    model.json rewritten in place (the card's sha256 updated, `typicality.refitted_at` added). Accuracy and the
+    served probabilities stay exactly as they were."""
+    version_dir = Path(version_dir)
+    card = json.loads((version_dir / "model.json").read_text())
+    proto = strip_trust(onnx.load(version_dir / card["onnx"]["file"]))
+    del proto.metadata_props[:]
+    dataset = card["training"]["dataset"]
+    splits = load_splits(dataset, data_dir, download=download, seed=card["training"].get("seed", 0))
+    fit = fit_on_splits(proto, card, splits, temperature=card["calibration"]["temperature"], served=served_pictures(splits, dataset))
+    if fit.calibration["accuracy"] != card["calibration"]["accuracy"]:
+        raise RuntimeError(f"accuracy {fit.calibration['accuracy']} differs from the card's {card['calibration']['accuracy']}")
+    typicality = {**fit.typicality, "refitted_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    new_card = {k: v for k, v in with_trust(card, fit).items() if k not in ("version",)}
+    new_card["typicality"] = typicality
+    new_card["calibration"] = card["calibration"]  # same temperature, same served probabilities
+    new_card["onnx"] = {k: v for k, v in card["onnx"].items() if k != "sha256"}
+    return _write_model(version_dir, fit.model, new_card, card["version"])

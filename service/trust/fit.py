@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from service.trust import calibration as cal
 from service.trust import typicality as typ
-from service.trust.graph import INPUT_VIEW, TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
+from service.trust.graph import INPUT_VIEW, PICTURE_STATISTICS, TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
 
 FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
 LOW_CONFIDENCE_MARGIN = 0.2  # top two calibrated probabilities closer than this: say the model hesitates
@@ -77,15 +77,17 @@ def fit_trust(
     layers: str = "input",
     splits: dict[str, str] | None = None,
     temperature: float | None = None,
-    served: ServedPictures | None = None,
+    served_pictures: ServedPictures | None = None,
+    within: bool = False,
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
     measure, and choose the threshold, on the test pictures (the validation pictures when none are given).
     `layers` picks the Mahalanobis members: "input" (the picture, pooled), "all" (also the input of every linear
     layer) or "none" (the energy score alone). `splits` names each set for the card. `temperature` keeps a known
-    temperature instead of fitting one (refitting a served model's typicality in place); `served` adds the pictures
-    serving makes of the model's own classes to the typicality's fit, standardisation and threshold."""
+    temperature instead of fitting one (refitting a served model's typicality in place); `served_pictures` adds the pictures
+    serving makes of the model's own classes to the typicality's fit, standardisation and threshold. `within` adds the
+    PCA-within member (the spread inside the picture's principal subspace) beside the residual."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
@@ -95,27 +97,27 @@ def fit_trust(
     if train_inputs is None or train_labels is None or layers == "none":
         parts = replace(parts, features=[])
     elif layers == "input":
-        parts = replace(parts, features=[f for f in parts.features if f[0] == INPUT_VIEW])
+        parts = replace(parts, features=[f for f in parts.features if f[0] in (INPUT_VIEW, PICTURE_STATISTICS)])
     probe, names = with_fitting_outputs(model, parts)
     val_parts = run_outputs(probe, validation_inputs, names)
     num_classes = val_parts[0].shape[1]
     if temperature is None:
         temperature = cal.fit_temperature(val_parts[0], validation_labels)
     held_out_parts = val_parts
-    if served is not None:  # standardised on what serving makes of validation pictures too
-        served_val = run_outputs(probe, served.validation_inputs, names)
+    if served_pictures is not None:  # standardised on what serving makes of validation pictures too
+        served_val = run_outputs(probe, served_pictures.validation_inputs, names)
         held_out_parts = [np.concatenate([a, b]) for a, b in zip(val_parts, served_val)]
 
     members = []
     if parts.features:
         train_features = run_outputs(probe, train_inputs, names[1:])
         train_labels = np.asarray(train_labels, dtype=np.int64)
-        if served is not None:
-            served_train = run_outputs(probe, served.train_inputs, names[1:])
+        if served_pictures is not None:
+            served_train = run_outputs(probe, served_pictures.train_inputs, names[1:])
             train_features = [np.concatenate([a, b]) for a, b in zip(train_features, served_train)]
-            train_labels = np.concatenate([train_labels, np.asarray(served.train_labels, dtype=np.int64)])
+            train_labels = np.concatenate([train_labels, np.asarray(served_pictures.train_labels, dtype=np.int64)])
         for (tensor, _), features, held_out in zip(parts.features, train_features, held_out_parts[1:]):
-            member = typ.fit_subspace(features) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
+            member = typ.fit_subspace(features, within=within) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
             members.append(member.calibrated(held_out))
     energy = typ.EnergyFit.on(held_out_parts[0])
     folded = fold(model, parts, temperature, members, energy)
@@ -129,7 +131,7 @@ def fit_trust(
         labels = test_labels
     else:
         test_logits, served, scores, labels = val_parts[0], val_served, val_scores, validation_labels
-    served_scores = {name: run_outputs(folded, inputs, [TYPICALITY_OUTPUT])[0] for name, inputs in (served.test if served else {}).items()}
+    served_scores = {name: run_outputs(folded, inputs, [TYPICALITY_OUTPUT])[0] for name, inputs in (served_pictures.test if served_pictures else {}).items()}
     # On the measured split, and on each served test set: at most flag_rate of each is flagged.
     threshold = min(typ.threshold_for(s, flag_rate) for s in [scores, *served_scores.values()])
     before = cal.softmax(test_logits)
@@ -157,16 +159,19 @@ def fit_trust(
     }
     typicality = {
         "output": TYPICALITY_OUTPUT,
-        "method": "+".join(dict.fromkeys([*(_kind(m) for m in members), typ.ENERGY])),
+        "method": "+".join(dict.fromkeys([*(k for m, (t, _) in zip(members, parts.features) for k in _kinds(m, t)), typ.ENERGY])),
         "description": (
-            "the lowest of its members' scores, each in standard deviations from its mean on held-out pictures of the "
-            "training distribution (higher = more typical): pca-residual, minus the squared distance of the picture "
-            "from the principal subspace of the training pictures; mahalanobis, minus the squared Mahalanobis distance "
+            "the lowest of its members' scores, each standardised on held-out pictures of the training distribution "
+            f"(0 at its median there, -1 at its {typ.TAIL:.0%} quantile; higher = more typical): pca-residual, minus the squared distance of the picture "
+            "from the principal subspace of the training pictures; pca-within, minus the squared Mahalanobis distance "
+            "of the picture's coordinates inside that subspace (each over its component's variance); picture-statistics, "
+            "minus the squared Mahalanobis distance of 9 numbers describing how the picture is drawn (the means of x, x^2, "
+            "x^4 and of the absolute first and second differences) to the nearest class mean; mahalanobis, minus the squared Mahalanobis distance "
             "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
             "log-sum-exp of the logits (Liu et al. 2020)"
         ),
         "members": [
-            *(_member(m, t, d) for m, (t, d) in zip(members, parts.features)),
+            *(d for m, (t, w) in zip(members, parts.features) for d in _member(m, t, w)),
             {"kind": typ.ENERGY, "tensor": "logits"},
         ],
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
@@ -178,8 +183,8 @@ def fit_trust(
         "flagged_share": round(float((scores < threshold).mean()), 5),
         "flagged_share_validation": round(float((val_scores < threshold).mean()), 5),
     }
-    if served is not None:
-        typicality["served_pictures"] = served.description
+    if served_pictures is not None:
+        typicality["served_pictures"] = served_pictures.description
         typicality["flagged_share_served"] = {name: round(float((s < threshold).mean()), 5) for name, s in served_scores.items()}
     return TrustFit(
         model=folded,
@@ -190,12 +195,15 @@ def fit_trust(
     )
 
 
-def _kind(member) -> str:
-    return typ.RESIDUAL if isinstance(member, typ.SubspaceFit) else typ.MAHALANOBIS
-
-
-def _member(member, tensor: str, dimension: int) -> dict:
-    described = {"kind": _kind(member), "tensor": tensor, "dimension": dimension}
+def _kinds(member, tensor: str) -> list[str]:
     if isinstance(member, typ.SubspaceFit):
-        described["components"] = int(member.components.shape[1])
+        return [typ.RESIDUAL] if member.variances is None else [typ.RESIDUAL, typ.WITHIN]
+    return [typ.STATISTICS if tensor == PICTURE_STATISTICS else typ.MAHALANOBIS]
+
+
+def _member(member, tensor: str, dimension: int) -> list[dict]:
+    described = [{"kind": kind, "tensor": tensor, "dimension": dimension} for kind in _kinds(member, tensor)]
+    if isinstance(member, typ.SubspaceFit):
+        for d in described:
+            d["components"] = int(member.components.shape[1])
     return described

@@ -13,12 +13,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import EnergyFit, GaussianFit, SubspaceFit
+from service.trust.typicality import STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
 INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most INPUT_VIEW_MAX values, flattened
 INPUT_VIEW_MAX = 4096  # 28x28 as it is, 224x224 colour pooled to 32x32x3
+PICTURE_STATISTICS = _PREFIX + "picture_statistics"  # [N, 9]: typicality.picture_statistics of the pooled picture
 MAX_FEATURES = 4096  # wider layers are left out of the Mahalanobis members (a D x D whitening matrix each)
 
 
@@ -83,8 +84,12 @@ def _linear_inputs(graph: onnx.GraphProto) -> list[str]:
 
 
 def _input_shape(model: onnx.ModelProto) -> list[int | None]:
-    initializers = {i.name for i in model.graph.initializer}
-    graph_input = next(i for i in model.graph.input if i.name not in initializers)
+    return _input_shape_of(model.graph)
+
+
+def _input_shape_of(graph: onnx.GraphProto) -> list[int | None]:
+    initializers = {i.name for i in graph.initializer}
+    graph_input = next(i for i in graph.input if i.name not in initializers)
     return [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
 
 
@@ -117,7 +122,7 @@ def anatomy(model: onnx.ModelProto, output: str, kind: str = "probabilities") ->
     features = []
     pool = _input_pool(model)
     if pool is not None:
-        features.append((INPUT_VIEW, pool[2]))
+        features += [(INPUT_VIEW, pool[2]), (PICTURE_STATISTICS, 3 + len(STATISTICS_KERNELS))]
     widths, floats = _inferred(model)
     for tensor in _linear_inputs(graph):
         width = widths.get(tensor)
@@ -148,26 +153,66 @@ def _feature_tensors(graph: onnx.GraphProto, parts: Anatomy) -> list[str]:
     names = []
     for tensor, _ in parts.features:
         if tensor == INPUT_VIEW:
-            initializers = {i.name for i in graph.initializer}
-            source = next(i.name for i in graph.input if i.name not in initializers)
-            if source not in parts.float32:
-                graph.node.append(helper.make_node("Cast", [source], [_PREFIX + "picture_f32"], to=TensorProto.FLOAT))
-                source = _PREFIX + "picture_f32"
-            side, nhwc = parts.input_pool
-            if nhwc:  # to NCHW, so the view has the same order of values for either layout
-                graph.node.append(helper.make_node("Transpose", [source], [_PREFIX + "picture_nchw"], perm=[0, 3, 1, 2]))
-                source = _PREFIX + "picture_nchw"
-            if side > 1:
-                graph.node.append(helper.make_node("AveragePool", [source], [_PREFIX + "picture_pooled"], kernel_shape=[side, side], strides=[side, side]))
-                source = _PREFIX + "picture_pooled"
-            graph.node.append(helper.make_node("Flatten", [source], [INPUT_VIEW], axis=1))
+            graph.node.append(helper.make_node("Flatten", [_picture(graph, parts)], [INPUT_VIEW], axis=1))
             names.append(INPUT_VIEW)
+        elif tensor == PICTURE_STATISTICS:
+            names.append(_add_statistics(graph, parts))
         elif tensor in parts.float32:
             names.append(tensor)
         else:
             names.append(f"{_PREFIX}f32_{len(names)}")
             graph.node.append(helper.make_node("Cast", [tensor], [names[-1]], to=TensorProto.FLOAT))
     return names
+
+
+def _picture(graph: onnx.GraphProto, parts: Anatomy) -> str:
+    """The input picture as float32 NCHW, average-pooled by the anatomy's side; made once per graph."""
+    made = {o for node in graph.node for o in node.output}
+    initializers = {i.name for i in graph.initializer}
+    source = next(i.name for i in graph.input if i.name not in initializers)
+    side, nhwc = parts.input_pool
+    steps = []
+    if source not in parts.float32:
+        steps.append(("Cast", _PREFIX + "picture_f32", {"to": TensorProto.FLOAT}))
+    if nhwc:  # to NCHW, so the view has the same order of values for either layout
+        steps.append(("Transpose", _PREFIX + "picture_nchw", {"perm": [0, 3, 1, 2]}))
+    if side > 1:
+        steps.append(("AveragePool", _PREFIX + "picture_pooled", {"kernel_shape": [side, side], "strides": [side, side]}))
+    for op, out, attributes in steps:
+        if out not in made:
+            graph.node.append(helper.make_node(op, [source], [out], **attributes))
+        source = out
+    return source
+
+
+def _add_statistics(graph: onnx.GraphProto, parts: Anatomy) -> str:
+    """typicality.picture_statistics in the graph: the channels' mean; Mul, Mul for x^2, x^4; one Conv of the six
+    kernels, Abs; the means by GlobalAveragePool (powers and responses apart: the valid convolution is 2 pixels
+    smaller); [N, 9] by Concat and Flatten."""
+    p = PICTURE_STATISTICS + "_"
+    x = _picture(graph, parts)
+    if _channels(graph, parts) > 1:
+        graph.node.append(_reduce("ReduceMean", x, p + "grey", parts.opset, graph, keepdims=1))
+        x = p + "grey"
+    kernels = numpy_helper.from_array(STATISTICS_KERNELS[:, None].astype(np.float32), p + "kernels")
+    graph.initializer.append(kernels)
+    graph.node.extend([
+        helper.make_node("Mul", [x, x], [p + "x2"]),
+        helper.make_node("Mul", [p + "x2", p + "x2"], [p + "x4"]),
+        helper.make_node("Conv", [x, kernels.name], [p + "responses"]),
+        helper.make_node("Abs", [p + "responses"], [p + "strength"]),
+        helper.make_node("Concat", [x, p + "x2", p + "x4"], [p + "powers"], axis=1),
+        helper.make_node("GlobalAveragePool", [p + "powers"], [p + "power_means"]),  # [N, 3, 1, 1]
+        helper.make_node("GlobalAveragePool", [p + "strength"], [p + "strength_means"]),  # [N, 6, 1, 1]
+        helper.make_node("Concat", [p + "power_means", p + "strength_means"], [p + "means"], axis=1),
+        helper.make_node("Flatten", [p + "means"], [PICTURE_STATISTICS], axis=1),
+    ])
+    return PICTURE_STATISTICS
+
+
+def _channels(graph: onnx.GraphProto, parts: Anatomy) -> int:
+    shape = _input_shape_of(graph)
+    return shape[3] if parts.input_pool[1] else shape[1]
 
 
 def _logits_tensor(graph: onnx.GraphProto, parts: Anatomy) -> str:
@@ -256,10 +301,11 @@ def _batch_dim(graph: onnx.GraphProto):
 
 @dataclass(frozen=True)
 class _Member:
-    """A member's raw [N, 1] score columns and how they combine into its standardised score:
-    standard = sum(weights[i] * column[i]) + shift."""
+    """A member's raw score columns and how they combine into its standardised score:
+    standard = sum(weights[i] * column[i]) + shift, over the scalar columns of `columns` ((tensor, width) pairs,
+    [N, width] each, in order; members may share a tensor)."""
 
-    columns: list[str]
+    columns: list[tuple[str, int]]
     weights: list[float]
     shift: float
 
@@ -269,45 +315,60 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     difference of two norms) is linear in the members' raw columns, so one Gemm does them all at once:
     Concat(raw columns) [N, R] @ W [R, M] + b [M] -> [N, M] standardised scores, then one ReduceMin. ONNX Runtime
     pays a fixed cost per node on small batches, so fewer nodes is what makes the score cheap."""
-    found = [
-        _add_residual(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset) if isinstance(fit, SubspaceFit)
-        else _add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset)
-        for i, (fit, source) in enumerate(zip(members, _feature_tensors(graph, parts) if members else []))
-    ]
+    found = []
+    for i, (fit, source) in enumerate(zip(members, _feature_tensors(graph, parts) if members else [])):
+        if isinstance(fit, SubspaceFit):
+            found.extend(_add_subspace(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
+        else:
+            found.append(_add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
     if energy is not None:
         found.append(_add_energy(graph, parts, energy))
     if not found:
         raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
-    columns = [c for m in found for c in m.columns]
-    weights = np.zeros((len(columns), len(found)), np.float32)
-    row = 0
+    tensors = list(dict.fromkeys(c for m in found for c in m.columns))  # each raw tensor once, in order
+    starts = np.cumsum([0] + [width for _, width in tensors])
+    weights = np.zeros((starts[-1], len(found)), np.float32)
     for j, member in enumerate(found):
-        weights[row : row + len(member.columns), j] = member.weights
-        row += len(member.columns)
+        rows = [r for c in member.columns for r in range(starts[tensors.index(c)], starts[tensors.index(c) + 1])]
+        weights[rows, j] = member.weights
     combine = numpy_helper.from_array(weights, _PREFIX + "standardise_weights")
     shifts = numpy_helper.from_array(np.array([m.shift for m in found], np.float32), _PREFIX + "standardise_shifts")
     graph.initializer.extend([combine, shifts])
-    raw = columns[0]
-    if len(columns) > 1:
+    raw = tensors[0][0]
+    if len(tensors) > 1:
         raw = _PREFIX + "raw_scores"
-        graph.node.append(helper.make_node("Concat", columns, [raw], axis=1))
+        graph.node.append(helper.make_node("Concat", [name for name, _ in tensors], [raw], axis=1))
     graph.node.append(helper.make_node("Gemm", [raw, combine.name, shifts.name], [_PREFIX + "standard_scores"]))
     graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
 
 
-def _add_residual(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str, opset: int) -> _Member:
-    """score = |(x - m) P|^2 - |x - m|^2: minus the squared distance from the principal subspace, standardised
-    as (score - offset) / scale."""
+def _add_subspace(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str, opset: int) -> list[_Member]:
+    """The residual: score = |(x - m) P|^2 - |x - m|^2, minus the squared distance from the principal subspace;
+    with variances, the within score: -sum_k ((x - m) P)_k^2 / v_k. Both standardised as (score - offset) / scale.
+    With variances, one MatMul of the squared coordinates by [1 | 1/v] gives both sums at once."""
     mean = numpy_helper.from_array(fit.mean.astype(np.float32)[None, :], p + "mean")
     components = numpy_helper.from_array(fit.components.astype(np.float32), p + "components")
     graph.initializer.extend([mean, components])
     graph.node.extend([
         helper.make_node("Sub", [source, mean.name], [p + "centred"]),
         helper.make_node("MatMul", [p + "centred", components.name], [p + "coords"]),  # [N, k]
-        _reduce("ReduceSumSquare", p + "coords", p + "explained", opset, graph, keepdims=1),  # [N, 1]: |(x - m) P|^2
         _reduce("ReduceSumSquare", p + "centred", p + "norm", opset, graph, keepdims=1),  # [N, 1]: |x - m|^2
     ])
-    return _Member([p + "explained", p + "norm"], [1.0 / fit.scale, -1.0 / fit.scale], -fit.offset / fit.scale)
+    norm = (p + "norm", 1)
+    if fit.variances is None:
+        graph.node.append(_reduce("ReduceSumSquare", p + "coords", p + "explained", opset, graph, keepdims=1))  # |(x - m) P|^2
+        return [_Member([(p + "explained", 1), norm], [1.0 / fit.scale, -1.0 / fit.scale], -fit.offset / fit.scale)]
+    sums = numpy_helper.from_array(np.stack([np.ones_like(fit.variances), 1.0 / fit.variances], 1).astype(np.float32), p + "sums")
+    graph.initializer.append(sums)
+    graph.node.extend([
+        helper.make_node("Mul", [p + "coords", p + "coords"], [p + "squares"]),
+        helper.make_node("MatMul", [p + "squares", sums.name], [p + "explained_within"]),  # [N, 2]
+    ])
+    both = (p + "explained_within", 2)
+    return [
+        _Member([both, norm], [1.0 / fit.scale, 0.0, -1.0 / fit.scale], -fit.offset / fit.scale),
+        _Member([both], [0.0, -1.0 / fit.within_scale], -fit.within_offset / fit.within_scale),
+    ]
 
 
 def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> _Member:
@@ -324,13 +385,13 @@ def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: s
         helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
         _reduce("ReduceMin", p + "distances", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
     ])
-    return _Member([p + "nearest"], [-1.0 / fit.scale], -fit.offset / fit.scale)
+    return _Member([(p + "nearest", 1)], [-1.0 / fit.scale], -fit.offset / fit.scale)
 
 
 def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Member:
     """The energy of the raw logits, an [N, 1] float32 column, standardised as (energy - offset) / scale."""
     graph.node.append(_reduce("ReduceLogSumExp", _logits_tensor(graph, parts), _PREFIX + "energy", parts.opset, graph, keepdims=1))
-    return _Member([_PREFIX + "energy"], [1.0 / fit.scale], -fit.offset / fit.scale)
+    return _Member([(_PREFIX + "energy", 1)], [1.0 / fit.scale], -fit.offset / fit.scale)
 
 
 def strip_trust(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,10 +1,15 @@
 """The typicality score: how much a picture and its features look like the training pictures'.
 
-Members, each standardised by its mean and spread on held-out training-distribution pictures; typicality is the
-lowest of them (in those standard units, higher = more typical):
+Members, each standardised on held-out training-distribution pictures (0 at its median there, -1 at its TAIL
+quantile); typicality is the lowest of them (higher = more typical):
 - PCA residual, on the picture itself (pooled when large): minus its squared distance from the principal subspace
   of the training pictures. It catches pictures unlike the training pictures (noise, scribbles, another dataset's
   pictures).
+- PCA within, optionally: minus the squared Mahalanobis distance of the picture's coordinates inside that subspace.
+  It catches pictures made of the training pictures' broad shapes in unusual amounts (a solid blob for a digit).
+- picture statistics: class-conditional Gaussians (as below) on a 9-number summary of how the picture is drawn
+  (ink, saturation, stroke edges and curvature: `picture_statistics`). It catches what framing makes look like a
+  digit but is drawn unlike one (a garment's outline, a scribble's hard thickened line).
 - Mahalanobis (Lee et al. 2018), optionally, on the input of every linear layer (their feature ensemble): one
   Gaussian per class sharing one covariance; minus the squared Mahalanobis distance to the nearest class mean.
 - the energy score (Liu et al. 2020), log-sum-exp of the logits: how much evidence the model finds for any class.
@@ -18,11 +23,44 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-MAHALANOBIS, RESIDUAL, ENERGY = "mahalanobis", "pca-residual", "energy"
+MAHALANOBIS, RESIDUAL, WITHIN, STATISTICS, ENERGY = "mahalanobis", "pca-residual", "pca-within", "picture-statistics", "energy"
 COMPONENTS = 64  # principal components of the training pictures kept by the residual member
 # Shrinks the shared covariance towards its mean variance, so it stays invertible when features are
 # fewer-valued than their dimension (dead ReLUs, few pictures).
 SHRINKAGE = 1e-2
+# Each member is standardised so that 0 is its median on held-out pictures of the training distribution and -1 its
+# TAIL quantile there: the members' low tails line up, so each adds about as much to the share of typical pictures
+# the lowest of them flags (a member with a long low tail standardised by its spread would set the threshold alone).
+TAIL = 0.02
+# The picture statistics' 3x3 kernels (valid convolution, on the picture's mean over its channels): first
+# differences across, down and along both diagonals, second differences across and down. The mean absolute
+# response of each, with the mean of x, x^2 and x^4, is a 9-number summary of how the picture is drawn: how much
+# ink, how saturated, how thick and how curved its strokes are.
+STATISTICS_KERNELS = np.array([
+    [[0, 0, 0], [0, -1, 1], [0, 0, 0]], [[0, 0, 0], [0, -1, 0], [0, 1, 0]],
+    [[0, 0, 0], [0, -1, 0], [0, 0, 1]], [[0, 0, 0], [0, -1, 0], [1, 0, 0]],
+    [[0, 0, 0], [1, -2, 1], [0, 0, 0]], [[0, 1, 0], [0, -2, 0], [0, 1, 0]],
+], dtype=np.float32)
+
+
+def standardisation(held_out_scores: np.ndarray) -> tuple[float, float]:
+    """(offset, scale): the median of the scores on held-out pictures, and its distance down to their TAIL quantile."""
+    scores = np.asarray(held_out_scores, dtype=np.float64)
+    median = float(np.median(scores))
+    return median, float(median - np.quantile(scores, TAIL)) or 1.0
+
+
+def picture_statistics(pictures: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] pictures -> [N, 9]: the means of x, x^2, x^4 and of |x * k| for each STATISTICS_KERNELS k (valid
+    3x3 convolution), x being the mean over the channels. The graph computes the same (graph.py)."""
+    x = np.asarray(pictures, dtype=np.float64).mean(axis=1)
+    powers = [x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2)), (x**4).mean(axis=(1, 2))]
+    h, w = x.shape[1] - 2, x.shape[2] - 2
+    responses = [
+        np.abs(sum(k[r, c] * x[:, r : r + h, c : c + w] for r in range(3) for c in range(3) if k[r, c])).mean(axis=(1, 2))
+        for k in STATISTICS_KERNELS
+    ]
+    return np.stack(powers + responses, axis=1)
 
 
 @dataclass(frozen=True)
@@ -45,39 +83,64 @@ class GaussianFit:
 
     def calibrated(self, held_out_features: np.ndarray) -> GaussianFit:
         """The same fit, standardised by its scores on held-out pictures of the training distribution."""
-        scores = self.score(held_out_features)
-        return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+        offset, scale = standardisation(self.score(held_out_features))
+        return replace(self, offset=offset, scale=scale)
 
 
 @dataclass(frozen=True)
 class SubspaceFit:
-    """The training pictures' principal subspace: the score is minus the squared distance of a picture from it
-    (what the first COMPONENTS principal components cannot reconstruct)."""
+    """The training pictures' principal subspace. Two scores: the residual, minus the squared distance of a picture
+    from the subspace (what the first COMPONENTS principal components cannot reconstruct), and, with `variances`,
+    the spread within it: minus the squared Mahalanobis distance of the picture's coordinates in the subspace
+    (each over its component's variance; probabilistic PCA's in-subspace term). The residual misses a picture made
+    of the training pictures' own broad shapes in amounts no training picture has (a digit model's framing turns a
+    shirt into a solid blob: large coordinates, small residual); the within score catches it."""
 
     mean: np.ndarray  # [D]
     components: np.ndarray  # [D, k], orthonormal columns
     offset: float = 0.0
     scale: float = 1.0
+    variances: np.ndarray | None = None  # [k]: the within score is left out when None
+    within_offset: float = 0.0
+    within_scale: float = 1.0
+
+    def coordinates(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        return centred, centred @ self.components
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        centred = np.asarray(features, dtype=np.float64) - self.mean
-        return -((centred * centred).sum(1) - ((centred @ self.components) ** 2).sum(1))
+        centred, coords = self.coordinates(features)
+        return -((centred * centred).sum(1) - (coords**2).sum(1))
+
+    def within_score(self, features: np.ndarray) -> np.ndarray:
+        return -((self.coordinates(features)[1] ** 2) / self.variances).sum(1)
 
     def standardised(self, features: np.ndarray) -> np.ndarray:
         return (self.score(features) - self.offset) / self.scale
 
+    def standardised_within(self, features: np.ndarray) -> np.ndarray:
+        return (self.within_score(features) - self.within_offset) / self.within_scale
+
     def calibrated(self, held_out_features: np.ndarray) -> SubspaceFit:
-        scores = self.score(held_out_features)
-        return replace(self, offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+        offset, scale = standardisation(self.score(held_out_features))
+        fitted = replace(self, offset=offset, scale=scale)
+        if self.variances is None:
+            return fitted
+        within_offset, within_scale = standardisation(self.within_score(held_out_features))
+        return replace(fitted, within_offset=within_offset, within_scale=within_scale)
 
 
-def fit_subspace(features: np.ndarray, components: int = COMPONENTS) -> SubspaceFit:
+def fit_subspace(features: np.ndarray, components: int = COMPONENTS, within: bool = False) -> SubspaceFit:
+    """The principal subspace of `features`; with `within`, also the variances that score the spread inside it."""
     features = np.asarray(features, dtype=np.float64)
     mean = features.mean(axis=0)
     centred = features - mean
-    _, vectors = np.linalg.eigh(centred.T @ centred / len(features))  # ascending eigenvalues
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(features))  # ascending eigenvalues
     kept = min(components, features.shape[1] - 1)
-    return SubspaceFit(mean=mean, components=vectors[:, ::-1][:, :kept].copy())
+    variances = None
+    if within:  # floored, so a component the pictures barely use does not dominate the distance
+        variances = np.maximum(values[::-1][:kept], 1e-3 * values[-1]).copy()
+    return SubspaceFit(mean=mean, components=vectors[:, ::-1][:, :kept].copy(), variances=variances)
 
 
 @dataclass(frozen=True)
@@ -89,8 +152,7 @@ class EnergyFit:
 
     @classmethod
     def on(cls, held_out_logits: np.ndarray) -> EnergyFit:
-        scores = energy(held_out_logits)
-        return cls(offset=float(scores.mean()), scale=float(scores.std() or 1.0))
+        return cls(*standardisation(energy(held_out_logits)))
 
     def standardised(self, logits: np.ndarray) -> np.ndarray:
         return (energy(logits) - self.offset) / self.scale
