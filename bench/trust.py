@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="pictures per set")
     parser.add_argument("--held-out", type=int, default=500, help="pictures per held-out set (shapes, letters, ...)")
     parser.add_argument("--models", default="mnist-convnet,mnist-mlp,fashion-convnet,fashion-mlp")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for trust.json and trust.md")
     parser.add_argument("--versions", choices=["served", "all"], default="served",
                         help="the served (highest) version of each model, or every version with a typicality section")
     args = parser.parse_args()
@@ -153,9 +154,9 @@ def main() -> None:
             if key not in cached:
                 cached[key] = picture_sets(*key, data_dirs, args.count, args.held_out)
             results.append(measure(version_dir, cached[key]))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "trust.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "trust.md").write_text(markdown(results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "trust.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.results / "trust.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -19,7 +19,7 @@ TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
 INPUT_VIEW = _PREFIX + "input_view"  # the picture, average-pooled to at most INPUT_VIEW_MAX values, flattened
 INPUT_VIEW_MAX = 4096  # 28x28 as it is, 224x224 colour pooled to 32x32x3
-PICTURE_STATISTICS = _PREFIX + "picture_statistics"  # [N, 9]: typicality.picture_statistics of the pooled picture
+PICTURE_STATISTICS = _PREFIX + "picture_statistics"  # [N, 7]: typicality.picture_statistics of the pooled picture
 MAX_FEATURES = 4096  # wider layers are left out of the Mahalanobis members (a D x D whitening matrix each)
 
 
@@ -186,9 +186,9 @@ def _picture(graph: onnx.GraphProto, parts: Anatomy) -> str:
 
 
 def _add_statistics(graph: onnx.GraphProto, parts: Anatomy) -> str:
-    """typicality.picture_statistics in the graph: the channels' mean; Mul, Mul for x^2, x^4; one Conv of the six
+    """typicality.picture_statistics in the graph: the channels' mean; Mul, Mul for x^2, x^4; one Conv of the four
     kernels, Abs; the means by GlobalAveragePool (powers and responses apart: the valid convolution is 2 pixels
-    smaller); [N, 9] by Concat and Flatten."""
+    smaller); [N, 7] by Concat and Flatten."""
     p = PICTURE_STATISTICS + "_"
     x = _picture(graph, parts)
     if _channels(graph, parts) > 1:

@@ -112,7 +112,8 @@ def test_without_training_labels_the_energy_score_stands_alone():
     assert [m["kind"] for m in fit.typicality["members"]] == ["energy"]
     (typicality,) = run_outputs(fit.model, x, ["typicality"])
     energy = np.log(np.exp(logits_of(x, 2)).sum(1))
-    standard = (energy - energy.mean()) / energy.std()
+    median = np.median(energy)  # 0 at the median, -1 at the 2% quantile
+    standard = (energy - median) / (median - np.quantile(energy, 0.02))
     np.testing.assert_allclose(typicality, standard, atol=1e-3)
 
 
@@ -128,8 +129,8 @@ def test_the_graph_parts_are_found_in_a_shipped_model():
 
 
 def test_the_graph_computes_the_members_as_numpy_does():
-    """layers="all": the picture's PCA residual, a Mahalanobis member on the Gemm's input, and the energy; the
-    graph's typicality is the lowest of the three standardised scores."""
+    """layers="all": the picture's PCA residual, its picture statistics, a Mahalanobis member on the Gemm's input, and
+    the energy; the graph's typicality is the lowest of the four standardised scores."""
     from service.trust import typicality as typ
 
     model = make_classifier(seed=4)
@@ -137,25 +138,70 @@ def test_the_graph_computes_the_members_as_numpy_does():
     train_x, train_y = overconfident_data((1, 28, 28), 5, 600)
     fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
                     train_inputs=train_x, train_labels=train_y, layers="all")
-    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "mahalanobis", "energy"]
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "picture-statistics", "mahalanobis", "energy"]
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731  the input view and the Gemm's input are both the picture
     residual = typ.fit_subspace(flat(train_x)).calibrated(flat(val_x))
+    statistics = typ.fit_gaussians(typ.picture_statistics(train_x), train_y, 10).calibrated(typ.picture_statistics(val_x))
     gaussians = typ.fit_gaussians(flat(train_x), train_y, 10).calibrated(flat(val_x))
     energy = typ.EnergyFit.on(logits_of(val_x, 4))
     x = np.concatenate([val_x[:50], np.random.default_rng(1).random((20, 1, 28, 28), dtype=np.float32)])
-    expected = np.min([residual.standardised(flat(x)), gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
+    expected = np.min([residual.standardised(flat(x)), statistics.standardised(typ.picture_statistics(x)),
+                       gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_the_picture_statistics_in_the_graph_are_numpys():
+    from service.trust import typicality as typ
+    from service.trust.graph import PICTURE_STATISTICS, anatomy, with_fitting_outputs
+
+    model = make_classifier(seed=8)
+    probe, names = with_fitting_outputs(model, anatomy(model, "probabilities"))
+    x = np.random.default_rng(2).random((30, 1, 28, 28), dtype=np.float32)
+    (statistics,) = run_outputs(probe, x, [PICTURE_STATISTICS])
+    np.testing.assert_allclose(statistics, typ.picture_statistics(x), rtol=1e-4, atol=1e-6)
+
+
+def test_members_are_standardised_so_their_tails_line_up():
+    """0 at the median of the held-out scores and -1 at their TAIL quantile, whatever the scores' spread."""
+    from service.trust import typicality as typ
+
+    scores = np.random.default_rng(3).standard_exponential(10_000) * -7.0
+    offset, scale = typ.standardisation(scores)
+    standard = (scores - offset) / scale
+    assert abs(np.median(standard)) < 1e-9
+    assert abs(np.mean(standard < -1) - typ.TAIL) < 0.002
+
+
+def test_a_pca_within_member_scores_the_spread_inside_the_subspace():
+    from service.trust import typicality as typ
+
+    model = make_classifier(seed=9)
+    val_x, val_y = overconfident_data((1, 28, 28), 9, 400)
+    train_x, train_y = overconfident_data((1, 28, 28), 10, 400)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
+                    train_inputs=train_x, train_labels=train_y, within=True)
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "pca-within", "picture-statistics", "energy"]
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    subspace = typ.fit_subspace(flat(train_x), within=True).calibrated(flat(val_x))
+    statistics = typ.fit_gaussians(typ.picture_statistics(train_x), train_y, 10).calibrated(typ.picture_statistics(val_x))
+    energy = typ.EnergyFit.on(logits_of(val_x, 9))
+    x = np.concatenate([val_x[:40], 3 * val_x[40:60]])  # the same shapes, far too much of them
+    expected = np.min([subspace.standardised(flat(x)), subspace.standardised_within(flat(x)),
+                       statistics.standardised(typ.picture_statistics(x)), energy.standardised(logits_of(x, 9))], axis=0)
     (typicality,) = run_outputs(fit.model, x, ["typicality"])
     np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
 
 
 def test_the_typicality_adds_few_nodes():
     """ONNX Runtime pays a fixed cost per node per run, which dominates small batches: the temperature and the
-    default typicality (PCA residual + energy) add at most 10 nodes (Div; Flatten, Sub, MatMul, 2 ReduceSumSquare;
-    ReduceLogSumExp; Concat, Gemm, ReduceMin)."""
+    default typicality (PCA residual + picture statistics + energy) add at most 22 nodes (Div; Flatten, Sub, MatMul,
+    2 ReduceSumSquare; Mul, Mul, Conv, Abs, 2 Concat, 2 GlobalAveragePool, Flatten; MatMul, ReduceSumSquare, MatMul,
+    2 Add, ReduceMin; ReduceLogSumExp; Concat, Gemm, ReduceMin: 25, less nothing)."""
     model = make_classifier(seed=6)
     val_x, val_y = overconfident_data((1, 28, 28), 6, 400)
     train_x, train_y = overconfident_data((1, 28, 28), 7, 400)
     fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
                     train_inputs=train_x, train_labels=train_y)
-    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "energy"]
-    assert len(fit.model.graph.node) - len(model.graph.node) <= 10
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "picture-statistics", "energy"]
+    assert len(fit.model.graph.node) - len(model.graph.node) <= 25
