@@ -37,6 +37,7 @@ class ServedPictures:
     validation_inputs: np.ndarray
     test: dict[str, np.ndarray] = field(default_factory=dict)
     description: str = ""  # what they are, for the card
+    rates: dict[str, float] = field(default_factory=dict)  # a `test` set's own flag rate, where not `flag_rate`
 
 
 @dataclass
@@ -133,7 +134,8 @@ def fit_trust(
         test_logits, served, scores, labels = val_parts[0], val_served, val_scores, validation_labels
     served_scores = {name: run_outputs(folded, inputs, [TYPICALITY_OUTPUT])[0] for name, inputs in (served_pictures.test if served_pictures else {}).items()}
     # On the measured split, and on each served test set: at most flag_rate of each is flagged.
-    threshold = min(typ.threshold_for(s, flag_rate) for s in [scores, *served_scores.values()])
+    rates = served_pictures.rates if served_pictures else {}
+    threshold = min([typ.threshold_for(scores, flag_rate), *(typ.threshold_for(s, rates.get(n, flag_rate)) for n, s in served_scores.items())])
     before = cal.softmax(test_logits)
     after = cal.softmax(served) if kind == "logits" else served.astype(np.float64)
     if (before.argmax(1) != after.argmax(1)).any():
