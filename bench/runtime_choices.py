@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def layouts(cores: int) -> list[tuple[str, str, dict[str, str], int]]:
     """(key, label, settings, workers): the default and its alternatives on `cores` cores."""
-    one = {"PIXELSERVE_ORT_INTRA_OP_THREADS": "1"}
-    spread = {"PIXELSERVE_ORT_INTRA_OP_THREADS": str(cores)}
+    one = {"PIXELSERVE_ORT_INTRA_OP_THREADS": "1", "PIXELSERVE_ORT_SOLO_THREADS": "0"}
+    spread = {"PIXELSERVE_ORT_INTRA_OP_THREADS": str(cores), "PIXELSERVE_ORT_SOLO_THREADS": "0"}
     return [
-        ("default", f"{cores} workers x 1 thread, batches up to 64 (the default)", one, cores),
+        ("default", f"{cores} workers x 1 thread, a picture alone on {cores} threads, batches up to 64 (the default)", {}, cores),
+        ("no-solo", f"{cores} workers x 1 thread, batches up to 64", one, cores),
         ("batch-8", f"{cores} workers x 1 thread, batches up to 8", {**one, "PIXELSERVE_MAX_BATCH_SIZE": "8"}, cores),
         ("batch-1", f"{cores} workers x 1 thread, one picture a run", {**one, "PIXELSERVE_BATCHING": "false"}, cores),
         ("one-worker", f"1 worker x {cores} threads, batches up to 64", spread, 1),
