@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.model_import.calibration_data import MIN_TEST, MIN_VALIDATION
+from service.model_import.calibration_data import MIN_TEST, MIN_VALIDATION, list_calibration_data
 from service.model_import.cli import main as import_main
 from tests.service.conftest import make_settings
 from tests.service.imported_models import COLOURS, colour_classifier, colour_folder, colour_picture
@@ -41,6 +41,17 @@ def sources(tmp_path_factory) -> Path:
 def run_import(sources: Path, repository: Path, folder: Path, *, model: str = "colour.onnx", labels: str = "labels.txt", name: str = "colour") -> int:
     return import_main([str(sources / model), "--name", name, "--labels", str(sources / labels), "--model-repository",
                         str(repository), "--method", "resize", "--calibration-data", str(folder)])
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Guo et al.'s ECE, written here from its definition: 15 equal-width confidence bins, (lo, hi]."""
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
+    total = 0.0
+    for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+        members = (confidence > lo) & (confidence <= hi)
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
 
 
 def png(picture: Image.Image) -> bytes:
@@ -72,6 +83,15 @@ def test_a_flat_folder_calibrates_the_over_confident_model_and_the_card_records_
     # The ECE the card records is the one the published graph gives on the test pictures, made as uploads are.
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["probabilities", "typicality"]
+    test = list_calibration_data(sources / "flat", list(COLOURS)).test.items
+    x = np.stack([np.asarray(Image.open(path).convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR), np.float32)
+                  .transpose(2, 0, 1) / 255 for path, _ in test])
+    served = session.run(["probabilities"], {"pixel_values": x})[0]
+    labels = np.array([label for _, label in test])
+    assert expected_calibration_error(served, labels) == pytest.approx(calibration["ece_after"], abs=2e-3)
+    logits = ort.InferenceSession(str(sources / "colour.onnx"), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    before = np.exp(logits - logits.max(1, keepdims=True))
+    assert expected_calibration_error(before / before.sum(1, keepdims=True), labels) == pytest.approx(calibration["ece_before"], abs=2e-3)
     embedded = {p.key: p.value for p in onnx.load(str(version / "model.onnx")).metadata_props}
     assert json.loads(embedded["model_card"])["calibration"]["temperature"] == calibration["temperature"]
 
@@ -100,7 +120,7 @@ def test_train_and_test_folders_fit_the_picture_member_and_serving_answers_typic
         assert [w["code"] for w in second["warnings"]][:1] == ["out_of_distribution"]
         v2 = client.post("/v2/models/colour/infer", json={"inputs": [{
             "name": "pixel_values", "shape": [1, 3, SIDE, SIDE], "datatype": "FP32",
-            "data": np.full((1, 3, SIDE, SIDE), 0.5, np.float32).ravel().tolist()}]}).json()
+            "data": rng.uniform(0, 1, 3 * SIDE * SIDE).tolist()}]}).json()  # uniform noise: far from the training pictures
         assert len(v2["parameters"]["typicality"]) == 1 and v2["parameters"]["warnings"][0][0]["code"] == "out_of_distribution"
 
 
@@ -110,7 +130,10 @@ def test_a_label_without_pictures_and_a_graph_with_a_fixed_batch(sources, tmp_pa
     assert "pictures per label: red 20, green 20, blue 0" in capsys.readouterr().out
     card = json.loads((tmp_path / "colour" / "1" / "model.json").read_text())
     assert card["calibration"]["pictures_per_label"]["blue"] == 0 and card["calibration"]["measured_on"].startswith("20 pictures")
-    assert card["calibration"]["ece_after"] < card["calibration"]["ece_before"]
+    assert run_import(sources, tmp_path, sources / "no-blue", name="dynamic") == 0  # the same graph, any batch
+    dynamic = json.loads((tmp_path / "dynamic" / "1" / "model.json").read_text())
+    for section, key in (("calibration", "temperature"), ("calibration", "ece_after"), ("typicality", "threshold")):
+        assert card[section][key] == pytest.approx(dynamic[section][key], abs=1e-4)
 
 
 def refuse(sources: Path, repository: Path, folder: Path, capsys, **options) -> str:
