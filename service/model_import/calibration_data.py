@@ -52,6 +52,7 @@ class CalibrationData:
     train: Part | None
     layout: str  # "classes" | "splits"
     per_class: dict[str, int] = field(default_factory=dict)  # every label -> its pictures, all parts together
+    halved_from: str | None = None  # the folder split into the validation and test parts, if one was
 
     def splits(self) -> dict[str, str]:
         """fit_trust's `splits`: each part's description for the card."""
@@ -76,6 +77,7 @@ def list_calibration_data(folder: Path, labels: list[str]) -> CalibrationData:
     if not folder.is_dir():
         raise CalibrationDataError(f"--calibration-data {folder} is not a folder; expected one sub-folder per label holding its pictures")
     subfolders = _subfolders(folder)
+    halved_from = folder.name
     is_split = bool(subfolders) and all(p.name in SPLIT_NAMES for p in subfolders) and not any(p.name in labels for p in subfolders)
     if is_split:
         parts = {p.name: _class_files(p, folder, labels) for p in subfolders}
@@ -88,8 +90,10 @@ def list_calibration_data(folder: Path, labels: list[str]) -> CalibrationData:
         if len(held) == 2:
             validation = Part(parts["val"], f"{len(parts['val'])} pictures in {folder.name}/val")
             test = Part(parts["test"], f"{len(parts['test'])} pictures in {folder.name}/test")
+            halved_from = None
         else:
-            validation, test = _halves(parts[held[0]], f"{folder.name}/{held[0]}")
+            halved_from = f"{folder.name}/{held[0]}"
+            validation, test = _halves(parts[held[0]], halved_from)
         train = Part(parts["train"], f"{len(parts['train'])} pictures in {folder.name}/train") if "train" in parts else None
     else:
         validation, test = _halves(_class_files(folder, folder, labels), folder.name)
@@ -99,8 +103,8 @@ def list_calibration_data(folder: Path, labels: list[str]) -> CalibrationData:
     for part in (validation, test, train):
         for _, label in part.items if part else []:
             per_class[labels[label]] += 1
-    data = CalibrationData(validation, test, train, "splits" if is_split else "classes", per_class)
-    _check_counts(data, folder, is_split)
+    data = CalibrationData(validation, test, train, "splits" if is_split else "classes", per_class, halved_from)
+    _check_counts(data, folder)
     return data
 
 
@@ -145,18 +149,20 @@ def _halves(items: list[tuple[Path, int]], where: str) -> tuple[Part, Part]:
             Part(test, f"{len(test)} pictures: the other half {how}"))
 
 
-def _check_counts(data: CalibrationData, folder: Path, is_split: bool) -> None:
+def _check_counts(data: CalibrationData, folder: Path) -> None:
     parts = [("validation", data.validation, MIN_VALIDATION), ("test", data.test, MIN_TEST)]
     if data.train is not None:
         parts.append(("train", data.train, MIN_TRAIN))
     short = [f"{name} has {len(part.items)}" for name, part, least in parts if len(part.items) < least]
     if short:
-        where = "val/ and test/ each" if is_split else "the folder, split in two halves"
+        if data.halved_from is not None:
+            where = f"{data.halved_from} is split in two, so it needs {MIN_VALIDATION + MIN_TEST}"
+        else:
+            where = "given as val/ and test/"
         raise CalibrationDataError(
-            f"too few pictures in {folder} to fit: {'; '.join(short)}, and each part needs at least "
-            f"{MIN_VALIDATION} ({MIN_VALIDATION + MIN_TEST} in {where}"
-            + (f", {MIN_TRAIN} in train/" if data.train is not None else "")
-            + f"). Pictures per label: {data.summary()}"
+            f"too few pictures in {folder} to fit: {'; '.join(short)}. The validation and test parts need at least "
+            f"{MIN_VALIDATION} pictures each ({where})" + (f", train/ at least {MIN_TRAIN}" if data.train is not None else "")
+            + f". Pictures per label: {data.summary()}"
         )
     held_classes = {label for _, label in data.validation.items + data.test.items}
     if len(held_classes) < 2:

@@ -151,8 +151,12 @@ def test_a_folder_that_matches_no_label_is_refused(sources, tmp_path, capsys):
 def test_too_few_pictures_are_refused_saying_how_many_are_needed(sources, tmp_path, capsys):
     folder = colour_folder(tmp_path / "pictures", {"red": 10, "green": 9})
     said = refuse(sources, tmp_path / "models", folder, capsys)
-    assert f"each part needs at least {MIN_VALIDATION} ({MIN_VALIDATION + MIN_TEST} in the folder" in said
+    assert f"need at least {MIN_VALIDATION} pictures each (pictures is split in two, so it needs {MIN_VALIDATION + MIN_TEST})" in said
     assert "validation has 9; test has 10" in said and "red 10, green 9, blue 0" in said
+    split = tmp_path / "split"
+    colour_folder(split / "val", {"red": 12, "green": 12}), colour_folder(split / "test", {"red": 8, "green": 8})
+    said = refuse(sources, tmp_path / "models", split, capsys)
+    assert "test has 16" in said and "validation" not in said.split("The")[0] and "(given as val/ and test/)" in said
 
 
 def test_a_file_that_is_not_a_picture_is_named(sources, tmp_path, capsys):
