@@ -112,7 +112,6 @@ def _import(options: ImportOptions) -> Path:
             "original_output": graph.output_name,
             "softmax_appended": kind == "logits",
             "flags": {k: v for k, v in options.flags.items() if v is not None},
-            "calibration_data": options.calibration_data.name if options.calibration_data else None,
         },
         "onnx": {"file": "model.onnx", "opset": graph.opset, "sha256": "0" * 64},
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -126,6 +125,7 @@ def _import(options: ImportOptions) -> Path:
 
             max_pixels = Settings().max_image_pixels
         model, card = calibrate(model, card, options.calibration_data, max_pixels=max_pixels)
+        card["source"] = {**card["source"], "calibration_data": options.calibration_data.name}
         parse_card(card)
         try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
     return publish(options.repository, options.name, model, card)

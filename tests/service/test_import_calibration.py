@@ -173,3 +173,14 @@ def test_train_without_held_out_pictures_and_a_single_label_are_refused(sources,
     one_label = colour_folder(tmp_path / "one", {"red": 45})
     assert "pictures of 1 label(s); calibration needs pictures of at least 2" in refuse(sources, tmp_path / "models", one_label, capsys)
     assert "is not a folder" in refuse(sources, tmp_path / "models", tmp_path / "missing", capsys)
+
+
+def test_a_fit_that_fails_publishes_nothing(sources, tmp_path, capsys, monkeypatch):
+    import service.trust.fit
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("folding the temperature changed a top class; refusing to publish")
+
+    monkeypatch.setattr(service.trust.fit, "fit_trust", fails)
+    said = refuse(sources, tmp_path / "models", sources / "flat", capsys)
+    assert "fitting the calibration on" in said and "RuntimeError: folding the temperature changed a top class" in said
