@@ -125,7 +125,7 @@ def _import(options: ImportOptions) -> Path:
 
             max_pixels = Settings().max_image_pixels
         model, card = calibrate(model, card, options.calibration_data, max_pixels=max_pixels)
-        card["source"] = {**card["source"], "calibration_data": options.calibration_data.name}
+        card["source"] = {**card["source"], "calibration_data": options.calibration_data.resolve().name}
         parse_card(card)
         try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
     return publish(options.repository, options.name, model, card)

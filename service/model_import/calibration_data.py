@@ -77,26 +77,27 @@ def list_calibration_data(folder: Path, labels: list[str]) -> CalibrationData:
     if not folder.is_dir():
         raise CalibrationDataError(f"--calibration-data {folder} is not a folder; expected one sub-folder per label holding its pictures")
     subfolders = _subfolders(folder)
-    halved_from = folder.name
+    name = folder.resolve().name  # how the card names the folder ("." has no name of its own)
+    halved_from = name
     is_split = bool(subfolders) and all(p.name in SPLIT_NAMES for p in subfolders) and not any(p.name in labels for p in subfolders)
     if is_split:
         parts = {p.name: _class_files(p, folder, labels) for p in subfolders}
-        held = [name for name in ("val", "test") if name in parts]
+        held = [split for split in ("val", "test") if split in parts]
         if not held:
             raise CalibrationDataError(
                 f"{folder} has only train/; calibration needs labelled pictures the model is measured on: add test/ "
                 "(and optionally val/), each with one sub-folder per label"
             )
         if len(held) == 2:
-            validation = Part(parts["val"], f"{len(parts['val'])} pictures in {folder.name}/val")
-            test = Part(parts["test"], f"{len(parts['test'])} pictures in {folder.name}/test")
+            validation = Part(parts["val"], f"{len(parts['val'])} pictures in {name}/val")
+            test = Part(parts["test"], f"{len(parts['test'])} pictures in {name}/test")
             halved_from = None
         else:
-            halved_from = f"{folder.name}/{held[0]}"
+            halved_from = f"{name}/{held[0]}"
             validation, test = _halves(parts[held[0]], halved_from)
-        train = Part(parts["train"], f"{len(parts['train'])} pictures in {folder.name}/train") if "train" in parts else None
+        train = Part(parts["train"], f"{len(parts['train'])} pictures in {name}/train") if "train" in parts else None
     else:
-        validation, test = _halves(_class_files(folder, folder, labels), folder.name)
+        validation, test = _halves(_class_files(folder, folder, labels), name)
         train = None
 
     per_class = {label: 0 for label in labels}
@@ -203,6 +204,7 @@ def _make_inputs(data: CalibrationData, folder: Path, card, max_pixels: int) -> 
 
 def _relative(path: Path, top: Path) -> str:
     try:
-        return (Path(top.name) / path.relative_to(top)).as_posix() if path != top else top.name
+        name = top.resolve().name
+        return (Path(name) / path.relative_to(top)).as_posix() if path != top else name
     except ValueError:
         return str(path)

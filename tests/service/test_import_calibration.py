@@ -124,14 +124,16 @@ def test_train_and_test_folders_fit_the_picture_member_and_serving_answers_typic
         assert len(v2["parameters"]["typicality"]) == 1 and v2["parameters"]["warnings"][0][0]["code"] == "out_of_distribution"
 
 
-def test_a_label_without_pictures_and_a_graph_with_a_fixed_batch(sources, tmp_path, capsys):
+def test_a_label_without_pictures_and_a_graph_with_a_fixed_batch(sources, tmp_path, capsys, monkeypatch):
     """A graph exported for batches of 4 is run in batches of 4 (the last one padded); blue has no folder."""
     assert run_import(sources, tmp_path, sources / "no-blue", model="colour-batch4.onnx") == 0
     assert "pictures per label: red 20, green 20, blue 0" in capsys.readouterr().out
     card = json.loads((tmp_path / "colour" / "1" / "model.json").read_text())
     assert card["calibration"]["pictures_per_label"]["blue"] == 0 and card["calibration"]["measured_on"].startswith("20 pictures")
-    assert run_import(sources, tmp_path, sources / "no-blue", name="dynamic") == 0  # the same graph, any batch
+    monkeypatch.chdir(sources / "no-blue")  # the folder given as ".": the card names it by its own name
+    assert run_import(sources, tmp_path, Path("."), name="dynamic") == 0  # the same graph, any batch
     dynamic = json.loads((tmp_path / "dynamic" / "1" / "model.json").read_text())
+    assert dynamic["source"]["calibration_data"] == "no-blue" and "of each class of no-blue" in dynamic["calibration"]["measured_on"]
     for section, key in (("calibration", "temperature"), ("calibration", "ece_after"), ("typicality", "threshold")):
         assert card[section][key] == pytest.approx(dynamic[section][key], abs=1e-4)
 
