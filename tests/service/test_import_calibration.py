@@ -122,6 +122,8 @@ def test_train_and_test_folders_fit_the_picture_member_and_serving_answers_typic
             "name": "pixel_values", "shape": [1, 3, SIDE, SIDE], "datatype": "FP32",
             "data": rng.uniform(0, 1, 3 * SIDE * SIDE).tolist()}]}).json()  # uniform noise: far from the training pictures
         assert len(v2["parameters"]["typicality"]) == 1 and v2["parameters"]["warnings"][0][0]["code"] == "out_of_distribution"
+        page = client.post("/ui/api/predict", data={"model": "colour"}, files={"file": ("noise.png", png(noise), "image/png")}).json()
+        assert page["typicality"] == pytest.approx(second["typicality"]) and "out_of_distribution" in [w["code"] for w in page["warnings"]]
 
 
 def test_a_label_without_pictures_and_a_graph_with_a_fixed_batch(sources, tmp_path, capsys, monkeypatch):
