@@ -161,6 +161,9 @@ def test_too_few_pictures_are_refused_saying_how_many_are_needed(sources, tmp_pa
     colour_folder(split / "val", {"red": 12, "green": 12}), colour_folder(split / "test", {"red": 8, "green": 8})
     said = refuse(sources, tmp_path / "models", split, capsys)
     assert "test has 16" in said and "validation" not in said.split("The")[0] and "(given as val/ and test/)" in said
+    colour_folder(split / "train", {"red": 3, "green": 3}), colour_folder(split / "test", {"red": 30, "green": 30})
+    said = refuse(sources, tmp_path / "models", split, capsys)
+    assert "train has 6" in said and "train/ at least 20" in said
 
 
 def test_a_file_that_is_not_a_picture_is_named(sources, tmp_path, capsys):
