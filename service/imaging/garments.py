@@ -28,7 +28,7 @@ MAX_TILT = 25.0  # a garment lying tilted by less than this (degrees) is turned 
 SMALL_PICTURE = 64  # a thumbnail this small is a product shot (or a 28x28 item): no surface to separate
 SEGMENT_SIDE = 120  # GrabCut runs on a copy this large a side (an outline for 28x28 needs no more)
 GRABCUT_ROUNDS = 3
-RNG_SEED = 18  # k-means and GrabCut start from OpenCV's per-thread RNG: seeded, a picture always gets one answer
+RNG_SEED = 18  # k-means and GrabCut draw from OpenCV's per-thread RNG: seeded per picture, a picture gets one answer
 BORDER_COLOURS = 6  # the surface's colours, as k-means centres of the border's
 PIECE_SHARE = 0.25  # pieces smaller than this share of the largest are surface, not item (a pair of shoes: both)
 SILHOUETTE = 0.1  # the least darkness inside the outline: a white item keeps its shape
@@ -88,6 +88,7 @@ def _on_surface(rgb: np.ndarray, gray: np.ndarray, ring: np.ndarray) -> Garment:
     ratio = min(1.0, SEGMENT_SIDE / max(height, width))
     small = cv2.resize(rgb, (max(1, round(width * ratio)), max(1, round(height * ratio))), interpolation=cv2.INTER_AREA)
     doubts: list[str] = []
+    cv2.setRNGSeed(RNG_SEED)  # once per picture, before its k-means and GrabCut draw from the stream
     item = _grabcut(small)
     if item is None:
         doubts.append("unclear_object")
@@ -135,7 +136,6 @@ def _grabcut(small: np.ndarray) -> np.ndarray | None:
         height, width = seeds.shape
         seeds[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = cv2.GC_PR_FGD
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(RNG_SEED)
     try:
         cv2.grabCut(pixels, seeds, None, background, foreground, GRABCUT_ROUNDS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # a single-coloured picture: no colour model to fit
@@ -152,7 +152,6 @@ def _unlike_border(small: np.ndarray) -> np.ndarray:
     samples = samples[:: max(1, len(samples) // 2000)]
     clusters = min(BORDER_COLOURS, len(samples))
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 0.01)
-    cv2.setRNGSeed(RNG_SEED)
     _, _, centres = cv2.kmeans(samples, clusters, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
     pixels = small.reshape(-1, 1, 3)
     distance = np.sqrt(((pixels - centres[None]) ** 2).sum(axis=-1).min(axis=1)).reshape(small.shape[:2])
