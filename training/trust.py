@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from service.trust.fit import TrustFit, fit_trust
+from service.trust.fit import TrustFit, fit_trust, with_trust
 from training.data import Splits, load_splits
 from training.export import publish
 from training.report import plot_reliability
@@ -42,12 +42,6 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
             "test": f"{splits.test_split} ({len(splits.test_labels)} pictures)",
         },
     )
-
-
-def with_trust(card: dict, fit: TrustFit) -> dict:
-    """The card with the calibration and typicality sections (replacing any earlier ones)."""
-    output = {**card["output"], "typicality": fit.typicality["output"]}
-    return {**card, "output": output, "calibration": fit.calibration, "typicality": fit.typicality}
 
 
 def calibrate_published(
