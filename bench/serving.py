@@ -306,11 +306,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service-workers", type=int, default=available_cpus(),
                         help="worker processes of the service and of the second ceiling (default %(default)s: the service's "
                         "default, one per CPU)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="the model version to serve (default: the highest, as the service does). The naive PyTorch "
+                        "baseline rebuilds only plain layer chains: the shipped digit models' version 1")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (default bench/results)")
     args = parser.parse_args(argv)
 
     repository = args.repository.resolve()
     model_dir = latest_version(repository, args.model)
+    if args.version is not None:
+        # A repository of that one version (a link to its directory), so that the service's default is that version.
+        chosen = repository / args.model / str(args.version)
+        if not (chosen / "model.json").is_file():
+            raise SystemExit(f"no version {args.version} of {args.model} in {repository}")
+        repository = Path(tempfile.mkdtemp(prefix="bench-repository-"))
+        (repository / args.model).mkdir()
+        (repository / args.model / str(args.version)).symlink_to(chosen)
+        model_dir = repository / args.model / str(args.version)
     card = json.loads((model_dir / "model.json").read_text())
     photo = is_photo_model(card)
     connections = [int(c) for c in (args.connections or ("1,16" if photo else "1,8,64")).split(",")]

@@ -114,6 +114,9 @@ def pictures_to_batch(
     return model_input.from_pixels(np.stack([pixels for pixels, _, _ in made]), made[0][1]), warnings
 
 
+MANY_CLASSES = 64
+
+
 def format_predictions(
     probs: np.ndarray, classes: list[str], top_k: int, typicality: np.ndarray | None = None, trust: TrustPolicy | None = None
 ) -> list[dict]:
@@ -129,10 +132,16 @@ def format_predictions(
     trust = trust or NO_TRUST
     scores = typicality_values(typicality, len(probs))
     predictions = []
-    for row, score in zip(probs.tolist(), scores):
-        # Python's sort is stable with reverse=True too: equal probabilities keep class order. For one row
-        # it takes half the time of numpy's argsort and the calls around it (2.5 against 4.5-5.4 µs).
-        ranked = sorted(indices, key=row.__getitem__, reverse=True)
+    # Many classes (ImageNet's 1000): the best max(k, 2) found by numpy for all rows at once, 20 times faster
+    # than sorting each row in Python there; a stable sort of the negated rows keeps class order in ties.
+    best = np.argsort(-probs, axis=1, kind="stable")[:, : max(k, 2)].tolist() if len(classes) > MANY_CLASSES else None
+    for index, (row, score) in enumerate(zip(probs.tolist(), scores)):
+        if best is None:
+            # Python's sort is stable with reverse=True too: equal probabilities keep class order. For one row
+            # it takes half the time of numpy's argsort and the calls around it (2.5 against 4.5-5.4 µs).
+            ranked = sorted(indices, key=row.__getitem__, reverse=True)
+        else:
+            ranked = best[index]
         order = ranked[:k]
         predictions.append(
             {

@@ -109,7 +109,12 @@ class _ReportingServer(uvicorn.Server):
         self.serving.set()
 
 
-def _run_worker(app: str, factory: bool, family: socket.AddressFamily, address: tuple, uvicorn_options: dict, serving: Event) -> None:
+def _run_worker(
+    app: str, factory: bool, family: socket.AddressFamily, address: tuple, uvicorn_options: dict, serving: Event, model_runs,
+) -> None:
+    from service.inference import runtime
+
+    runtime.share_model_runs(model_runs)  # before the app loads its models
     # Bound, not yet listening: uvicorn listens once the app has started, so the kernel sends no connection to a
     # worker still loading its models (or failing to).
     sock = reuseport_socket(family, address)
@@ -137,10 +142,13 @@ class _Place:
         return self.worker is not None and self.worker.exitcode is None and self.serving.is_set()
 
 
-def _start_worker(place: _Place, app: str, factory: bool, reservation: socket.socket, uvicorn_options: dict) -> None:
+def _start_worker(
+    place: _Place, app: str, factory: bool, reservation: socket.socket, uvicorn_options: dict, model_runs,
+) -> None:
     serving = SPAWN.Event()
     process = SPAWN.Process(
-        target=_run_worker, args=(app, factory, reservation.family, reservation.getsockname(), uvicorn_options, serving),
+        target=_run_worker,
+        args=(app, factory, reservation.family, reservation.getsockname(), uvicorn_options, serving, model_runs),
         name="worker",
     )
     process.start()
@@ -228,10 +236,12 @@ def supervise(
     os.environ[SUPERVISOR_PID] = str(os.getpid())
     signals = _Signals()
     places = [_Place() for _ in range(workers)]
+    # Runs of the heavier models under way in all the workers (service.inference.runtime.with_solo_session).
+    model_runs = SPAWN.Value("i", 0)
     logger.info("listening on %s with %d worker processes", _url(reservation), workers)
 
     def start(place: _Place) -> None:
-        _start_worker(place, app, factory, reservation, uvicorn_options)
+        _start_worker(place, app, factory, reservation, uvicorn_options, model_runs)
 
     try:
         for place in places:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import torch
 
+from service.trust.fit import with_trust
 from training.card import CARD_METADATA_KEY, build_card
 from training.data import Splits, load_splits
 from training.download import sha256_of
@@ -23,7 +24,7 @@ from training.photo_mix import PhotoMixBatches, conditions_for, processed_pool
 from training.models import build_model, count_parameters
 from training.report import plot_reliability, summarize, write_report
 from training.train import TrainConfig, fit
-from training.trust import fit_on_splits, with_trust
+from training.trust import fit_on_splits
 
 
 def train_and_publish(

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from service.trust.fit import ServedPictures, TrustFit, fit_trust
-from training.data import PROJECT_ROOT, Splits, load_splits
+from service.trust.fit import ServedPictures, TrustFit, fit_trust, with_trust
 from service.trust.graph import strip_trust
+from training.data import PROJECT_ROOT, Splits, load_splits
 from training.export import _write_model, publish
 from training.report import plot_reliability
 
@@ -122,12 +122,6 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
         temperature=temperature,
         served_pictures=served,
     )
-
-
-def with_trust(card: dict, fit: TrustFit) -> dict:
-    """The card with the calibration and typicality sections (replacing any earlier ones)."""
-    output = {**card["output"], "typicality": fit.typicality["output"]}
-    return {**card, "output": output, "calibration": fit.calibration, "typicality": fit.typicality}
 
 
 def calibrate_published(

@@ -277,6 +277,22 @@ async def predict_image(
     return await _answer(request, served, batch, top_k, explain, dict(enumerate(found)))
 
 
+QUERY_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+async def predict_image_from_query(request: Request, name: str) -> Response:
+    """`predict_image` with its query options read here, as FastAPI reads them (the hot path calls this)."""
+    query = request.query_params
+    explain = query.get("explain")
+    if explain is not None and explain.lower() not in QUERY_BOOLEANS:
+        raise InvalidInput(f"explain must be true or false, got {explain!r}")
+    return await predict_image(
+        request, name, top_k=_optional_int(query.get("top_k"), "top_k", text=True),
+        version=_optional_int(query.get("version"), "version", text=True),
+        explain=QUERY_BOOLEANS.get((explain or "false").lower(), False),
+    )
+
+
 @router.post(
     "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS | {403: {"model": schemas.ErrorBody}},
     summary="Rescan the model's directory now: load new versions, drop removed ones",

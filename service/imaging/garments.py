@@ -28,6 +28,7 @@ MAX_TILT = 25.0  # a garment lying tilted by less than this (degrees) is turned 
 SMALL_PICTURE = 64  # a thumbnail this small is a product shot (or a 28x28 item): no surface to separate
 SEGMENT_SIDE = 120  # GrabCut runs on a copy this large a side (an outline for 28x28 needs no more)
 GRABCUT_ROUNDS = 3
+RNG_SEED = 18  # k-means and GrabCut draw from OpenCV's per-thread RNG: seeded per picture, a picture gets one answer
 BORDER_COLOURS = 6  # the surface's colours, as k-means centres of the border's
 PIECE_SHARE = 0.25  # pieces smaller than this share of the largest are surface, not item (a pair of shoes: both)
 SILHOUETTE = 0.1  # the least darkness inside the outline: a white item keeps its shape
@@ -87,6 +88,7 @@ def _on_surface(rgb: np.ndarray, gray: np.ndarray, ring: np.ndarray) -> Garment:
     ratio = min(1.0, SEGMENT_SIDE / max(height, width))
     small = cv2.resize(rgb, (max(1, round(width * ratio)), max(1, round(height * ratio))), interpolation=cv2.INTER_AREA)
     doubts: list[str] = []
+    cv2.setRNGSeed(RNG_SEED)  # once per picture, before its k-means and GrabCut draw from the stream
     item = _grabcut(small)
     if item is None:
         doubts.append("unclear_object")

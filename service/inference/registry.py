@@ -18,8 +18,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from service.inference.batching import DirectRunner, DynamicBatcher
 from service.inference.card import CardError, ModelCard, check_graph, fixed_batch, parse_card
 from service.inference.model_input import ModelInput
 from service.inference.rescans import CoalescingRescans
-from service.config import Settings
+from service.config import SOLO_MIN_RUN_MS, Settings, available_cpus
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.observability import Metrics
 from service.trust.assess import TrustPolicy
@@ -64,7 +65,10 @@ def check_model_name(name: str) -> None:
 class ServedModel:
     """One loaded model version: its card and a runner feeding its ONNX Runtime session."""
 
-    def __init__(self, name: str, version: int, card: dict, path: Path, session, settings: Settings, metrics: Metrics | None):
+    def __init__(self, name: str, version: int, card: dict, path: Path, session, settings: Settings, metrics: Metrics | None,
+                 solo_session: Callable[..., object] | None = None):
+        """`solo_session(intra_op_threads=N)`: makes a second session of the model for runs of one picture
+        (settings' ort_solo_threads), or None for none."""
         self.name = name
         self.version = version
         self.card = card
@@ -88,8 +92,23 @@ class ServedModel:
             logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()),
             typicality_output=self.trust.typicality_output if self.has_typicality else None,
         )
+        extra_columns = 1 if self.has_typicality else 0
+        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, extra_columns)
+        self.solo_threads = 0
+        if solo_session is not None and self.providers == [runtime.CPU]:
+            threads = self._solo_threads(settings, raw_infer)
+            if threads > max(settings.runtime_for(name).intra_op_threads, 1):
+                solo = solo_session(intra_op_threads=threads)
+                solo_infer = runtime.make_infer_fn(
+                    solo, self.input_name, self.output_name,
+                    logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(solo.get_inputs()),
+                    typicality_output=self.trust.typicality_output if self.has_typicality else None,
+                )
+                runtime.warm_up(solo_infer, len(self.classes), self.input.instance_shape, self.input.dtype, extra_columns)
+                shared_threads = max(settings.runtime_for(name).intra_op_threads, 1)
+                raw_infer = runtime.with_solo_session(raw_infer, solo_infer, threads - shared_threads, available_cpus())
+                self.solo_threads = threads
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
-        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, 1 if self.has_typicality else 0)
         batching = settings.batching_for(name)
         # A run on the inference thread is timed by that thread's CPU time on CPU (which leaves out GIL waits), by the
         # wall clock on a GPU, where a run waits for the device. Runs on the event loop: always the wall clock.
@@ -109,6 +128,18 @@ class ServedModel:
         self._in_flight = 0
         self._retired = False
         self._idle: asyncio.Event | None = None
+
+    def _solo_threads(self, settings: Settings, infer: runtime.InferFn) -> int:
+        """Threads for a run of one picture alone: the model's or the global setting, else every CPU this worker may
+        use when one warm run takes SOLO_MIN_RUN_MS or more (threads do not pay on a run of a fraction of a ms)."""
+        chosen = settings.runtime_for(self.name).solo_threads
+        if chosen is not None:
+            return chosen
+        picture = np.zeros((1, *self.input.instance_shape), dtype=self.input.dtype)
+        started = time.perf_counter()
+        infer(picture)
+        run_ms = 1000 * (time.perf_counter() - started)
+        return available_cpus() if run_ms >= SOLO_MIN_RUN_MS else 0
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """The model's input batch [N, *instance_shape] -> float32 [N,C] probabilities, through this version's runner."""
@@ -412,18 +443,22 @@ class ModelRepository:
         try:
             card, model_bytes = read_card(version_dir, name, version)
             try:
+                own = self.settings.runtime_for(name)
                 session = runtime.create_session(
                     model_bytes,
                     self.providers,
-                    intra_op_threads=self.settings.ort_intra_op_threads,
-                    inter_op_threads=self.settings.ort_inter_op_threads,
+                    intra_op_threads=own.intra_op_threads,
+                    inter_op_threads=own.inter_op_threads,
                     cuda_conv_algo_search=self.settings.cuda_conv_algo_search,
+                    allowed=own.providers,
                 )
             except Exception as error:  # ONNX Runtime raises its own exception types for bad graphs
                 raise LoadError(f"ONNX Runtime cannot load model.onnx: {error}") from error
             check_signature(session, card)
             try:
-                model = ServedModel(name, version, card, version_dir, session, self.settings, self.metrics)
+                solo = partial(runtime.create_session, model_bytes, self.providers, inter_op_threads=1, spinning=False,
+                               allowed=[runtime.CPU])
+                model = ServedModel(name, version, card, version_dir, session, self.settings, self.metrics, solo)
             except Exception as error:  # the warm-up failed or answered something that is not probabilities
                 raise LoadError(f"warm-up inference failed: {error}") from error
         except (LoadError, OSError) as error:
@@ -434,8 +469,9 @@ class ModelRepository:
             return _Slot(VersionStatus(version, UNAVAILABLE, reason), fingerprint)
         elapsed = time.perf_counter() - started
         logger.info(
-            "loaded %s version %d on %s in %.3f s", name, version, ", ".join(model.providers), elapsed,
-            extra={"model": name, "version": version, "providers": model.providers},
+            "loaded %s version %d on %s in %.3f s%s", name, version, ", ".join(model.providers), elapsed,
+            f" (runs of one picture on {model.solo_threads} threads)" if model.solo_threads else "",
+            extra={"model": name, "version": version, "providers": model.providers, "solo_threads": model.solo_threads},
         )
         if self.metrics:
             self.metrics.set_providers(name, version, model.providers)

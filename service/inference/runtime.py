@@ -33,6 +33,7 @@ GPU_PROVIDER_LIBRARIES = {
 }
 
 InferFn = Callable[[np.ndarray], np.ndarray]
+LOADAVG = "/proc/loadavg"
 
 
 def _gpu_unavailable_reason(provider: str) -> str | None:
@@ -120,12 +121,18 @@ class ProviderResolver:
                     self._mark_unusable(provider, "ONNX Runtime could not start it on this host (see its log above)")
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int, *, spinning: bool = True) -> ort.SessionOptions:
+    """`spinning`: ONNX Runtime's pool threads poll for work between operators (its default). Off for a session
+    whose threads share the cores with other workers' runs: polling threads burn the CPU those runs need
+    (bench/results/runtime-choices-resnet18-bench.md)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -143,16 +150,79 @@ def create_session(
     intra_op_threads: int,
     inter_op_threads: int,
     cuda_conv_algo_search: str = "heuristic",
+    spinning: bool = True,
+    allowed: list[str] | None = None,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session on the best usable providers (raises on a file ONNX Runtime rejects)."""
+    """An ONNX Runtime session on the best usable providers (raises on a file ONNX Runtime rejects).
+    `allowed`: the providers this model may use (a model's own setting), in the resolver's order; the CPU always."""
     providers = resolver.usable()
+    if allowed is not None:
+        providers = [p for p in providers if p in allowed or p == CPU]
     session = ort.InferenceSession(
         model_bytes,
-        sess_options=session_options(intra_op_threads, inter_op_threads),
+        sess_options=session_options(intra_op_threads, inter_op_threads, spinning=spinning),
         providers=[(p, cuda_options(cuda_conv_algo_search)) if p == CUDA else p for p in providers],
     )
     resolver.confirm(providers, session.get_providers())
     return session
+
+
+class _LocalCount:
+    """A multiprocessing Value's interface for one process (a Value of its own would start multiprocessing's
+    resource tracker process)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+
+# Runs of models with a solo session under way in the whole service: shared memory that the supervisor hands every
+# worker process (service.workers), else this process's own count.
+_model_runs = _LocalCount()
+
+
+def share_model_runs(counter) -> None:
+    """Count runs in `counter` (a multiprocessing Value shared by all the worker processes)."""
+    global _model_runs
+    _model_runs = counter
+
+
+def with_solo_session(shared: InferFn, solo: InferFn, extra_threads: int, cpus: int) -> InferFn:
+    """Runs of one picture on `solo` (a session with `extra_threads` more threads) when no other such run is under
+    way in any worker and that many cores are idle; everything else on `shared`. Under load the cores are busy
+    with the other workers' runs and every run keeps to its one thread; a picture alone on an idle machine gets
+    the idle cores as well (bench/results/runtime-choices-resnet18-bench.md)."""
+    runs = _model_runs
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        with runs.get_lock():
+            runs.value += 1
+            alone = runs.value == 1
+        try:
+            if alone and len(images) == 1 and idle_cores(extra_threads, cpus):
+                return solo(images)
+            return shared(images)
+        finally:
+            with runs.get_lock():
+                runs.value -= 1
+
+    return infer
+
+
+def idle_cores(wanted: int, cpus: int) -> bool:
+    """Whether `wanted` more threads would find idle cores now: the threads runnable on the host this instant (the
+    fourth field of /proc/loadavg) leave that many of `cpus` free, not counting the caller and one more (the
+    worker's event loop, often still finishing the step that handed the picture over). Under load the other
+    workers' runs and decodes keep more than that runnable. Linux; False elsewhere. A read costs microseconds."""
+    try:
+        with open(LOADAVG, "rb") as file:
+            runnable = int(file.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return runnable - 2 + 1 + wanted <= cpus
 
 
 def make_infer_fn(

@@ -1,10 +1,13 @@
-"""`python -m service import MODEL.onnx --name NAME --labels LABELS.txt [--config CONFIG.json]`: an ONNX image
-classifier, its labels and its preprocessing -> the next version of models/NAME/, published atomically.
+"""`python -m service import MODEL.onnx --name NAME --labels LABELS.txt [--config CONFIG.json]
+[--calibration-data FOLDER]`: an ONNX image classifier, its labels and its preprocessing -> the next version of
+models/NAME/, published atomically.
 
 The graph is checked (service.model_import.graph), the preprocessing read from a Hugging Face or timm
 configuration (service.model_import.configs) or from flags, a Softmax appended when the model answers
 logits, the card built and checked as the server will check it, and the model run on a synthetic photo
-through the server's own preprocessing before anything is written. Any refusal (ImportRefused) says what
+through the server's own preprocessing before anything is written. With labelled pictures
+(service.model_import.calibrate), the temperature and the typicality score are fitted and folded in, as for the
+shipped models' calibrated versions, and run on the photo again. Any refusal (ImportRefused) says what
 is wrong and what is accepted, and publishes nothing.
 """
 
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from service.inference.card import CardError, parse_card
+from service.model_import.calibrate import calibrate
+from service.model_import.calibration_data import CalibrationDataError
 from service.model_import.configs import ConfigError, read_config
 from service.model_import.graph import append_softmax, facts, layout_of, read_model
 from service.model_import.publish import publish
@@ -41,13 +46,15 @@ class ImportOptions:
     output_kind: str | None = None  # "logits" | "probabilities"; None: read from the graph
     # Preprocessing flags: each given one overrides what the config says.
     flags: dict[str, Any] = field(default_factory=dict)
+    calibration_data: Path | None = None  # labelled pictures: fit the trust sections (see calibration_data.py)
+    max_image_pixels: int | None = None  # the largest calibration picture (default: the server's setting)
 
 
 def import_model(options: ImportOptions) -> Path:
     """Check, convert and publish; returns the new version's directory. Raises ImportRefused."""
     try:
         return _import(options)
-    except (ConfigError, CardError, TrialFailed) as error:
+    except (ConfigError, CardError, TrialFailed, CalibrationDataError) as error:
         raise ImportRefused(str(error)) from None
 
 
@@ -110,12 +117,25 @@ def _import(options: ImportOptions) -> Path:
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     parse_card(card)  # the server's own check of the card, before anything runs
+    try_on_a_photo(_serialised(model), card)
+    if options.calibration_data is not None:
+        max_pixels = options.max_image_pixels
+        if max_pixels is None:
+            from service.config import Settings
+
+            max_pixels = Settings().max_image_pixels
+        model, card = calibrate(model, card, options.calibration_data, max_pixels=max_pixels)
+        card["source"] = {**card["source"], "calibration_data": options.calibration_data.resolve().name}
+        parse_card(card)
+        try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
+    return publish(options.repository, options.name, model, card)
+
+
+def _serialised(model) -> bytes:
     try:
-        model_bytes = model.SerializeToString()
+        return model.SerializeToString()
     except ValueError as error:  # protobuf refuses messages of 2 GB and more
         raise ImportRefused(f"the model cannot be written as one file ({error}); the repository takes models under 2 GB") from None
-    try_on_a_photo(model_bytes, card)
-    return publish(options.repository, options.name, model, card)
 
 
 def read_labels(path: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ EXAMPLES = """examples:
   python -m service import resnet18.onnx --name resnet18 --labels imagenet.txt --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
   python -m service import model.onnx --name vit --labels labels.txt --config preprocessor_config.json
   python -m service import model.onnx --name convnext --labels labels.txt --config config.json --output-kind logits
+  python -m service import model.onnx --name pets --labels labels.txt --config config.json --calibration-data pictures/
 """
 
 
@@ -63,6 +65,9 @@ def parser(prog: str = "python -m service import") -> argparse.ArgumentParser:
     p.add_argument("--model-repository", type=Path, help="the repository (default: $PIXELSERVE_MODEL_REPOSITORY or the shipped one)")
     p.add_argument("--task", default="image-classification", help="what the model classifies (groups the web page's list)")
     p.add_argument("--output-kind", choices=["logits", "probabilities"], help="what the output holds (default: read from the graph)")
+    p.add_argument("--calibration-data", type=Path, metavar="FOLDER",
+                   help="labelled pictures, one sub-folder per label (optionally inside train/, val/, test/): fit a "
+                   "temperature and a typicality score with its out-of-distribution threshold, as for the shipped models")
     g = p.add_argument_group("preprocessing (each overrides the config)")
     g.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: told by the graph)")
     g.add_argument("--channels", type=int, choices=[1, 3])
@@ -84,6 +89,8 @@ def main(argv: list[str], prog: str = "python -m service import") -> int:
     from service.config import Settings
     from service.model_import import ImportOptions, ImportRefused, import_model
 
+    settings = Settings()
+
     flags = {
         "layout": args.layout, "channels": args.channels, "color_order": args.color_order, "size": args.size,
         "method": args.method, "resize_shorter": args.resize_shorter, "crop_pct": args.crop_pct,
@@ -92,8 +99,9 @@ def main(argv: list[str], prog: str = "python -m service import") -> int:
     }
     options = ImportOptions(
         model=args.model, name=args.name, labels=args.labels, config=args.config,
-        repository=args.model_repository or Settings().model_repository, task=args.task,
-        output_kind=args.output_kind, flags=flags,
+        repository=args.model_repository or settings.model_repository, task=args.task,
+        output_kind=args.output_kind, flags=flags, calibration_data=args.calibration_data,
+        max_image_pixels=settings.max_image_pixels,
     )
     try:
         version_dir = import_model(options)
@@ -101,4 +109,19 @@ def main(argv: list[str], prog: str = "python -m service import") -> int:
         print(f"{prog}: refused: {refusal}", file=sys.stderr)
         return 2
     print(f"published {args.name} version {version_dir.name} at {version_dir}")
+    if args.calibration_data is not None:
+        print(calibration_summary(json.loads((version_dir / "model.json").read_text(encoding="utf-8"))))
     return 0
+
+
+def calibration_summary(card: dict) -> str:
+    """What the calibration fitted, in a few lines."""
+    calibration, typicality = card["calibration"], card["typicality"]
+    per_label = ", ".join(f"{label} {count}" for label, count in calibration["pictures_per_label"].items())
+    return (
+        f"calibrated: temperature {calibration['temperature']:.4g}; expected calibration error "
+        f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on {calibration['measured_on']}\n"
+        f"typicality ({typicality['method']}): threshold {typicality['threshold']:.4g}, flags "
+        f"{typicality['flagged_share']:.1%} of the test pictures\n"
+        f"pictures per label: {per_label}"
+    )

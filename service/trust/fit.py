@@ -55,10 +55,21 @@ def _input_name(model: onnx.ModelProto) -> str:
 
 
 def run_outputs(model: onnx.ModelProto, inputs: np.ndarray, names: list[str], batch: int = BATCH) -> list[np.ndarray]:
-    """Every output in `names` for all of `inputs`, in batches, on ONNX Runtime's CPU provider."""
+    """Every output in `names` for all of `inputs`, in batches, on ONNX Runtime's CPU provider. A graph exported
+    with a fixed batch size (an imported model may be) is run in batches of that size, the last one padded."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = _input_name(model)
-    chunks = [session.run(names, {feed: inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0:
+        batch = fixed
+    chunks = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i : i + batch]
+        missing = batch - len(chunk) if isinstance(fixed, int) and fixed > 0 else 0
+        if missing:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], missing, axis=0)])
+        answers = session.run(names, {feed: chunk})
+        chunks.append([a[: len(a) - missing] for a in answers])
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(names))]
 
 
@@ -195,6 +206,13 @@ def fit_trust(
         reliability={"before": cal.reliability(before, labels), "after": cal.reliability(after, labels)},
         scores={"validation": val_scores, measured: scores},
     )
+
+
+def with_trust(card: dict, fit: TrustFit) -> dict:
+    """The card with the calibration and typicality sections (replacing any earlier ones), its output naming the
+    typicality output: what serving reads (service.trust.assess) to answer typicality and warnings."""
+    output = {**card["output"], "typicality": fit.typicality["output"]}
+    return {**card, "output": output, "calibration": fit.calibration, "typicality": fit.typicality}
 
 
 def _kinds(member, tensor: str) -> list[str]:

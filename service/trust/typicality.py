@@ -135,8 +135,15 @@ def fit_subspace(features: np.ndarray, components: int = COMPONENTS, within: boo
     features = np.asarray(features, dtype=np.float64)
     mean = features.mean(axis=0)
     centred = features - mean
-    values, vectors = np.linalg.eigh(centred.T @ centred / len(features))  # ascending eigenvalues
-    kept = min(components, features.shape[1] - 1)
+    # n centred pictures span at most n - 1 directions: more would be arbitrary directions of the null space.
+    kept = max(1, min(components, features.shape[1] - 1, len(features) - 1))
+    if len(features) < features.shape[1]:
+        # Fewer pictures than values (an import's calibration pictures): the SVD of the pictures costs n^2 D,
+        # the eigenvectors of the D x D covariance D^3 (minutes for a 224x224 colour picture's 3072 values).
+        _, singular, rows = np.linalg.svd(centred, full_matrices=False)  # descending singular values
+        values, vectors = (singular**2 / len(features))[::-1], rows[::-1].T  # as eigh gives them: ascending
+    else:
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(features))  # ascending eigenvalues
     variances = None
     if within:  # floored, so a component the pictures barely use does not dominate the distance
         variances = np.maximum(values[::-1][:kept], 1e-3 * values[-1]).copy()

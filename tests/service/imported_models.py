@@ -173,3 +173,48 @@ def build_models(directory: Path) -> list[Imported]:
                            ["--labels", str(directory / "labels5.txt"), "--method", "letterbox", "--size", "20x30", "--pad-color", "0",
                             "--range=-1,1"]))
     return models
+
+
+COLOURS = ("red", "green", "blue")  # the colour classifier's labels, one per channel
+
+
+def colour_classifier(scale: float, *, side: int = 16, batch: object = "batch") -> onnx.ModelProto:
+    """Logits = scale x (each channel's mean - 0.5): a classifier of which colour dominates a picture. A large
+    `scale` makes it over-confident on pictures whose colours overlap (see colour_picture)."""
+    from onnx import helper, numpy_helper
+
+    weights = (np.eye(3) * scale).astype(np.float32)
+    bias = np.full(3, -0.5 * scale, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["pixel_values"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["colour"], axis=1),
+         helper.make_node("Gemm", ["colour", "weights", "bias"], ["logits"])],
+        "colour-classifier",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [batch, 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def colour_picture(label: int, rng: np.random.Generator, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    """A picture of class `label`: its channel raised, the others random, so that about one in five is
+    dominated by another channel (the label is then a hard case the classifier gets wrong), with pixel noise."""
+    colour = rng.uniform(0.1, 0.55, 3)
+    colour[label] += 0.3
+    pixels = np.clip(colour * 255 + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def colour_folder(root: Path, counts: dict[str, int], *, seed: int = 0, labels: tuple[str, ...] = COLOURS) -> Path:
+    """root/<label>/<i>.png (or .jpg every third picture): `counts[label]` pictures of each."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            picture = colour_picture(labels.index(name) if name in labels else 0, rng)
+            picture.save(root / name / (f"{i}.jpg" if i % 3 == 2 else f"{i}.png"), quality=95)
+    return root

@@ -46,3 +46,17 @@ def test_decode_base64_picture():
     for bad in ({"image_base64": "!!"}, {"image_base64": 5}, {"image_base64": "aGVsbG8=", "x": 1}):
         with pytest.raises(InvalidInput):
             decode_base64_picture(0, bad)
+
+
+def test_many_classes_are_ranked_as_few_are_ties_in_class_order():
+    """Above MANY_CLASSES the ranking is numpy's, for all rows at once: the same top, ties in class order."""
+    rng = np.random.default_rng(3)
+    classes = [f"class-{i}" for i in range(1000)]
+    probs = rng.dirichlet(np.ones(1000), size=3).astype(np.float32)
+    probs[1, [900, 17, 400]] = probs[1].max() + 0.01  # a three-way tie at the top, out of class order
+    answers = format_predictions(probs, classes, 5)
+    for row, answer in zip(probs.tolist(), answers, strict=True):
+        expected = sorted(range(1000), key=row.__getitem__, reverse=True)[:5]
+        assert [t["label"] for t in answer["top"]] == [classes[i] for i in expected]
+        assert answer["label"] == classes[expected[0]] and len(answer["probabilities"]) == 1000
+    assert [t["label"] for t in answers[1]["top"][:3]] == ["class-17", "class-400", "class-900"]

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from service.trust import calibration as cal
+from service.trust import typicality as typ
 from service.trust.fit import fit_trust, run_outputs
 from service.trust.graph import INPUT_VIEW, anatomy
 from tests.onnx_models import classifier_weights, make_classifier
@@ -205,3 +206,21 @@ def test_the_typicality_adds_few_nodes():
                     train_inputs=train_x, train_labels=train_y)
     assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "picture-statistics", "energy"]
     assert len(fit.model.graph.node) - len(model.graph.node) <= 25
+
+
+
+def test_a_subspace_of_few_pictures_keeps_the_directions_they_span():
+    """Fewer pictures than values: the SVD path keeps n - 1 components, the same subspace as the covariance's
+    leading eigenvectors, and scores pictures as the eigenvector path does."""
+    rng = np.random.default_rng(0)
+    pictures = rng.normal(size=(30, 200)) @ rng.normal(size=(200, 200)) * 0.1
+    fit = typ.fit_subspace(pictures)
+    assert fit.components.shape == (200, 29)
+    centred = pictures - pictures.mean(0)
+    _, vectors = np.linalg.eigh(centred.T @ centred / len(pictures))
+    leading = vectors[:, ::-1][:, :29]
+    np.testing.assert_allclose(fit.components @ fit.components.T, leading @ leading.T, atol=1e-8)
+    others = rng.normal(size=(5, 200))
+    reference = typ.SubspaceFit(mean=pictures.mean(0), components=leading)
+    np.testing.assert_allclose(fit.score(others), reference.score(others), rtol=1e-9)
+    assert typ.fit_subspace(rng.normal(size=(300, 20))).components.shape == (20, 19)  # more pictures: as before
