@@ -30,7 +30,10 @@ PHOTO_CACHE = PROJECT_ROOT / "data" / "trust-photos"
 # pictures themselves), and their seeds; at most TRAINING_SIDE pixels a side (the preprocessing works at 512-1,024).
 SERVED_TRAIN, SERVED_VALIDATION, SERVED_SEEDS = 400, 100, (11, 12)
 METHOD_OF = {"mnist": "mnist-digit", "fashion-mnist": "fashion-fit"}
-PHOTO_FLAG_RATE = 0.10  # at most this share of the validation photos flagged: issue 20's goal for photos of digits
+# At most this share of the validation photos flagged. Photos of a model's own classes have longer low tails than its
+# tensors; held to 10% (issue 20's goal for photos of digits) the served digit models flagged 16% of the fixed
+# full-size photo set (training/photo_eval.py), held to 5% about 8%.
+PHOTO_FLAG_RATE = 0.05
 
 
 def model_inputs(images: np.ndarray) -> np.ndarray:

@@ -103,9 +103,9 @@ def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent
     _, card = served(name)
     assert card["typicality"]["flagged_share"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["test_uploaded"] <= 0.05
-    assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.10
+    assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.05
 
 
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
-UPLOADED_SCRIBBLES = {"mnist-convnet": 0.70, "mnist-mlp": 0.60}
-UPLOADED_SHAPES = {"mnist-convnet": 0.65, "mnist-mlp": 0.55}
+UPLOADED_SCRIBBLES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
+UPLOADED_SHAPES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
