@@ -100,7 +100,7 @@ def test_train_and_test_folders_fit_the_picture_member_and_serving_answers_typic
     assert run_import(sources, tmp_path, sources / "split") == 0
     card = json.loads((tmp_path / "colour" / "1" / "model.json").read_text())
     typicality = card["typicality"]
-    assert typicality["method"] == "pca-residual+energy" and typicality["fitted_on"] == "45 pictures in split/train"
+    assert typicality["method"] == "pca-residual+picture-statistics+energy" and typicality["fitted_on"] == "45 pictures in split/train"
     # 45 training pictures span 44 directions: the residual keeps those (not 64, the rest being arbitrary).
     assert typicality["members"][0] == {"kind": "pca-residual", "tensor": "trust_input_view", "dimension": 3 * SIDE * SIDE, "components": 44}
     assert card["calibration"]["measured_on"].startswith("24 pictures: the other half of each class of split/test")
