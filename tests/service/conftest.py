@@ -56,6 +56,17 @@ def client(request, repository) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def shipped_client() -> Iterator[TestClient]:
+    """The app on the shipped models (models/), for the photo goals measured on them."""
+    from service.config import DEFAULT_REPOSITORY
+
+    if not any(DEFAULT_REPOSITORY.glob("*-convnet/*/model.onnx")):
+        pytest.fail("models/ holds no shipped convnet: the photo goals are measured on them")
+    with TestClient(create_app(Settings(providers=["cpu"], watch_interval_s=0, log_level="warning"))) as client:
+        yield client
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

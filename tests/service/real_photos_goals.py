@@ -8,10 +8,7 @@ Run it by name:  pytest tests/service/real_photos_goals.py"""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import DEFAULT_REPOSITORY, Settings
 from training.real_photos import GOALS, by_condition, measure, photos_dir, read_manifest
 
 MANIFEST = read_manifest()
@@ -25,16 +22,8 @@ def directory():
     return found
 
 
-@pytest.fixture(scope="module")
-def client():
-    if not any(DEFAULT_REPOSITORY.glob("*-convnet/*/model.onnx")):
-        pytest.fail("models/ holds no shipped convnet: the photo goals are measured on them")
-    with TestClient(create_app(Settings(providers=["cpu"], watch_interval_s=0, log_level="warning"))) as client:
-        yield client
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("condition", sorted(by_condition(MANIFEST)))
-def test_each_condition_meets_its_goal(client, directory, condition):
-    result = measure(client, by_condition(MANIFEST)[condition], directory)
+def test_each_condition_meets_its_goal(shipped_client, directory, condition):
+    result = measure(shipped_client, by_condition(MANIFEST)[condition], directory)
     assert result["accuracy"] >= GOALS[condition], (condition, result["accuracy"], result["wrong"])

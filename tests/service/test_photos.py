@@ -8,32 +8,21 @@ import io
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.config import DEFAULT_REPOSITORY, Settings
 from training.photo_eval import PHOTO_SETS, dataset_dir, measure, photo_set
 
 MODEL_FOR = {"mnist": "mnist-convnet", "fashion-mnist": "fashion-convnet"}
 
 
-@pytest.fixture(scope="module")
-def client():
-    if not any(DEFAULT_REPOSITORY.glob("*-convnet/*/model.onnx")):
-        pytest.fail("models/ holds no shipped convnet: the photo goals are measured on them")
-    with TestClient(create_app(Settings(providers=["cpu"], watch_interval_s=0, log_level="warning"))) as client:
-        yield client
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", PHOTO_SETS, ids=lambda s: s.condition)
-def test_each_condition_meets_its_goal(client, spec):
+def test_each_condition_meets_its_goal(shipped_client, spec):
     if not (dataset_dir(spec.dataset) / "t10k-images-idx3-ubyte.gz").exists():
         pytest.fail(f"{spec.dataset} is not in {dataset_dir(spec.dataset)}: make test installs it")
     model = MODEL_FOR[spec.dataset]
-    classes = client.get(f"/v1/models/{model}").json()["classes"]
-    result = measure(client, model, photo_set(spec), classes)
+    classes = shipped_client.get(f"/v1/models/{model}").json()["classes"]
+    result = measure(shipped_client, model, photo_set(spec), classes)
     assert result["refused"] == 0, result
     assert result["accuracy"] >= spec.goal, (spec.condition, result)
 
@@ -50,27 +39,27 @@ def faint_seven(contrast: float) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_faint_digit_is_answered_with_a_warning_not_refused(client):
-    response = client.post("/v1/models/mnist-convnet/predict/image", files={"file": ("faint.png", faint_seven(0.05))})
+def test_a_faint_digit_is_answered_with_a_warning_not_refused(shipped_client):
+    response = shipped_client.post("/v1/models/mnist-convnet/predict/image", files={"file": ("faint.png", faint_seven(0.05))})
     assert response.status_code == 200, response.text
     prediction = response.json()["predictions"][0]
     assert [w["code"] for w in prediction["warnings"]] == ["low_contrast"]
     assert prediction["warnings"][0]["message"]
-    clear = client.post("/v1/models/mnist-convnet/predict/image", files={"file": ("clear.png", faint_seven(0.5))})
+    clear = shipped_client.post("/v1/models/mnist-convnet/predict/image", files={"file": ("clear.png", faint_seven(0.5))})
     assert clear.json()["predictions"][0]["warnings"] == []
 
 
-def test_a_blank_picture_is_still_refused(client):
+def test_a_blank_picture_is_still_refused(shipped_client):
     buffer = io.BytesIO()
     Image.new("RGB", (300, 200), (240, 240, 235)).save(buffer, format="PNG")
-    response = client.post("/v1/models/fashion-convnet/predict/image", files={"file": ("blank.png", buffer.getvalue())})
+    response = shipped_client.post("/v1/models/fashion-convnet/predict/image", files={"file": ("blank.png", buffer.getvalue())})
     assert response.status_code == 415 and "no ink found" in response.text
 
 
-def test_the_page_shows_the_warning_with_its_answer(client):
+def test_the_page_shows_the_warning_with_its_answer(shipped_client):
     files = {"file": ("faint.png", faint_seven(0.05))}
-    answer = client.post("/ui/api/predict", data={"model": "mnist-convnet"}, files=files).json()
+    answer = shipped_client.post("/ui/api/predict", data={"model": "mnist-convnet"}, files=files).json()
     assert [w["code"] for w in answer["warnings"]] == ["low_contrast"]  # what the page's script shows
-    page = client.post("/", data={"model": "mnist-convnet"}, files=files)  # the form without JavaScript
+    page = shipped_client.post("/", data={"model": "mnist-convnet"}, files=files)  # the form without JavaScript
     assert page.status_code == 200
     assert 'data-code="low_contrast"' in page.text and "stands out only faintly" in page.text
