@@ -2,8 +2,8 @@
 
 `tests/data/real_photos.csv` lists each photo: its file (relative to the photo folder), condition, label
 (looked at by a person), sha256, licence, author and source. The photos themselves are not in the
-repository (see docs/photos.md): they are looked for in `$PIXELSERVE_REAL_PHOTOS`, `tests/data/real/` and
-`../shared/data/real-photos/`, in that order, and each must match its sha256, so the set is fixed.
+repository (see docs/photos.md): they are looked for in `$PIXELSERVE_REAL_PHOTOS`, then `tests/data/real/`,
+and each must match its sha256, so the set is fixed.
 
     python -m training.real_photos                    # the highest versions in models/
     python -m training.real_photos --photos DIR --version 1
@@ -45,9 +45,9 @@ def read_manifest(path: Path = MANIFEST) -> list[RealPhoto]:
 
 
 def photos_dir() -> Path | None:
-    """The first folder that holds the photos: the environment's, the repository's, then shared/'s."""
+    """The first folder that holds the photos: the environment's, then the repository's."""
     candidates = [Path(os.environ["PIXELSERVE_REAL_PHOTOS"])] if os.environ.get("PIXELSERVE_REAL_PHOTOS") else []
-    candidates += [ROOT / "tests" / "data" / "real", ROOT.parent / "shared" / "data" / "real-photos"]
+    candidates += [ROOT / "tests" / "data" / "real"]
     return next((c for c in candidates if c.is_dir()), None)
 
 

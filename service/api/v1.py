@@ -293,6 +293,9 @@ async def predict_image_from_query(request: Request, name: str) -> Response:
     )
 
 
+predict_image.from_query = predict_image_from_query  # the hot path's way in (service.http.hot_paths)
+
+
 @router.post(
     "/models/{name}/reload", response_model=schemas.ModelSummary, responses=ERRORS | {403: {"model": schemas.ErrorBody}},
     summary="Rescan the model's directory now: load new versions, drop removed ones",

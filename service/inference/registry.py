@@ -87,25 +87,13 @@ class ServedModel:
         # A card that names a typicality output the graph lacks is served without it (typicality null).
         self.has_typicality = self.trust.typicality_output is not None and self.trust.typicality_output in graph_outputs
         self._session = session
-        raw_infer = runtime.make_infer_fn(
-            session, self.input_name, self.output_name,
-            logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()),
-            typicality_output=self.trust.typicality_output if self.has_typicality else None,
-        )
-        extra_columns = 1 if self.has_typicality else 0
-        runtime.warm_up(raw_infer, len(self.classes), self.input.instance_shape, self.input.dtype, extra_columns)
+        raw_infer = self._infer_fn(session)
         self.solo_threads = 0
         if solo_session is not None and self.providers == [runtime.CPU]:
             threads = self._solo_threads(settings, raw_infer)
-            if threads > max(settings.runtime_for(name).intra_op_threads, 1):
-                solo = solo_session(intra_op_threads=threads)
-                solo_infer = runtime.make_infer_fn(
-                    solo, self.input_name, self.output_name,
-                    logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(solo.get_inputs()),
-                    typicality_output=self.trust.typicality_output if self.has_typicality else None,
-                )
-                runtime.warm_up(solo_infer, len(self.classes), self.input.instance_shape, self.input.dtype, extra_columns)
-                shared_threads = max(settings.runtime_for(name).intra_op_threads, 1)
+            shared_threads = max(settings.runtime_for(name).intra_op_threads, 1)
+            if threads > shared_threads:
+                solo_infer = self._infer_fn(solo_session(intra_op_threads=threads))
                 raw_infer = runtime.with_solo_session(raw_infer, solo_infer, threads - shared_threads, available_cpus())
                 self.solo_threads = threads
         self.infer = metrics.timed_inference(raw_infer, name, version) if metrics else raw_infer
@@ -128,6 +116,16 @@ class ServedModel:
         self._in_flight = 0
         self._retired = False
         self._idle: asyncio.Event | None = None
+
+    def _infer_fn(self, session) -> runtime.InferFn:
+        """The session's blocking inference function, warmed up (which also proves it answers probabilities)."""
+        typicality = self.trust.typicality_output if self.has_typicality else None
+        infer = runtime.make_infer_fn(
+            session, self.input_name, self.output_name,
+            logits=self.spec.output.kind == "logits", fixed_batch=fixed_batch(session.get_inputs()), typicality_output=typicality,
+        )
+        runtime.warm_up(infer, len(self.classes), self.input.instance_shape, self.input.dtype, 1 if typicality else 0)
+        return infer
 
     def _solo_threads(self, settings: Settings, infer: runtime.InferFn) -> int:
         """Threads for a run of one picture alone: the model's or the global setting, else every CPU this worker may

@@ -213,16 +213,16 @@ def with_solo_session(shared: InferFn, solo: InferFn, extra_threads: int, cpus: 
 
 
 def idle_cores(wanted: int, cpus: int) -> bool:
-    """Whether `wanted` more threads would find idle cores now: the threads runnable on the host this instant (the
-    fourth field of /proc/loadavg) leave that many of `cpus` free, not counting the caller and one more (the
-    worker's event loop, often still finishing the step that handed the picture over). Under load the other
-    workers' runs and decodes keep more than that runnable. Linux; False elsewhere. A read costs microseconds."""
+    """Whether `wanted` more threads would find idle cores now, from the threads runnable on the host this instant
+    (the fourth field of /proc/loadavg). The caller's own thread is one of them, and one more is allowed for: the
+    worker's event loop, often still finishing the step that handed the picture over. Under load the other workers'
+    runs and decodes keep more than that runnable. Linux; False elsewhere. A read costs microseconds."""
     try:
         with open(LOADAVG, "rb") as file:
             runnable = int(file.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return False
-    return runnable - 2 + 1 + wanted <= cpus
+    return runnable + wanted <= cpus + 1
 
 
 def make_infer_fn(
