@@ -29,6 +29,13 @@ HF_PASSED_OVER = {
 }
 # Keys that change the pictures in a way the card cannot express: accepted only at their no-op value.
 HF_ONLY_AS = {"do_pad": False, "rescale_offset": False, "include_top": False, "do_split_into_patches": False, "size_divisor": None}
+# How transformers' image processors read a bare integer `size` (get_size_dict's default_to_square, per class): most
+# that crop afterwards take it as the shorter side (CLIP, ConvNeXt, MobileNet), but DeiT and BEiT resize to a square
+# before their crop. A processor not named here is read as the docs page says (the shorter side when it crops).
+HF_SQUARE_SIZE = {"vit", "deit", "beit", "data2vecvision"}
+HF_SHORTER_SIZE = {"clip", "chineseclip", "bit", "convnext", "mobilenetv1", "mobilenetv2", "mobilevit", "poolformer", "vithybrid", "levit"}
+# LeViT resizes the shorter side to int(256 / 224 x size) before its crop (LevitImageProcessor.resize).
+HF_SHORTER_FACTOR = {"levit": 256 / 224}
 HF_HINTS = {"image_mean", "image_std", "do_normalize", "image_processor_type", "feature_extractor_type", "do_resize", "resample"}
 
 TIMM_TOP = {"architecture", "num_classes", "num_features", "global_pool", "model_args", "pretrained_cfg", "label_names", "label_descriptions"}
@@ -121,11 +128,19 @@ def hf_preprocessing(config: dict) -> dict:
     size = _size(config["size"], "size")
     crop_pct = config.get("crop_pct")
     center_crop = config.get("do_center_crop", False)
+    processor = processor_family(config)
     if isinstance(size, int) and not isinstance(config["size"], dict):
-        # A bare integer: the shorter side for processors that crop afterwards (CLIP, MobileNet, ConvNeXt's crop_pct),
-        # a square otherwise (ViT), unless the config says which with default_to_square.
-        square = config.get("default_to_square", not (center_crop or crop_pct is not None))
+        # A bare integer: as the processor's class reads it; for a class not known here, the shorter side for
+        # processors that crop afterwards, a square otherwise; default_to_square, when saved, says which.
+        if processor in HF_SQUARE_SIZE or processor in HF_SHORTER_SIZE:
+            square = processor in HF_SQUARE_SIZE
+        else:
+            square = not (center_crop or crop_pct is not None)
+        square = config.get("default_to_square", square)
         size = (size, size) if square else size
+    factor = HF_SHORTER_FACTOR.get(processor, 1.0)
+    if factor != 1.0 and isinstance(size, int) and crop_pct is not None:
+        raise ConfigError(f"crop_pct with a {processor} processor's shortest_edge is not supported; accepted: its own rule without crop_pct")
     if crop_pct is not None and not (isinstance(crop_pct, (int, float)) and 0 < crop_pct <= 1):
         raise ConfigError(f"crop_pct {crop_pct!r} must be a number in (0, 1]")
     if center_crop:
@@ -133,7 +148,7 @@ def hf_preprocessing(config: dict) -> dict:
         crop = (crop, crop) if isinstance(crop, int) else crop
         fields.update(method="resize-crop", size=list(crop))
         if isinstance(size, int):
-            fields["resize_shorter"] = int(size / crop_pct) if crop_pct else size
+            fields["resize_shorter"] = int(size / crop_pct) if crop_pct else int(factor * size)
         else:
             fields["resize_size"] = [int(size[0] / crop_pct), int(size[1] / crop_pct)] if crop_pct else list(size)
     elif crop_pct is not None and isinstance(size, int):
@@ -153,7 +168,8 @@ def hf_preprocessing(config: dict) -> dict:
         fields["range"] = [0.0, 255.0 * factor]
     else:
         fields["range"] = [0.0, 255.0]
-    if config.get("do_normalize", True):
+    # A processor without normalisation (MobileViT) saves neither do_normalize nor a mean: none is applied.
+    if config.get("do_normalize", "image_mean" in config or "image_std" in config):
         if "image_mean" not in config or "image_std" not in config:
             raise ConfigError("do_normalize is on but image_mean or image_std is missing; give both")
         fields["mean"], fields["std"] = _triple(config["image_mean"], "image_mean"), _triple(config["image_std"], "image_std")
@@ -163,6 +179,16 @@ def hf_preprocessing(config: dict) -> dict:
             if key in fields:
                 fields[key] = fields[key][::-1]
     return fields
+
+
+def processor_family(config: dict) -> str | None:
+    """The image processor's class without its suffix, lower case ("DeiTFeatureExtractor" -> "deit"), or None."""
+    name = config.get("image_processor_type") or config.get("feature_extractor_type")
+    if not isinstance(name, str):
+        return None
+    for suffix in ("ImageProcessorFast", "ImageProcessor", "FeatureExtractor"):
+        name = name.removesuffix(suffix)
+    return name.lower()
 
 
 def timm_preprocessing(document: dict) -> dict:

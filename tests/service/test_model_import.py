@@ -208,6 +208,23 @@ CONFIGS = {
     "a legacy integer size with a crop is the shorter side": (
         {"size": 224, "do_center_crop": True, "crop_size": 224, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
         {"method": "resize-crop", "resize_shorter": 224, "size": [224, 224]}),
+    # transformers' DeiTImageProcessor reads a bare integer size as a square (get_size_dict's default), crop or not.
+    "DeiT's legacy integer size is a square before the crop": (
+        {"size": 256, "do_center_crop": True, "crop_size": 224, "resample": 3, "feature_extractor_type": "DeiTFeatureExtractor",
+         "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize-crop", "resize_size": [256, 256], "resize_shorter": None, "size": [224, 224]}),
+    "CLIP's legacy integer size is the shorter side": (
+        {"size": 224, "do_center_crop": True, "crop_size": 224, "feature_extractor_type": "CLIPFeatureExtractor",
+         "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize-crop", "resize_shorter": 224, "resize_size": None, "size": [224, 224]}),
+    "LeViT resizes the shorter side to 256/224 of its size": (
+        {"size": {"shortest_edge": 224}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+         "image_processor_type": "LevitImageProcessor", "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+        {"method": "resize-crop", "resize_shorter": 256, "size": [224, 224]}),
+    "MobileViT as published: no normalisation, BGR, the integer size the shorter side": (
+        {"crop_size": 256, "do_center_crop": True, "do_flip_channel_order": True, "do_resize": True,
+         "feature_extractor_type": "MobileViTFeatureExtractor", "resample": 2, "size": 288},
+        {"color_order": "BGR", "mean": None, "std": None, "range": [0.0, 1.0], "resize_shorter": 288, "size": [256, 256]}),
     "MobileViT's channel flip is BGR, its mean reversed": (
         {"size": {"shortest_edge": 288}, "do_center_crop": True, "crop_size": {"height": 256, "width": 256},
          "do_flip_channel_order": True, "do_normalize": True, "image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]},
