@@ -90,7 +90,12 @@ def _import(options: ImportOptions) -> Path:
             f"the output {graph.output_name!r} comes from a Sigmoid (independent per-class scores, multi-label); the server "
             "serves softmax probabilities over the labels: pass --output-kind logits to apply a softmax to its input anyway"
         )
-    output_name = append_softmax(model, graph) if kind == "logits" else graph.output_name
+    # Logits that are not float32 (a float16 export) stay the graph's output and the server takes their softmax in
+    # float32: given a Softmax or a Cast after them, ONNX Runtime drops its float16 rounding of them (the CPU runs float16
+    # Gemm and MatMul in float32), and the answers would move 4e-4 from the exported model's own. With calibration the
+    # temperature is folded into the graph as for every model.
+    keep_logits = kind == "logits" and graph.output_dtype != "float32" and options.calibration_data is None
+    output_name = append_softmax(model, graph) if kind == "logits" and not keep_logits else graph.output_name
 
     card = {
         "name": options.name,
@@ -100,7 +105,7 @@ def _import(options: ImportOptions) -> Path:
         "architecture": {"arch": model.graph.name or "imported", "parameters": graph.parameters,
                          "description": f"imported from {options.model.name}" + (f" ({graph.producer})" if graph.producer else "")},
         "input": spec,
-        "output": {"name": output_name, "kind": "probabilities", "shape": ["N", len(labels)], "dtype": "float32"},
+        "output": {"name": output_name, "kind": "logits" if keep_logits else "probabilities", "shape": ["N", len(labels)], "dtype": "float32"},
         "preprocessing": preprocessing,
         "source": {
             "file": options.model.name,
@@ -110,7 +115,7 @@ def _import(options: ImportOptions) -> Path:
             "config_sha256": hashlib.sha256(options.config.read_bytes()).hexdigest() if options.config else None,
             "producer": graph.producer or None,
             "original_output": graph.output_name,
-            "softmax_appended": kind == "logits",
+            "softmax_appended": kind == "logits" and not keep_logits,
             "flags": {k: v for k, v in options.flags.items() if v is not None},
         },
         "onnx": {"file": "model.onnx", "opset": graph.opset, "sha256": "0" * 64},

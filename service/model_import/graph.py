@@ -37,6 +37,7 @@ class GraphFacts:
     dtype: str
     output_name: str
     output_dims: list
+    output_dtype: str  # the output's element type: "float32", "float16", ...
     opset: int
     producer: str
     answers: str  # "probabilities" | "logits" | "sigmoid" (what the node making the output says)
@@ -88,9 +89,13 @@ def facts(model) -> GraphFacts:
     parameters = sum(int(_count(i.dims)) for i in graph.initializer)
     return GraphFacts(
         input_name=image.name, input_dims=input_dims, dtype=ELEMENT_TYPES[element], output_name=answer.name,
-        output_dims=output_dims, opset=opset, producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
+        output_dims=output_dims, output_dtype=_element_name(onnx, answer.type.tensor_type.elem_type), opset=opset, producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
         answers=_answers(graph, answer.name), parameters=parameters,
     )
+
+
+def _element_name(onnx, element: int) -> str:
+    return {1: "float32", 10: "float16", 11: "float64"}.get(element) or (onnx.TensorProto.DataType.Name(element).lower() if element else "unknown")
 
 
 def _count(dims) -> int:

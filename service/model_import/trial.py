@@ -45,7 +45,8 @@ def try_on_a_photo(model_bytes: bytes, card: dict) -> np.ndarray:
     model_input = ModelInput(spec.input)
     pixels, full_scale = picture_pixels(synthetic_photo(), spec, max_pixels=10_000_000)
     batch = model_input.from_pixels(np.stack([pixels, pixels]), full_scale)
-    infer = runtime.make_infer_fn(session, spec.input.name, spec.output.name, fixed_batch=fixed_batch(session.get_inputs()))
+    infer = runtime.make_infer_fn(session, spec.input.name, spec.output.name, logits=spec.output.kind == "logits",
+                                  fixed_batch=fixed_batch(session.get_inputs()))
     try:
         probabilities = np.asarray(infer(batch), dtype=np.float64)
     except Exception as error:

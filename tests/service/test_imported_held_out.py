@@ -28,8 +28,8 @@ from tests.service.conftest import PROJECT_ROOT, ServerProcess
 UPLOAD_TOLERANCE, TENSOR_TOLERANCE = 0.01, 1e-4
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 BICUBIC, BILINEAR = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
-ELEMENT = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}
-V2_TYPE = {"float32": "FP32", "uint8": "UINT8"}
+ELEMENT = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "uint8": TensorProto.UINT8}
+V2_TYPE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}
 
 # name: (graph, config file or None, import flags, how the reference makes the model's input)
 MODELS = {
@@ -47,6 +47,10 @@ MODELS = {
     # A TFLite-style export: NHWC uint8 pixels, normalised inside the graph.
     "uint8-nhwc": (dict(side=(96, 128), layout="NHWC", dtype="uint8"), None, ["--method", "resize"],
                    dict(resize=("size", (96, 128)), resample=BILINEAR, scale=1.0)),
+    # A float16 export (model.half()): every weight and the logits float16. Their softmax must be that of the logits the
+    # exported model answers (ONNX Runtime computes them unrounded when a Softmax is appended after them).
+    "float16": (dict(side=(48, 48), dtype="float16"), None, ["--method", "resize", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"],
+                dict(resize=("size", (48, 48)), resample=BILINEAR, scale=1 / 255, mean=[0.5] * 3, std=[0.5] * 3)),
     # One grey channel, torchvision's Resize(73) + CenterCrop(64) (a rounded crop offset), mean/std from flags.
     "grey": (dict(side=(64, 64), channels=1), None, ["--resize-shorter", "73", "--mean", "0.5", "--std", "0.25"],
              dict(resize=("shorter", 73), crop=(64, 64), floor=False, resample=BILINEAR, scale=1 / 255, mean=[0.5], std=[0.25])),
@@ -61,6 +65,7 @@ def classifier(seed: int, *, side: tuple[int, int], channels: int = 3, layout: s
     height, width = side
     dims = ["N", channels, height, width] if layout == "NCHW" else ["N", height, width, channels]
     nodes, weights, x = [], [], "pixel_values"
+    element = np.float16 if dtype == "float16" else np.float32  # a float16 graph computes in float16 throughout
     if dtype == "uint8":  # pixels 0..255 -> [-1, 1] inside the graph
         weights += [numpy_helper.from_array(np.array(1 / 127.5, np.float32), "scale"), numpy_helper.from_array(np.array(-1.0, np.float32), "offset")]
         nodes += [helper.make_node("Cast", [x], ["float"], to=TensorProto.FLOAT), helper.make_node("Mul", ["float", "scale"], ["scaled"]),
@@ -69,8 +74,8 @@ def classifier(seed: int, *, side: tuple[int, int], channels: int = 3, layout: s
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
         x = "nchw"
-    weights += [numpy_helper.from_array(rng.normal(0, 0.5, (8, channels, 3, 3)).astype(np.float32), "k1"),
-                numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "k2")]
+    weights += [numpy_helper.from_array(rng.normal(0, 0.5, (8, channels, 3, 3)).astype(element), "k1"),
+                numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(element), "k2")]
     nodes += [helper.make_node("Conv", [x, "k1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
               helper.make_node("Conv", ["r1", "k2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"])]
     rows, columns = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)  # after the two convolutions
@@ -78,15 +83,15 @@ def classifier(seed: int, *, side: tuple[int, int], channels: int = 3, layout: s
     nodes += [helper.make_node("AveragePool", ["r2"], ["quarters"], kernel_shape=kernel, strides=kernel),
               helper.make_node("Flatten", ["quarters"], ["features"], axis=1)]
     features = 16 * (rows // kernel[0]) * (columns // kernel[1])
-    weights += [numpy_helper.from_array(rng.normal(0, 1, (features, classes)).astype(np.float32), "w"),
-                numpy_helper.from_array(np.zeros(classes, np.float32), "b")]
+    weights += [numpy_helper.from_array(rng.normal(0, 1, (features, classes)).astype(element), "w"),
+                numpy_helper.from_array(np.zeros(classes, element), "b")]
     nodes.append(helper.make_node("Gemm", ["features", "w", "b"], ["logits"]))
     output = "logits"
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
         output = "probs"
     graph = helper.make_graph(nodes, "held-out", [helper.make_tensor_value_info("pixel_values", ELEMENT[dtype], dims)],
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", classes])], initializer=weights)
+                              [helper.make_tensor_value_info(output, ELEMENT[element.__name__], ["N", classes])], initializer=weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
     model.ir_version = 8
     return model
@@ -103,7 +108,8 @@ def spread(model: onnx.ModelProto, inputs: np.ndarray) -> None:
         factor = (low * high) ** 0.5
         top = softmax(logits * factor).max(axis=1).mean()
         low, high = (factor, high) if top < 0.55 else (low, factor)
-    w.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(w) * factor).astype(np.float32), "w"))
+    weights = numpy_helper.to_array(w)
+    w.CopyFrom(numpy_helper.from_array((weights * factor).astype(weights.dtype), "w"))
 
 
 def _logits_of(model: onnx.ModelProto) -> onnx.ModelProto:
