@@ -45,6 +45,8 @@ TIMM_PASSED_OVER = {
     "custom_load", "test_input_size", "min_input_size", "fixed_input_size", "test_crop_pct", "num_classes",
     "label_offset", "label_names", "label_descriptions", "pool_size", "test_pool_size", "first_conv", "classifier",
     "license", "description", "origin_url", "paper_name", "paper_ids", "notes",
+    # what older timm releases wrote beside a flat default_cfg in the hub's config.json
+    "num_features", "global_pool", "model_args",
 }
 TIMM_DEFAULT_CROP_PCT = 0.875
 TIMM_DEFAULT_INTERPOLATION = "bicubic"  # timm.data.resolve_data_config's default

@@ -230,6 +230,11 @@ CONFIGS = {
          "do_flip_channel_order": True, "do_normalize": True, "image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]},
         {"color_order": "BGR", "mean": [0.3, 0.2, 0.1]}),
     "no rescale: raw 0..255": ({"size": {"height": 8, "width": 8}, "do_rescale": False, "do_normalize": False}, {"range": [0.0, 255.0]}),
+    "an older timm config.json: the default_cfg flat beside num_features": (
+        {"architecture": "resnet50", "num_classes": 1000, "num_features": 2048, "global_pool": "avg", "url": "", "input_size": [3, 224, 224],
+         "pool_size": [7, 7], "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+         "first_conv": "conv1", "classifier": "fc"},
+        {"method": "resize-crop", "resize_shorter": 256, "size": [224, 224], "interpolation": "bicubic"}),
     "timm squash": ({"input_size": [3, 240, 240], "crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bicubic"},
                     {"method": "resize-crop", "resize_size": [240, 240], "size": [240, 240], "mean": [0.485, 0.456, 0.406]}),
 }
