@@ -90,6 +90,8 @@ def _import(options: ImportOptions) -> Path:
             f"the output {graph.output_name!r} comes from a Sigmoid (independent per-class scores, multi-label); the server "
             "serves softmax probabilities over the labels: pass --output-kind logits to apply a softmax to its input anyway"
         )
+    if options.output_kind is None and kind == "logits":
+        _refuse_probabilities_taken_for_logits(model, graph, labels, spec, preprocessing)
     # Logits that are not float32 (a float16 export) stay the graph's output and the server takes their softmax in
     # float32: given a Softmax or a Cast after them, ONNX Runtime drops its float16 rounding of them (the CPU runs float16
     # Gemm and MatMul in float32), and the answers would move 4e-4 from the exported model's own. With calibration the
@@ -134,6 +136,24 @@ def _import(options: ImportOptions) -> Path:
         parse_card(card)
         try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
     return publish(options.repository, options.name, model, card)
+
+
+def _refuse_probabilities_taken_for_logits(model, graph, labels: list, spec: dict, preprocessing: dict) -> None:
+    """An output that no Softmax node makes may still hold probabilities (a softmax written as Exp, ReduceSum and
+    Div): a Softmax appended to it would serve flattened answers without a word. Its answers on the synthetic photo
+    tell: logits do not all lie in [0, 1] summing to 1."""
+    card = {"name": "trial", "version": 1, "classes": labels, "input": spec, "preprocessing": preprocessing,
+            "output": {"name": graph.output_name, "kind": "probabilities"},
+            "onnx": {"file": "model.onnx", "opset": graph.opset, "sha256": "0" * 64}}
+    try:
+        try_on_a_photo(_serialised(model), card)
+    except (TrialFailed, CardError):
+        return  # not probabilities (or a failure the trial of the model as served will report)
+    raise ImportRefused(
+        f"the output {graph.output_name!r} is made by no Softmax node, but its answers are probabilities (each row lies in "
+        "[0, 1] and sums to 1): pass --output-kind probabilities to serve them as they are (or --output-kind logits to "
+        "take a softmax of them anyway)"
+    )
 
 
 def _serialised(model) -> bytes:

@@ -185,6 +185,29 @@ def test_a_sigmoid_output_is_refused_unless_told_to_take_logits(tmp_path, capsys
     assert run_import(tmp_path / "sigmoid.onnx", "multi", repository, "--labels", str(tmp_path / "labels.txt"), "--output-kind", "logits") == 0
 
 
+def test_probabilities_made_without_a_softmax_node_are_not_taken_for_logits(tmp_path, capsys):
+    """A softmax written out as Exp / ReduceSum / Div: appending a Softmax would flatten its answers silently."""
+    model = make_photo_classifier(output_name="scores")
+    graph = model.graph
+    graph.node.extend([helper.make_node("Exp", ["scores"], ["exp"]),
+                       helper.make_node("ReduceSum", ["exp", "axes"], ["total"], keepdims=1),
+                       helper.make_node("Div", ["exp", "total"], ["probs"])])
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    output = graph.output[0]
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("probs", output.type.tensor_type.elem_type, ["batch", 5]))
+    onnx.save(model, tmp_path / "manual.onnx")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\ne\n")
+    repository = tmp_path / "repository"
+    assert run_import(tmp_path / "manual.onnx", "manual", repository, "--labels", str(tmp_path / "labels.txt")) == 2
+    assert "made by no Softmax node, but its answers are probabilities" in capsys.readouterr().err
+    assert not repository.exists() or not any(repository.iterdir())
+    assert run_import(tmp_path / "manual.onnx", "manual", repository, "--labels", str(tmp_path / "labels.txt"),
+                      "--output-kind", "probabilities") == 0
+    card = json.loads((repository / "manual" / "1" / "model.json").read_text())
+    assert card["output"]["name"] == "probs" and card["source"]["softmax_appended"] is False
+
+
 FAST_VIT = {  # as transformers' fast image processors save themselves: every setting, unset ones as null
     "crop_size": None, "data_format": "channels_first", "default_to_square": True, "device": None, "disable_grouping": None,
     "do_center_crop": None, "do_convert_rgb": None, "do_normalize": True, "do_pad": None, "do_rescale": True, "do_resize": True,
