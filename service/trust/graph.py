@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit, statistics_pool
+from service.trust.typicality import STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
@@ -212,31 +212,29 @@ def _view_width(parts: Anatomy) -> int:
 
 
 def _statistic_columns(graph: onnx.GraphProto, parts: Anatomy) -> tuple[list[str], list[int]]:
-    """The picture statistics after the mean of x, as sums: [N, 1] sum of x^2 over the view (ReduceSumSquare), [N, 1]
-    sum of y^4 and [N, 4] sums of |y * k| (y the channels' mean average-pooled: AveragePool, Mul, ReduceSumSquare;
-    Conv, Abs, ReduceSum). Returns the three tensors and the count each sum is over. Made once per graph."""
+    """The picture statistics after the mean of x, as sums over x, the picture's mean over its channels: [N, 1] sums of
+    x^2 and x^4 (ReduceSumSquare of the view, which is x^2's for one channel and the residual's |x|^2; Mul and
+    ReduceSumSquare) and [N, 4] sums of |x * k| (Conv, Abs, ReduceSum). Returns the three tensors and the count each
+    sum is over. Made once per graph."""
     p = PICTURE_STATISTICS + "_"
-    names = [p + "x2", p + "y4", p + "responses_sum"]
-    side_h, side_w = _picture_sides(graph, parts)
-    s = statistics_pool(side_h, side_w)
-    h, w = side_h // s, side_w // s
-    counts = [_view_width(parts), h * w, *[(h - 2) * (w - 2)] * len(STATISTICS_KERNELS)]
+    names = [p + "x2", p + "x4", p + "responses_sum"]
+    h, w = _picture_sides(graph, parts)
+    counts = [h * w, h * w, *[(h - 2) * (w - 2)] * len(STATISTICS_KERNELS)]
     if any(names[0] in node.output for node in graph.node):
         return names, counts
-    view, y = _view(graph, parts), _picture(graph, parts)
+    x = _picture(graph, parts)
     if _channels(graph, parts) > 1:
-        graph.node.append(_reduce("ReduceMean", y, p + "grey", parts.opset, graph, keepdims=1))
-        y = p + "grey"
-    if s > 1:
-        graph.node.append(helper.make_node("AveragePool", [y], [p + "pooled"], kernel_shape=[s, s], strides=[s, s]))
-        y = p + "pooled"
+        graph.node.append(_reduce("ReduceMean", x, p + "grey", parts.opset, graph, keepdims=1))
+        x = p + "grey"
+        graph.node.append(_reduce("ReduceSumSquare", x, names[0], parts.opset, graph, keepdims=0, axes=(2, 3)))  # [N, 1]
+    else:
+        graph.node.append(_reduce("ReduceSumSquare", _view(graph, parts), names[0], parts.opset, graph, keepdims=1))  # [N, 1]
     kernels = numpy_helper.from_array(STATISTICS_KERNELS[:, None].astype(np.float32), p + "kernels")
     graph.initializer.append(kernels)
     graph.node.extend([
-        _reduce("ReduceSumSquare", view, names[0], parts.opset, graph, keepdims=1),  # [N, 1]
-        helper.make_node("Mul", [y, y], [p + "y2"]),
-        _reduce("ReduceSumSquare", p + "y2", names[1], parts.opset, graph, keepdims=0, axes=(2, 3)),  # [N, 1]
-        helper.make_node("Conv", [y, kernels.name], [p + "responses"]),
+        helper.make_node("Mul", [x, x], [p + "squares"]),
+        _reduce("ReduceSumSquare", p + "squares", names[1], parts.opset, graph, keepdims=0, axes=(2, 3)),  # [N, 1]
+        helper.make_node("Conv", [x, kernels.name], [p + "responses"]),
         helper.make_node("Abs", [p + "responses"], [p + "strength"]),
         _reduce("ReduceSum", p + "strength", names[2], parts.opset, graph, keepdims=0, axes=(2, 3)),  # [N, 4]
     ])
@@ -396,7 +394,7 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
     """The PCA residual (and within) and the picture statistics from one projection of the picture's view:
     Z = view @ [P | 1 | m] + [-m P | 0 | 0] (Gemm) gives the coordinates c = (x - m) P, the sum of x and x.m; with
     |x|^2 (ReduceSumSquare, also the statistics' x^2) the residual is |c|^2 - |x|^2 + 2 x.m - |m|^2, linear in Z * Z,
-    Z and |x|^2. The statistics' raw sums S = [Z, |x|^2, y^4, |y * k|] are linear in what the Gaussian reads, so the
+    Z and |x|^2. The statistics' raw sums S = [Z, x^2, x^4, |x * k|] are linear in what the Gaussian reads, so the
     whitening, the class means and the division by counts fold into two products from S: g = S A (ReduceSumSquare:
     |g|^2) and S B + |mu|^2 (ReduceMin over the classes); the nearest class's squared distance is their sum."""
     p = _PREFIX + "picture_"
@@ -413,10 +411,15 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
     graph.initializer.extend([project, shift])
     graph.node.append(helper.make_node("Gemm", [view, project.name, shift.name], [p + "z"]))  # [N, k + 2]
     columns, counts = _statistic_columns(graph, parts)
+    square_of_grey = components + 2  # the column of the statistics' sum of x^2 in sums
+    square_of_norm = square_of_grey  # the column of the view's |x|^2: the same for one channel
+    if _channels(graph, parts) > 1:  # the statistics read the channels' mean, the residual every value
+        graph.node.append(_reduce("ReduceSumSquare", view, p + "norm", parts.opset, graph, keepdims=1))
+        columns = [*columns, p + "norm"]
+        square_of_norm = components + 2 + 2 + len(STATISTICS_KERNELS)
     sums = p + "sums"
-    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 4]
-    sums_width = components + 2 + 2 + len(STATISTICS_KERNELS)
-    square_of_norm = components + 2  # the column of |x|^2 in sums
+    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 4 (+ 1)]
+    sums_width = components + 2 + 2 + len(STATISTICS_KERNELS) + (square_of_norm != square_of_grey)
     found = []
     if subspace is not None:
         graph.node.append(helper.make_node("Mul", [p + "z", p + "z"], [p + "z_squared"]))
@@ -436,8 +439,8 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
         # statistics = sums @ means_of (the mean of x from Z's column of ones, then the other sums over their counts)
         means_of = np.zeros((sums_width, STATISTICS_COUNT))
         means_of[components, 0] = 1.0 / width
-        for j, count in enumerate(counts):  # |x|^2, y^4 and the responses follow |x|^2's column, in order
-            means_of[square_of_norm + j, 1 + j] = 1.0 / count
+        for j, count in enumerate(counts):  # the sums of x^2, x^4 and the responses follow Z, in order
+            means_of[square_of_grey + j, 1 + j] = 1.0 / count
         whiten = means_of @ statistics.whitening  # [S, 7]
         cross = whiten @ (-2.0 * statistics.whitened_means.T)  # [S, C]
         norms = (statistics.whitened_means**2).sum(1)

@@ -32,34 +32,18 @@ SHRINKAGE = 1e-2
 # TAIL quantile there: the members' low tails line up, so each adds about as much to the share of typical pictures
 # the lowest of them flags (a member with a long low tail standardised by its spread would set the threshold alone).
 TAIL = 0.02
-# The picture statistics' 3x3 kernels (valid convolution): first differences across and down, second differences
-# across and down. With the means of x and x^2 and the mean of the fourth power, the mean absolute response of each
-# is a 7-number summary of how the picture is drawn: how much ink, how saturated, how thick and how curved its strokes
-# are. The fourth power and the kernels read the picture's mean over its channels average-pooled 2x2 (14x14 for a
-# 28x28 picture): a quarter of the pixels to convolve, which is what made the member cheap enough to serve; the means
-# of x and x^2 read the picture as it is, because the PCA residual's projection and norm give them for free.
-# (Adding the two diagonal differences flagged more uploaded scribbles but also more photos of digits taken larger
-# than the photos fitted on: 13% against 6%.)
+# The picture statistics' 3x3 kernels (valid convolution, on the picture's mean over its channels): first
+# differences across and down, second differences across and down. The mean absolute response of each, with the
+# mean of x, x^2 and x^4, is a 7-number summary of how the picture is drawn: how much ink, how saturated, how thick
+# and how curved its strokes are. (Adding the two diagonal differences flagged more uploaded scribbles but also more
+# photos of digits taken larger than the photos fitted on: 13% against 6%. Computed on the picture average-pooled
+# 2x2, or with the kernels at every other pixel, they cost a third as much but let through twice as many uploaded
+# scribbles and letters: the full resolution's thin, hard strokes are what they see.)
 STATISTICS_KERNELS = np.array([
     [[0, 0, 0], [0, -1, 1], [0, 0, 0]], [[0, 0, 0], [0, -1, 0], [0, 1, 0]],
     [[0, 0, 0], [1, -2, 1], [0, 0, 0]], [[0, 1, 0], [0, -2, 0], [0, 1, 0]],
 ], dtype=np.float32)
 STATISTICS_COUNT = 3 + len(STATISTICS_KERNELS)  # the numbers picture_statistics gives
-
-
-def statistics_pool(height: int, width: int) -> int:
-    """The side of the average pooling the picture statistics' fourth power and kernels read: 2, unless the pooled
-    picture would be too small for a 3x3 kernel."""
-    return 2 if min(height, width) >= 6 else 1
-
-
-def pooled_grey(pictures: np.ndarray) -> np.ndarray:
-    """[N, C, H, W] -> [N, H // s, W // s]: the mean over the channels, average-pooled s x s (s = statistics_pool;
-    a last odd row or column is left out, as ONNX's AveragePool does)."""
-    x = np.asarray(pictures, dtype=np.float64).mean(axis=1)
-    s = statistics_pool(x.shape[1], x.shape[2])
-    h, w = x.shape[1] // s, x.shape[2] // s
-    return x[:, : h * s, : w * s].reshape(len(x), h, s, w, s).mean(axis=(2, 4))
 
 
 def standardisation(held_out_scores: np.ndarray) -> tuple[float, float]:
@@ -70,15 +54,13 @@ def standardisation(held_out_scores: np.ndarray) -> tuple[float, float]:
 
 
 def picture_statistics(pictures: np.ndarray) -> np.ndarray:
-    """[N, C, H, W] pictures -> [N, 7]: the means of x and x^2 over every value, then, on y = `pooled_grey`, the mean
-    of y^4 and of |y * k| for each STATISTICS_KERNELS k (valid 3x3 convolution). The graph computes the same
-    (graph.py)."""
-    x = np.asarray(pictures, dtype=np.float64)
-    y = pooled_grey(x)
-    powers = [x.mean(axis=(1, 2, 3)), (x**2).mean(axis=(1, 2, 3)), (y**4).mean(axis=(1, 2))]
-    h, w = y.shape[1] - 2, y.shape[2] - 2
+    """[N, C, H, W] pictures -> [N, 7]: the means of x, x^2, x^4 and of |x * k| for each STATISTICS_KERNELS k (valid
+    3x3 convolution), x being the mean over the channels. The graph computes the same (graph.py)."""
+    x = np.asarray(pictures, dtype=np.float64).mean(axis=1)
+    powers = [x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2)), (x**4).mean(axis=(1, 2))]
+    h, w = x.shape[1] - 2, x.shape[2] - 2
     responses = [
-        np.abs(sum(k[r, c] * y[:, r : r + h, c : c + w] for r in range(3) for c in range(3) if k[r, c])).mean(axis=(1, 2))
+        np.abs(sum(k[r, c] * x[:, r : r + h, c : c + w] for r in range(3) for c in range(3) if k[r, c])).mean(axis=(1, 2))
         for k in STATISTICS_KERNELS
     ]
     return np.stack(powers + responses, axis=1)

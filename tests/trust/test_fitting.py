@@ -153,9 +153,9 @@ def test_the_graph_computes_the_members_as_numpy_does():
 
 
 @pytest.mark.parametrize(("shape", "opset"), [((1, 28, 28), 17), ((1, 28, 28), 18), ((3, 33, 31), 18), ((1, 5, 7), 17)],
-                         ids=["grey-28-opset17", "grey-28-opset18", "colour-33x31", "tiny-unpooled"])
+                         ids=["grey-28-opset17", "grey-28-opset18", "colour-33x31", "tiny"])
 def test_the_picture_statistics_in_the_graph_are_numpys(shape, opset):
-    """The probe's statistics (pooled 2x2, odd sides cut as AveragePool does; unpooled when too small) are numpy's."""
+    """The probe's statistics are numpy's, for one channel or three (the channels' mean), either opset."""
     from service.trust import typicality as typ
     from service.trust.graph import PICTURE_STATISTICS, anatomy, with_fitting_outputs
 
@@ -201,21 +201,21 @@ def test_a_pca_within_member_scores_the_spread_inside_the_subspace():
 def test_the_typicality_adds_few_nodes(opset):
     """ONNX Runtime pays a fixed cost per node per run (a few microseconds: most of the score's cost for one picture)
     and a few nanoseconds per value it reads: the temperature and the default typicality (PCA residual + picture
-    statistics + energy) add 20 nodes (Div; Flatten, Gemm, Mul, ReduceSumSquare; AveragePool, Mul, ReduceSumSquare,
-    Conv, Abs, ReduceSum, Concat, MatMul, ReduceSumSquare, Gemm, ReduceMin; ReduceLogSumExp; Concat, Gemm, ReduceMin),
-    and read the 28x28 picture only three times (the projection, its norm, the pooling). The graph's scores are the
-    members' as numpy computes them (test_the_graph_computes_the_members_as_numpy_does)."""
+    statistics + energy) add 19 nodes (Div; Flatten, Gemm, Mul, ReduceSumSquare; Mul, ReduceSumSquare, Conv, Abs,
+    ReduceSum, Concat, MatMul, ReduceSumSquare, Gemm, ReduceMin; ReduceLogSumExp; Concat, Gemm, ReduceMin; 25 before),
+    and read the 28x28 picture four times (the projection, its norm, its square, the kernels). The graph's scores are
+    the members' as numpy computes them (test_the_graph_computes_the_members_as_numpy_does)."""
     model = make_classifier(seed=6, opset=opset)
     val_x, val_y = overconfident_data((1, 28, 28), 6, 400)
     train_x, train_y = overconfident_data((1, 28, 28), 7, 400)
     fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
                     train_inputs=train_x, train_labels=train_y)
     assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "picture-statistics", "energy"]
-    assert len(fit.model.graph.node) - len(model.graph.node) == 20
+    assert len(fit.model.graph.node) - len(model.graph.node) == 19
     original = {o for n in model.graph.node for o in n.output}
     added = [n for n in fit.model.graph.node if not set(n.output) & original]
     reading = [n.op_type for n in added if {"input", "trust_input_view"} & set(n.input) and n.op_type != "Flatten"]
-    assert sorted(reading) == ["AveragePool", "Gemm", "ReduceSumSquare"]
+    assert sorted(reading) == ["Conv", "Gemm", "Mul", "ReduceSumSquare"]
 
 
 def test_a_subspace_of_few_pictures_keeps_the_directions_they_span():
