@@ -129,14 +129,17 @@ def test_the_graph_parts_are_found_in_a_shipped_model():
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
 
 
-def test_the_graph_computes_the_members_as_numpy_does():
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)], ids=["grey-28", "colour-16"])
+def test_the_graph_computes_the_members_as_numpy_does(shape):
     """layers="all": the picture's PCA residual, its picture statistics, a Mahalanobis member on the Gemm's input, and
-    the energy; the graph's typicality is the lowest of the four standardised scores."""
+    the energy; the graph's typicality is the lowest of the four standardised scores (the graph computes them from
+    one projection and folded products: the same numbers). In colour the statistics read the channels' mean and
+    the residual every value."""
     from service.trust import typicality as typ
 
-    model = make_classifier(seed=4)
-    val_x, val_y = overconfident_data((1, 28, 28), 4, 600)
-    train_x, train_y = overconfident_data((1, 28, 28), 5, 600)
+    model = make_classifier(seed=4, input_shape=("N", *shape))
+    val_x, val_y = overconfident_data(shape, 4, 600)
+    train_x, train_y = overconfident_data(shape, 5, 600)
     fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y,
                     train_inputs=train_x, train_labels=train_y, layers="all")
     assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "picture-statistics", "mahalanobis", "energy"]
@@ -145,7 +148,7 @@ def test_the_graph_computes_the_members_as_numpy_does():
     statistics = typ.fit_gaussians(typ.picture_statistics(train_x), train_y, 10).calibrated(typ.picture_statistics(val_x))
     gaussians = typ.fit_gaussians(flat(train_x), train_y, 10).calibrated(flat(val_x))
     energy = typ.EnergyFit.on(logits_of(val_x, 4))
-    x = np.concatenate([val_x[:50], np.random.default_rng(1).random((20, 1, 28, 28), dtype=np.float32)])
+    x = np.concatenate([val_x[:50], np.random.default_rng(1).random((20, *shape), dtype=np.float32)])
     expected = np.min([residual.standardised(flat(x)), statistics.standardised(typ.picture_statistics(x)),
                        gaussians.standardised(flat(x)), energy.standardised(logits_of(x, 4))], axis=0)
     (typicality,) = run_outputs(fit.model, x, ["typicality"])
