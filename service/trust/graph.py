@@ -186,16 +186,18 @@ def _picture(graph: onnx.GraphProto, parts: Anatomy) -> str:
 
 def _add_statistics(graph: onnx.GraphProto, parts: Anatomy) -> str:
     """typicality.picture_statistics in the graph, for fitting: the sum of the view's values (ReduceSum) beside the
-    shared statistic columns (`_statistic_columns`), Concat, and one Mul by each column's 1 / count: [N, 7] means."""
+    shared statistic columns (`_statistic_columns`), Concat, and one MatMul that makes them the [N, 7] means."""
     p = PICTURE_STATISTICS + "_"
     view = _view(graph, parts)
-    columns, counts = _statistic_columns(graph, parts)
-    scales = numpy_helper.from_array((1.0 / np.array([_view_width(parts), *counts])).astype(np.float32)[None, :], p + "scales")
-    graph.initializer.append(scales)
+    columns, to_statistics = _statistic_columns(graph, parts)
+    means = np.zeros((1 + len(to_statistics), STATISTICS_COUNT))
+    means[0, 0], means[1:, 1:] = 1.0 / _view_width(parts), to_statistics
+    matrix = numpy_helper.from_array(means.astype(np.float32), p + "means")
+    graph.initializer.append(matrix)
     graph.node.extend([
         _reduce("ReduceSum", view, p + "sum", parts.opset, graph, keepdims=1),
         helper.make_node("Concat", [p + "sum", *columns], [p + "sums"], axis=1),
-        helper.make_node("Mul", [p + "sums", scales.name], [PICTURE_STATISTICS]),
+        helper.make_node("MatMul", [p + "sums", matrix.name], [PICTURE_STATISTICS]),
     ])
     return PICTURE_STATISTICS
 
@@ -211,34 +213,42 @@ def _view_width(parts: Anatomy) -> int:
     return next(width for tensor, width in parts.features if tensor == INPUT_VIEW)
 
 
-def _statistic_columns(graph: onnx.GraphProto, parts: Anatomy) -> tuple[list[str], list[int]]:
-    """The picture statistics after the mean of x, as sums over x, the picture's mean over its channels: [N, 1] sums of
-    x^2 and x^4 (ReduceSumSquare of the view, which is x^2's for one channel and the residual's |x|^2; Mul and
-    ReduceSumSquare) and [N, 4] sums of |x * k| (Conv, Abs, ReduceSum). Returns the three tensors and the count each
-    sum is over. Made once per graph."""
+def _statistic_columns(graph: onnx.GraphProto, parts: Anatomy) -> tuple[list[str], np.ndarray]:
+    """The picture statistics after the mean of x, on x, the picture's mean over its channels: [N, 1] sums of x^2 and
+    x^4 (Mul, then ReduceSum and ReduceSumSquare; for one channel the first is also the residual's |x|^2) and [N, 8]
+    means of relu(x * k) and relu(-x * k) (Conv with the kernels and their negatives, which ONNX Runtime fuses with
+    the Relu; GlobalAveragePool, Flatten): |r| = relu(r) + relu(-r), without an Abs, and the pooling reads the
+    convolution's blocked layout as it is, where an Abs needs it reordered first. Returns the three tensors and the
+    [10, 6] matrix that makes their columns statistics 1 to 6 (picture_statistics' order). Made once per graph."""
     p = PICTURE_STATISTICS + "_"
-    names = [p + "x2", p + "x4", p + "responses_sum"]
+    names = [p + "x2", p + "x4", p + "responses"]
     h, w = _picture_sides(graph, parts)
-    counts = [h * w, h * w, *[(h - 2) * (w - 2)] * len(STATISTICS_KERNELS)]
+    kernels = len(STATISTICS_KERNELS)
+    to_statistics = np.zeros((2 + 2 * kernels, STATISTICS_COUNT - 1))
+    to_statistics[0, 0] = to_statistics[1, 1] = 1.0 / (h * w)
+    for j in range(kernels):
+        to_statistics[2 + j, 2 + j] = to_statistics[2 + kernels + j, 2 + j] = 1.0
     if any(names[0] in node.output for node in graph.node):
-        return names, counts
-    x = _picture(graph, parts)
+        return names, to_statistics
+    x, axes, keepdims = _view(graph, parts), (1,), 1  # one channel: the flattened picture is x
+    picture = _picture(graph, parts)
     if _channels(graph, parts) > 1:
-        graph.node.append(_reduce("ReduceMean", x, p + "grey", parts.opset, graph, keepdims=1))
-        x = p + "grey"
-        graph.node.append(_reduce("ReduceSumSquare", x, names[0], parts.opset, graph, keepdims=0, axes=(2, 3)))  # [N, 1]
-    else:
-        graph.node.append(_reduce("ReduceSumSquare", _view(graph, parts), names[0], parts.opset, graph, keepdims=1))  # [N, 1]
-    kernels = numpy_helper.from_array(STATISTICS_KERNELS[:, None].astype(np.float32), p + "kernels")
-    graph.initializer.append(kernels)
+        graph.node.append(_reduce("ReduceMean", picture, p + "grey", parts.opset, graph, keepdims=1))
+        picture = x = p + "grey"
+        axes, keepdims = (2, 3), 0
+    signed = np.concatenate([STATISTICS_KERNELS, -STATISTICS_KERNELS])[:, None].astype(np.float32)
+    weights = numpy_helper.from_array(signed, p + "kernels")
+    graph.initializer.append(weights)
     graph.node.extend([
         helper.make_node("Mul", [x, x], [p + "squares"]),
-        _reduce("ReduceSumSquare", p + "squares", names[1], parts.opset, graph, keepdims=0, axes=(2, 3)),  # [N, 1]
-        helper.make_node("Conv", [x, kernels.name], [p + "responses"]),
-        helper.make_node("Abs", [p + "responses"], [p + "strength"]),
-        _reduce("ReduceSum", p + "strength", names[2], parts.opset, graph, keepdims=0, axes=(2, 3)),  # [N, 4]
+        _reduce("ReduceSum", p + "squares", names[0], parts.opset, graph, keepdims=keepdims, axes=axes),  # [N, 1]
+        _reduce("ReduceSumSquare", p + "squares", names[1], parts.opset, graph, keepdims=keepdims, axes=axes),  # [N, 1]
+        helper.make_node("Conv", [picture, weights.name], [p + "signed_responses"]),
+        helper.make_node("Relu", [p + "signed_responses"], [p + "rectified"]),
+        helper.make_node("GlobalAveragePool", [p + "rectified"], [p + "rectified_means"]),  # [N, 8, 1, 1]
+        helper.make_node("Flatten", [p + "rectified_means"], [names[2]], axis=1),  # [N, 8]
     ])
-    return names, counts
+    return names, to_statistics
 
 
 def _picture_sides(graph: onnx.GraphProto, parts: Anatomy) -> tuple[int, int]:
@@ -394,7 +404,7 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
     """The PCA residual (and within) and the picture statistics from one projection of the picture's view:
     Z = view @ [P | 1 | m] + [-m P | 0 | 0] (Gemm) gives the coordinates c = (x - m) P, the sum of x and x.m; with
     |x|^2 (ReduceSumSquare, also the statistics' x^2) the residual is |c|^2 - |x|^2 + 2 x.m - |m|^2, linear in Z * Z,
-    Z and |x|^2. The statistics' raw sums S = [Z, x^2, x^4, |x * k|] are linear in what the Gaussian reads, so the
+    Z and |x|^2. The statistics' raw columns S = [Z, x^2, x^4, relu(+-x * k)] are linear in what the Gaussian reads, so the
     whitening, the class means and the division by counts fold into two products from S: g = S A (ReduceSumSquare:
     |g|^2) and S B + |mu|^2 (ReduceMin over the classes); the nearest class's squared distance is their sum."""
     p = _PREFIX + "picture_"
@@ -410,16 +420,16 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
     shift = numpy_helper.from_array(bias.astype(np.float32), p + "projection_shift")
     graph.initializer.extend([project, shift])
     graph.node.append(helper.make_node("Gemm", [view, project.name, shift.name], [p + "z"]))  # [N, k + 2]
-    columns, counts = _statistic_columns(graph, parts)
+    columns, to_statistics = _statistic_columns(graph, parts)
     square_of_grey = components + 2  # the column of the statistics' sum of x^2 in sums
     square_of_norm = square_of_grey  # the column of the view's |x|^2: the same for one channel
     if _channels(graph, parts) > 1:  # the statistics read the channels' mean, the residual every value
         graph.node.append(_reduce("ReduceSumSquare", view, p + "norm", parts.opset, graph, keepdims=1))
         columns = [*columns, p + "norm"]
-        square_of_norm = components + 2 + 2 + len(STATISTICS_KERNELS)
+        square_of_norm = components + 2 + len(to_statistics)
     sums = p + "sums"
-    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 4 (+ 1)]
-    sums_width = components + 2 + 2 + len(STATISTICS_KERNELS) + (square_of_norm != square_of_grey)
+    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 8 (+ 1)]
+    sums_width = components + 2 + len(to_statistics) + (square_of_norm != square_of_grey)
     found = []
     if subspace is not None:
         graph.node.append(helper.make_node("Mul", [p + "z", p + "z"], [p + "z_squared"]))
@@ -439,8 +449,7 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
         # statistics = sums @ means_of (the mean of x from Z's column of ones, then the other sums over their counts)
         means_of = np.zeros((sums_width, STATISTICS_COUNT))
         means_of[components, 0] = 1.0 / width
-        for j, count in enumerate(counts):  # the sums of x^2, x^4 and the responses follow Z, in order
-            means_of[square_of_grey + j, 1 + j] = 1.0 / count
+        means_of[square_of_grey : square_of_grey + len(to_statistics), 1:] = to_statistics  # they follow Z
         whiten = means_of @ statistics.whitening  # [S, 7]
         cross = whiten @ (-2.0 * statistics.whitened_means.T)  # [S, C]
         norms = (statistics.whitened_means**2).sum(1)
