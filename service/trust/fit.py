@@ -178,9 +178,8 @@ def fit_trust(
             f"(0 at its median there, -1 at its {typ.TAIL:.0%} quantile; higher = more typical): pca-residual, minus the squared distance of the picture "
             "from the principal subspace of the training pictures; pca-within, minus the squared Mahalanobis distance "
             "of the picture's coordinates inside that subspace (each over its component's variance); picture-statistics, "
-            "minus the squared Mahalanobis distance of 7 numbers describing how the picture is drawn (the means of x and x^2, "
-            "and on the picture's channel mean pooled 2x2 those of y^4 and of the absolute first and second differences "
-            "across and down) to the nearest class mean; mahalanobis, minus the squared Mahalanobis distance "
+            "minus the squared Mahalanobis distance of 7 numbers describing how the picture is drawn (the means of x, x^2, "
+            "x^4 and of the absolute first and second differences across and down) to the nearest class mean; mahalanobis, minus the squared Mahalanobis distance "
             "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
             "log-sum-exp of the logits (Liu et al. 2020)"
         ),
