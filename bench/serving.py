@@ -46,7 +46,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model_floor import floor as model_floor  # noqa: E402
+from model_floor import floor_inputs, measure as floor_points, summarise as summarise_floor  # noqa: E402
 from photo_inputs import is_photo_model  # noqa: E402
 from serving_bodies import Body, decode_answer, make_bodies, test_digits  # noqa: E402
 from serving_photos import answer_matches, photo_paths, photo_request, photo_targets  # noqa: E402
@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         options.intra_op_num_threads = 1
         expected = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]).run(None, {"input": images})[0]
 
+    want_floor = photo and (wanted is None or ("floor", None) in wanted)
+    floor_batches = [int(b) for b in args.floor_batch_sizes.split(",")]
+    floor_rounds: list[list[dict]] = []
     started = time.time()
     load_before = os.getloadavg()
     measured: dict[tuple[str, str], Series] = {}
@@ -371,12 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"round {round_number} {server.label:32} {protocol:9} c={count:<3} {point.requests_per_s:9.0f} req/s  "
                                   f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
                         series.rounds.append(points)
+            if want_floor:  # in every round, in turn with the servers, so that the machine's drift falls on both
+                floor_rounds.append(floor_points(*floor_inputs(model_dir), args.service_workers, floor_batches, args.duration))
     results = list(measured.values())
     for series in results:
         series.points = [median_point(points) for points in zip(*series.rounds)]
-    floor = None
-    if photo and (wanted is None or ("floor", None) in wanted):
-        floor = model_floor(model_dir, args.service_workers, [int(b) for b in args.floor_batch_sizes.split(",")], args.duration)
+    floor = summarise_floor(floor_rounds, args.service_workers, args.duration) if want_floor else None
 
     report = {
         "command": " ".join([os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable,

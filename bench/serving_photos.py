@@ -3,8 +3,8 @@ letterbox, e.g. bench/resnet18.py's ResNet-18): uploads of a 640x480 JPEG instea
 
 Series: pixelserve with batching on and off (`POST /v1/models/NAME/predict/image?top_k=5`, multipart
 field `file`), the naive FastAPI + Pillow + ONNX Runtime app (bench/baselines/naive_photo.py, 2 workers,
-one picture per run), and after the servers the model's floor (bench/model_floor.py: ONNX Runtime alone on
-the same cores, decoded pictures, its best batch size). Each server must first answer the reference's
+one picture per run), and in every round after the servers the model's floor (bench/model_floor.py: ONNX Runtime
+alone on the same cores, decoded pictures; each point the median of the rounds, its best batch size by that median). Each server must first answer the reference's
 top 5 (bench/photo_inputs.py: Pillow, full decode, the card's resize, ONNX Runtime here) within 0.01.
 """
 
@@ -94,7 +94,8 @@ def floor_lines(report: dict) -> list[str]:
         return []
     best, leanest, cores = floor["best"], floor["leanest"], floor["cores"]
     lines = ["", f"The model's floor, ONNX Runtime alone on {cores} cores with the picture already decoded: "
-             f"**{best['images_per_s']:.1f} images/s** ({best['layout']}, batch {best['batch']}; load average "
+             f"**{best['images_per_s']:.1f} images/s** ({best['layout']}, batch {best['batch']}; medians of "
+             f"{len(floor.get('rounds') or [1])} rounds, each measured after that round's servers; load average "
              f"{floor['load_average'][0]} at its end).", "",
              "| floor layout | batch | images/s | CPU ms per image |", "|---|---:|---:|---:|"]
     lines += [f"| {p['layout']} | {p['batch']} | {p['images_per_s']:.1f} | {p['cpu_ms_per_image']:.1f} |"

@@ -142,6 +142,18 @@ def test_floor_measures_both_layouts(tiny_model_dir):
     assert result["best"]["images_per_s"] == max(p["images_per_s"] for p in result["points"])
 
 
+def test_the_floor_is_the_best_median_over_rounds_not_the_best_single_point():
+    def point(batch, rate):
+        return {"layout": "2 processes x 1 thread", "batch": batch, "images_per_s": rate, "ms_per_batch": 1000 * batch / rate,
+                "cpu_ms_per_image": 2000 / rate}
+    # Batch 8 had one lucky round (50): its median (38) is below batch 1's (41), so batch 1 is the floor.
+    rounds = [[point(1, 40), point(8, 50)], [point(1, 41), point(8, 38)], [point(1, 42), point(8, 36)]]
+    result = model_floor.summarise(rounds, cores=2, duration=1.0)
+    assert [p["images_per_s"] for p in result["points"]] == [41, 38]
+    assert (result["best"]["batch"], result["best"]["images_per_s"]) == (1, 41)
+    assert result["rounds"] == rounds
+
+
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian package wrk)")
 def test_serving_benchmark_drives_uploads_in_photo_mode(tiny_model_dir, tmp_path):
     result = subprocess.run(
