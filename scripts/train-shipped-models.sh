@@ -25,6 +25,14 @@ declare -A PHOTO_RECIPES=(
   [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 2 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200"
 )
 
+# With REAL_PHOTOS=DIR (github.com/alexeygrigorev/clothing-dataset-small, see docs/photos.md), fashion-convnet is
+# then fine-tuned once more, also on real phone photos of clothes run through the service's preprocessing
+# (training/real_clothes.py; processed once and cached in data/real-clothes/).
+declare -A REAL_RECIPES=(
+  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 1 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200 --real-mix 0.25"
+)
+REAL_PHOTOS=${REAL_PHOTOS:-}
+
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do
@@ -41,7 +49,14 @@ for name in "${names[@]}"; do
     base=$(sed -n 's/^published \([^:]*\):.*/\1/p' <<<"$published")
     echo "== $name: fine-tuned on processed photos from $base"
     # shellcheck disable=SC2086
-    "$PY" -m training train ${PHOTO_RECIPES[$name]} --init-from "$base/model.onnx" --name "$name" \
-      --models-dir "$MODELS_DIR" --no-progress
+    published=$("$PY" -m training train ${PHOTO_RECIPES[$name]} --init-from "$base/model.onnx" --name "$name" \
+      --models-dir "$MODELS_DIR" --no-progress | tee /dev/stderr)
+  fi
+  if [ -n "$REAL_PHOTOS" ] && [ -n "${REAL_RECIPES[$name]+set}" ]; then
+    base=$(sed -n 's/^published \([^:]*\):.*/\1/p' <<<"$published")
+    echo "== $name: fine-tuned on real photos of clothes from $base"
+    # shellcheck disable=SC2086
+    "$PY" -m training train ${REAL_RECIPES[$name]} --real-photos "$REAL_PHOTOS" --init-from "$base/model.onnx" \
+      --name "$name" --models-dir "$MODELS_DIR" --no-progress
   fi
 done

@@ -14,6 +14,7 @@ from training.export import ExportRefused
 from training.folders import FOLDER_PREFIX, NORMALIZATIONS, FolderDatasetError, FolderOptions, folder_path
 from training.idx import IdxError
 from training.models import ACTIVATIONS, ARCHITECTURES, DEFAULT_OPTIONS
+from training import real_clothes
 from training.photos import RESIZE_METHODS
 from training.pipeline import ModelCheckFailed, PhotoAugmentation, evaluate_published, train_and_publish
 from training.train import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -143,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "photos run through the service's preprocessing (0: clean pictures only; the named datasets)")
     opt.add_argument("--photo-pool", type=int, default=1000,
                      help="how many training pictures get a processed photo (with --photo-mix; cached in data/photo-mix/)")
+    opt.add_argument("--real-photos", type=Path, default=None, metavar="DIR",
+                     help="fashion-mnist: also learn from real phone photos of clothes, DIR being the folder of "
+                     "github.com/alexeygrigorev/clothing-dataset-small (its train/ photos as "
+                     "tests/data/real_clothes_train.csv labels them), run through the service's preprocessing "
+                     "(cached in data/real-clothes/)")
+    opt.add_argument("--real-mix", type=float, default=0.2,
+                     help="with --real-photos: share of each batch drawn from the real photos")
+    opt.add_argument("--real-balance", type=float, default=defaults.real_balance,
+                     help="with --real-photos: each real photo drawn with weight count(its class) ** -REAL_BALANCE "
+                     "(0: as they come, 1: every class as often)")
     opt.add_argument("--init-from", type=Path, default=None, metavar="MODEL_ONNX",
                      help="start from a published model's weights (same --arch and options) and fine-tune it; "
                      "its batch norms stay frozen")
@@ -209,6 +220,13 @@ def run_train(args: argparse.Namespace) -> int:
     if not 0.0 <= args.photo_mix <= 1.0:
         raise SystemExit(f"error: --photo-mix is a share in [0, 1], got {args.photo_mix}")
     folder = args.dataset.startswith(FOLDER_PREFIX)
+    real_mix = args.real_mix if args.real_photos else 0.0
+    if args.real_photos and args.dataset != "fashion-mnist":
+        raise SystemExit("error: --real-photos are photos of clothes: for --dataset fashion-mnist")
+    if not 0.0 <= real_mix <= 1.0 or args.photo_mix + real_mix > 1.0:
+        raise SystemExit(f"error: --real-mix is a share in [0, 1] and, with --photo-mix, at most 1 in all, got {real_mix}")
+    if args.real_photos and not args.real_photos.is_dir():
+        raise SystemExit(f"error: --real-photos {args.real_photos} is not a folder")
     if folder and args.photo_mix > 0:
         raise SystemExit("error: --photo-mix is for the named datasets (mnist, fashion-mnist)")
     picture_channels, widths = split_channels(args)
@@ -223,6 +241,8 @@ def run_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, patience=args.patience, seed=args.seed, threads=args.threads,
         photo_mix=args.photo_mix, photo_pool=args.photo_pool if args.photo_mix > 0 else 0,
         init_from=str(args.init_from) if args.init_from else None,
+        real_mix=real_mix, real_balance=args.real_balance if real_mix else 0.0,
+        real_photos=str(real_clothes.MANIFEST.relative_to(real_clothes.PROJECT_ROOT)) if real_mix else None,
     )
     folder_options = augmentation = None
     if folder:
@@ -245,7 +265,7 @@ def run_train(args: argparse.Namespace) -> int:
         models_dir=args.models_dir, config=config, arch_options=arch_options, data_dir=args.data_dir,
         download=args.download, mirrors=args.mirror, validation_fraction=args.validation_fraction,
         limit_train=args.limit_train, progress=not args.no_progress,
-        folder_options=folder_options, augmentation=augmentation,
+        folder_options=folder_options, augmentation=augmentation, real_photos=args.real_photos,
     )
     metrics, training = card["metrics"], card["training"]
     print(

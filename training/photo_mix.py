@@ -73,18 +73,39 @@ def processed_pool(images: np.ndarray, labels: np.ndarray, dataset: str, count: 
 
 
 class PhotoMixBatches(ArrayBatches):
-    """The IDX training batches with a share `config.photo_mix` of each batch drawn from the pool of
-    processed photos, with their own labels."""
+    """The IDX training batches with a share of each batch drawn from pools of processed pictures, with their
+    own labels: `config.photo_mix` from the synthetic photos (`photos`, from `processed_pool`), and
+    `config.real_mix` from real photos (`real`: uint8 [n, 28, 28] and labels, training/real_clothes.py), drawn
+    with weights count(class) ** -config.real_balance (0: as they come, 1: every class as often)."""
 
-    def __init__(self, splits: Splits, config: TrainConfig, photos: tuple[np.ndarray, np.ndarray]):
+    def __init__(self, splits: Splits, config: TrainConfig, photos: tuple[np.ndarray, np.ndarray] | None = None,
+                 real: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__(splits, config)
-        self.share = config.photo_mix
-        self.photo_inputs = to_tensor(photos[1])
-        self.photo_labels = self.labels[torch.from_numpy(photos[0].astype(np.int64))]
+        self.pools: list[tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
+        if photos is not None:
+            labels = self.labels[torch.from_numpy(photos[0].astype(np.int64))]
+            self.pools.append((to_tensor(photos[1]), labels, config.photo_mix, None))
+        if real is not None:
+            labels = torch.from_numpy(real[1].astype(np.int64))
+            counts = torch.bincount(labels).float()
+            weights = counts[labels] ** -config.real_balance
+            self.pools.append((to_tensor(real[0]), labels, config.real_mix, weights))
+        if sum(share for _, _, share, _ in self.pools) > 1:
+            raise ValueError("the shares of a batch drawn from photos add up to more than 1")
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = self.inputs[index].clone(), self.labels[index].clone()
-        chosen = torch.rand(len(index), generator=generator) < self.share
-        drawn = torch.randint(0, len(self.photo_inputs), (int(chosen.sum()),), generator=generator)
-        inputs[chosen], targets[chosen] = self.photo_inputs[drawn], self.photo_labels[drawn]
+        draw = torch.rand(len(index), generator=generator)
+        low = 0.0
+        for pool_inputs, pool_labels, share, weights in self.pools:
+            chosen = (draw >= low) & (draw < low + share)
+            low += share
+            count = int(chosen.sum())
+            if weights is None:
+                drawn = torch.randint(0, len(pool_inputs), (count,), generator=generator)
+            elif count:
+                drawn = torch.multinomial(weights, count, replacement=True, generator=generator)
+            else:
+                continue
+            inputs[chosen], targets[chosen] = pool_inputs[drawn], pool_labels[drawn]
         return augment(inputs, self.shift, self.hflip, generator), targets

@@ -20,6 +20,7 @@ from training.export import MIN_PARITY_IMAGES, OPSET, check_parity, export_onnx,
 from training.folders import FolderOptions, FolderSplits, folder_path, load_folder
 from training.init_from import load_published_weights
 from training.photo_batches import PhotoBatches
+from training import real_clothes
 from training.photo_mix import PhotoMixBatches, conditions_for, processed_pool
 from training.models import build_model, count_parameters
 from training.report import plot_reliability, summarize, write_report
@@ -43,11 +44,13 @@ def train_and_publish(
     progress: bool = True,
     folder_options: FolderOptions | None = None,
     augmentation: PhotoAugmentation | None = None,
+    real_photos: Path | None = None,
 ) -> tuple[Path, dict]:
     """Train a classifier, export it, check the export, and publish it as the next version of `name`.
 
     `dataset` is a named dataset (mnist, fashion-mnist) or `folder:PATH`, a folder of pictures read with
-    `folder_options` and trained with the photo `augmentation`."""
+    `folder_options` and trained with the photo `augmentation`. `real_photos` is the folder of the real
+    clothes photos (training/real_clothes.py) a share `config.real_mix` of each batch is drawn from."""
     arch_options = arch_options or {}
     splits = load_dataset(dataset, data_dir, download=download, mirrors=mirrors,
                           validation_fraction=validation_fraction, seed=config.seed, folder_options=folder_options)
@@ -63,13 +66,20 @@ def train_and_publish(
     if config.init_from:
         load_published_weights(classifier, Path(config.init_from))
     batches = None
+    pool = real = None
     if photo is None and config.photo_mix > 0 and config.photo_pool > 0:
         pool = processed_pool(splits.train_images, splits.train_labels, dataset, config.photo_pool, config.seed)
-        batches = PhotoMixBatches(splits, config, pool)
         splits.split += (
             f"; {len(pool[0])} of the training pictures also as synthetic photos ({', '.join(conditions_for(dataset))}) "
             f"run through the service's preprocessing, a share {config.photo_mix} of each batch drawn from them"
         )
+    if photo is None and config.real_mix > 0:
+        if real_photos is None or dataset != "fashion-mnist":
+            raise ValueError("real photos (real_mix > 0) are clothes: give their folder, with fashion-mnist")
+        real = real_clothes.processed(real_photos, "train")
+        splits.split += "; " + real_clothes.description(len(real[1]), config.real_mix)
+    if pool is not None or real is not None:
+        batches = PhotoMixBatches(splits, config, pool, real)
     if photo is not None:
         augmentation = augmentation or PhotoAugmentation()
         batches = PhotoBatches(splits.train_images, splits.train_labels, photo, min_scale=augmentation.min_scale,

@@ -37,6 +37,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     photo_mix: float = 0.0  # share of each batch drawn from the pool of processed photos (training/photo_mix.py)
     photo_pool: int = 0  # how many training pictures get a processed photo
+    real_mix: float = 0.0  # share of each batch drawn from real photos (training/real_clothes.py)
+    real_balance: float = 0.5  # real photos drawn with weights count(class) ** -real_balance
+    real_photos: str | None = None  # the manifest of the real photos, when real_mix > 0
     init_from: str | None = None  # a published model.onnx to start from (fine-tuning; batch norms frozen)
     patience: int = 5  # stop after this many epochs without a better validation accuracy
     seed: int = 0

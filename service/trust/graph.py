@@ -7,13 +7,13 @@ The served output keeps its name, shape and meaning (probabilities, or logits fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit
+from service.trust.typicality import STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
@@ -122,7 +122,7 @@ def anatomy(model: onnx.ModelProto, output: str, kind: str = "probabilities") ->
     features = []
     pool = _input_pool(model)
     if pool is not None:
-        features += [(INPUT_VIEW, pool[2]), (PICTURE_STATISTICS, 3 + len(STATISTICS_KERNELS))]
+        features += [(INPUT_VIEW, pool[2]), (PICTURE_STATISTICS, STATISTICS_COUNT)]
     widths, floats = _inferred(model)
     for tensor in _linear_inputs(graph):
         width = widths.get(tensor)
@@ -153,8 +153,7 @@ def _feature_tensors(graph: onnx.GraphProto, parts: Anatomy) -> list[str]:
     names = []
     for tensor, _ in parts.features:
         if tensor == INPUT_VIEW:
-            graph.node.append(helper.make_node("Flatten", [_picture(graph, parts)], [INPUT_VIEW], axis=1))
-            names.append(INPUT_VIEW)
+            names.append(_view(graph, parts))
         elif tensor == PICTURE_STATISTICS:
             names.append(_add_statistics(graph, parts))
         elif tensor in parts.float32:
@@ -186,28 +185,78 @@ def _picture(graph: onnx.GraphProto, parts: Anatomy) -> str:
 
 
 def _add_statistics(graph: onnx.GraphProto, parts: Anatomy) -> str:
-    """typicality.picture_statistics in the graph: the channels' mean; Mul, Mul for x^2, x^4; one Conv of the four
-    kernels, Abs; the means by GlobalAveragePool (powers and responses apart: the valid convolution is 2 pixels
-    smaller); [N, 7] by Concat and Flatten."""
+    """typicality.picture_statistics in the graph, for fitting: the sum of the view's values (ReduceSum) beside the
+    shared statistic columns (`_statistic_columns`), Concat, and one MatMul that makes them the [N, 7] means."""
     p = PICTURE_STATISTICS + "_"
-    x = _picture(graph, parts)
-    if _channels(graph, parts) > 1:
-        graph.node.append(_reduce("ReduceMean", x, p + "grey", parts.opset, graph, keepdims=1))
-        x = p + "grey"
-    kernels = numpy_helper.from_array(STATISTICS_KERNELS[:, None].astype(np.float32), p + "kernels")
-    graph.initializer.append(kernels)
+    view = _view(graph, parts)
+    columns, to_statistics = _statistic_columns(graph, parts)
+    means = np.zeros((1 + len(to_statistics), STATISTICS_COUNT))
+    means[0, 0], means[1:, 1:] = 1.0 / _view_width(parts), to_statistics
+    matrix = numpy_helper.from_array(means.astype(np.float32), p + "means")
+    graph.initializer.append(matrix)
     graph.node.extend([
-        helper.make_node("Mul", [x, x], [p + "x2"]),
-        helper.make_node("Mul", [p + "x2", p + "x2"], [p + "x4"]),
-        helper.make_node("Conv", [x, kernels.name], [p + "responses"]),
-        helper.make_node("Abs", [p + "responses"], [p + "strength"]),
-        helper.make_node("Concat", [x, p + "x2", p + "x4"], [p + "powers"], axis=1),
-        helper.make_node("GlobalAveragePool", [p + "powers"], [p + "power_means"]),  # [N, 3, 1, 1]
-        helper.make_node("GlobalAveragePool", [p + "strength"], [p + "strength_means"]),  # [N, 6, 1, 1]
-        helper.make_node("Concat", [p + "power_means", p + "strength_means"], [p + "means"], axis=1),
-        helper.make_node("Flatten", [p + "means"], [PICTURE_STATISTICS], axis=1),
+        _reduce("ReduceSum", view, p + "sum", parts.opset, graph, keepdims=1),
+        helper.make_node("Concat", [p + "sum", *columns], [p + "sums"], axis=1),
+        helper.make_node("MatMul", [p + "sums", matrix.name], [PICTURE_STATISTICS]),
     ])
     return PICTURE_STATISTICS
+
+
+def _view(graph: onnx.GraphProto, parts: Anatomy) -> str:
+    """INPUT_VIEW, the flattened (pooled) picture, made once per graph."""
+    if not any(INPUT_VIEW in node.output for node in graph.node):
+        graph.node.append(helper.make_node("Flatten", [_picture(graph, parts)], [INPUT_VIEW], axis=1))
+    return INPUT_VIEW
+
+
+def _view_width(parts: Anatomy) -> int:
+    return next(width for tensor, width in parts.features if tensor == INPUT_VIEW)
+
+
+def _statistic_columns(graph: onnx.GraphProto, parts: Anatomy) -> tuple[list[str], np.ndarray]:
+    """The picture statistics after the mean of x, on x, the picture's mean over its channels: [N, 1] sums of x^2 and
+    x^4 (Mul, then ReduceSum and ReduceSumSquare; for one channel the first is also the residual's |x|^2) and [N, 8]
+    means of relu(x * k) and relu(-x * k) (Conv with the kernels and their negatives, which ONNX Runtime fuses with
+    the Relu; GlobalAveragePool, Flatten): |r| = relu(r) + relu(-r), without an Abs, and the pooling reads the
+    convolution's blocked layout as it is, where an Abs needs it reordered first. Returns the three tensors and the
+    [10, 6] matrix that makes their columns statistics 1 to 6 (picture_statistics' order). Made once per graph."""
+    p = PICTURE_STATISTICS + "_"
+    names = [p + "x2", p + "x4", p + "responses"]
+    h, w = _picture_sides(graph, parts)
+    kernels = len(STATISTICS_KERNELS)
+    to_statistics = np.zeros((2 + 2 * kernels, STATISTICS_COUNT - 1))
+    to_statistics[0, 0] = to_statistics[1, 1] = 1.0 / (h * w)
+    for j in range(kernels):
+        to_statistics[2 + j, 2 + j] = to_statistics[2 + kernels + j, 2 + j] = 1.0
+    if any(names[0] in node.output for node in graph.node):
+        return names, to_statistics
+    x, axes, keepdims = _view(graph, parts), (1,), 1  # one channel: the flattened picture is x
+    picture = _picture(graph, parts)
+    if _channels(graph, parts) > 1:
+        graph.node.append(_reduce("ReduceMean", picture, p + "grey", parts.opset, graph, keepdims=1))
+        picture = x = p + "grey"
+        axes, keepdims = (2, 3), 0
+    signed = np.concatenate([STATISTICS_KERNELS, -STATISTICS_KERNELS])[:, None].astype(np.float32)
+    weights = numpy_helper.from_array(signed, p + "kernels")
+    graph.initializer.append(weights)
+    graph.node.extend([
+        helper.make_node("Mul", [x, x], [p + "squares"]),
+        _reduce("ReduceSum", p + "squares", names[0], parts.opset, graph, keepdims=keepdims, axes=axes),  # [N, 1]
+        _reduce("ReduceSumSquare", p + "squares", names[1], parts.opset, graph, keepdims=keepdims, axes=axes),  # [N, 1]
+        helper.make_node("Conv", [picture, weights.name], [p + "signed_responses"]),
+        helper.make_node("Relu", [p + "signed_responses"], [p + "rectified"]),
+        helper.make_node("GlobalAveragePool", [p + "rectified"], [p + "rectified_means"]),  # [N, 8, 1, 1]
+        helper.make_node("Flatten", [p + "rectified_means"], [names[2]], axis=1),  # [N, 8]
+    ])
+    return names, to_statistics
+
+
+def _picture_sides(graph: onnx.GraphProto, parts: Anatomy) -> tuple[int, int]:
+    """Height and width of the (pooled) picture the view flattens."""
+    shape = _input_shape_of(graph)
+    side, nhwc = parts.input_pool
+    h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+    return h // side, w // side
 
 
 def _channels(graph: onnx.GraphProto, parts: Anatomy) -> int:
@@ -240,13 +289,14 @@ def _elem_type(graph: onnx.GraphProto, output: str) -> int:
     return TensorProto.FLOAT
 
 
-def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, keepdims: int = 0) -> onnx.NodeProto:
-    """A reduction over axis 1; axes became an input in opset 18."""
-    if opset >= 18:
-        axes = numpy_helper.from_array(np.array([1], np.int64), out + "_axes")
-        graph.initializer.append(axes)
-        return helper.make_node(op, [tensor, axes.name], [out], keepdims=keepdims)
-    return helper.make_node(op, [tensor], [out], axes=[1], keepdims=keepdims)
+def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, keepdims: int = 0,
+            axes: tuple[int, ...] = (1,)) -> onnx.NodeProto:
+    """A reduction over `axes`; axes became an input in opset 18 (opset 13 for ReduceSum)."""
+    if opset >= (13 if op == "ReduceSum" else 18):
+        name = numpy_helper.from_array(np.array(axes, np.int64), out + "_axes")
+        graph.initializer.append(name)
+        return helper.make_node(op, [tensor, name.name], [out], keepdims=keepdims)
+    return helper.make_node(op, [tensor], [out], axes=list(axes), keepdims=keepdims)
 
 
 def fold(
@@ -302,8 +352,9 @@ def _batch_dim(graph: onnx.GraphProto):
 @dataclass(frozen=True)
 class _Member:
     """A member's raw score columns and how they combine into its standardised score:
-    standard = sum(weights[i] * column[i]) + shift, over the scalar columns of `columns` ((tensor, width) pairs,
-    [N, width] each, in order; members may share a tensor)."""
+    standard = sum over `columns` ((tensor, width) pairs, [N, width] each; members may share a tensor) of the
+    tensor's columns times its `weights` entry (one number per column, or one number for a tensor of width 1), plus
+    shift."""
 
     columns: list[tuple[str, int]]
     weights: list[float]
@@ -314,13 +365,19 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     """typicality = min over members of their standardised scores. Every standardisation (and the residual's
     difference of two norms) is linear in the members' raw columns, so one Gemm does them all at once:
     Concat(raw columns) [N, R] @ W [R, M] + b [M] -> [N, M] standardised scores, then one ReduceMin. ONNX Runtime
-    pays a fixed cost per node on small batches, so fewer nodes is what makes the score cheap."""
+    pays a fixed cost per node on small batches, and a few nanoseconds per value on larger ones, so the score is
+    built from as few nodes, and as few passes over the picture, as the algebra allows."""
     found = []
-    for i, (fit, source) in enumerate(zip(members, _feature_tensors(graph, parts) if members else [])):
+    pairs = list(zip(parts.features, members))
+    on_picture = {tensor: fit for (tensor, _), fit in pairs if tensor in (INPUT_VIEW, PICTURE_STATISTICS)}
+    if on_picture:
+        found.extend(_add_picture_members(graph, parts, on_picture.get(INPUT_VIEW), on_picture.get(PICTURE_STATISTICS)))
+    others = [(feature, fit) for feature, fit in pairs if feature[0] not in on_picture]
+    sources = _feature_tensors(graph, replace(parts, features=[f for f, _ in others])) if others else []
+    for i, ((_, fit), source) in enumerate(zip(others, sources)):
         if isinstance(fit, SubspaceFit):
-            found.extend(_add_subspace(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
-        else:
-            found.append(_add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
+            raise ValueError("a PCA member reads the picture's view only")
+        found.append(_add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
     if energy is not None:
         found.append(_add_energy(graph, parts, energy))
     if not found:
@@ -329,8 +386,9 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     starts = np.cumsum([0] + [width for _, width in tensors])
     weights = np.zeros((starts[-1], len(found)), np.float32)
     for j, member in enumerate(found):
-        rows = [r for c in member.columns for r in range(starts[tensors.index(c)], starts[tensors.index(c) + 1])]
-        weights[rows, j] = member.weights
+        for (tensor, width), column_weights in zip(member.columns, member.weights):
+            start = starts[tensors.index((tensor, width))]
+            weights[start : start + width, j] += column_weights
     combine = numpy_helper.from_array(weights, _PREFIX + "standardise_weights")
     shifts = numpy_helper.from_array(np.array([m.shift for m in found], np.float32), _PREFIX + "standardise_shifts")
     graph.initializer.extend([combine, shifts])
@@ -342,50 +400,86 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
 
 
-def _add_subspace(graph: onnx.GraphProto, source: str, fit: SubspaceFit, p: str, opset: int) -> list[_Member]:
-    """The residual: score = |(x - m) P|^2 - |x - m|^2, minus the squared distance from the principal subspace;
-    with variances, the within score: -sum_k ((x - m) P)_k^2 / v_k. Both standardised as (score - offset) / scale.
-    With variances, one MatMul of the squared coordinates by [1 | 1/v] gives both sums at once."""
-    mean = numpy_helper.from_array(fit.mean.astype(np.float32)[None, :], p + "mean")
-    components = numpy_helper.from_array(fit.components.astype(np.float32), p + "components")
-    graph.initializer.extend([mean, components])
-    graph.node.extend([
-        helper.make_node("Sub", [source, mean.name], [p + "centred"]),
-        helper.make_node("MatMul", [p + "centred", components.name], [p + "coords"]),  # [N, k]
-        _reduce("ReduceSumSquare", p + "centred", p + "norm", opset, graph, keepdims=1),  # [N, 1]: |x - m|^2
-    ])
-    norm = (p + "norm", 1)
-    if fit.variances is None:
-        graph.node.append(_reduce("ReduceSumSquare", p + "coords", p + "explained", opset, graph, keepdims=1))  # |(x - m) P|^2
-        return [_Member([(p + "explained", 1), norm], [1.0 / fit.scale, -1.0 / fit.scale], -fit.offset / fit.scale)]
-    sums = numpy_helper.from_array(np.stack([np.ones_like(fit.variances), 1.0 / fit.variances], 1).astype(np.float32), p + "sums")
-    graph.initializer.append(sums)
-    graph.node.extend([
-        helper.make_node("Mul", [p + "coords", p + "coords"], [p + "squares"]),
-        helper.make_node("MatMul", [p + "squares", sums.name], [p + "explained_within"]),  # [N, 2]
-    ])
-    both = (p + "explained_within", 2)
-    return [
-        _Member([both, norm], [1.0 / fit.scale, 0.0, -1.0 / fit.scale], -fit.offset / fit.scale),
-        _Member([both], [0.0, -1.0 / fit.within_scale], -fit.within_offset / fit.within_scale),
-    ]
+def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: SubspaceFit | None, statistics: GaussianFit | None) -> list[_Member]:
+    """The PCA residual (and within) and the picture statistics from one projection of the picture's view:
+    Z = view @ [P | 1 | m] + [-m P | 0 | 0] (Gemm) gives the coordinates c = (x - m) P, the sum of x and x.m; with
+    |x|^2 (ReduceSumSquare, also the statistics' x^2) the residual is |c|^2 - |x|^2 + 2 x.m - |m|^2, linear in Z * Z,
+    Z and |x|^2. The statistics' raw columns S = [Z, x^2, x^4, relu(+-x * k)] are linear in what the Gaussian reads, so the
+    whitening, the class means and the division by counts fold into two products from S: g = S A (ReduceSumSquare:
+    |g|^2) and S B + |mu|^2 (ReduceMin over the classes); the nearest class's squared distance is their sum."""
+    p = _PREFIX + "picture_"
+    view, width = _view(graph, parts), _view_width(parts)
+    components = subspace.components.shape[1] if subspace is not None else 0
+    mean = subspace.mean if subspace is not None else np.zeros(width)
+    projection = np.zeros((width, components + 2))
+    projection[:, :components] = subspace.components if subspace is not None else 0.0
+    projection[:, components], projection[:, components + 1] = 1.0, mean
+    bias = np.zeros(components + 2)
+    bias[:components] = -(mean @ projection[:, :components])
+    project = numpy_helper.from_array(projection.astype(np.float32), p + "projection")
+    shift = numpy_helper.from_array(bias.astype(np.float32), p + "projection_shift")
+    graph.initializer.extend([project, shift])
+    graph.node.append(helper.make_node("Gemm", [view, project.name, shift.name], [p + "z"]))  # [N, k + 2]
+    columns, to_statistics = _statistic_columns(graph, parts)
+    square_of_grey = components + 2  # the column of the statistics' sum of x^2 in sums
+    square_of_norm = square_of_grey  # the column of the view's |x|^2: the same for one channel
+    if _channels(graph, parts) > 1:  # the statistics read the channels' mean, the residual every value
+        graph.node.append(_reduce("ReduceSumSquare", view, p + "norm", parts.opset, graph, keepdims=1))
+        columns = [*columns, p + "norm"]
+        square_of_norm = components + 2 + len(to_statistics)
+    sums = p + "sums"
+    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 8 (+ 1)]
+    sums_width = components + 2 + len(to_statistics) + (square_of_norm != square_of_grey)
+    found = []
+    if subspace is not None:
+        graph.node.append(helper.make_node("Mul", [p + "z", p + "z"], [p + "z_squared"]))
+        squares = (p + "z_squared", components + 2)
+        residual = np.zeros(components + 2)
+        residual[:components] = 1.0
+        linear = np.zeros(sums_width)
+        linear[components + 1], linear[square_of_norm] = 2.0, -1.0  # + 2 x.m - |x|^2
+        constant = -float(mean @ mean)
+        found.append(_Member([squares, (sums, sums_width)], [residual / subspace.scale, linear / subspace.scale],
+                             (constant - subspace.offset) / subspace.scale))
+        if subspace.variances is not None:
+            within = np.zeros(components + 2)
+            within[:components] = -1.0 / subspace.variances
+            found.append(_Member([squares], [within / subspace.within_scale], -subspace.within_offset / subspace.within_scale))
+    if statistics is not None:
+        # statistics = sums @ means_of (the mean of x from Z's column of ones, then the other sums over their counts)
+        means_of = np.zeros((sums_width, STATISTICS_COUNT))
+        means_of[components, 0] = 1.0 / width
+        means_of[square_of_grey : square_of_grey + len(to_statistics), 1:] = to_statistics  # they follow Z
+        whiten = means_of @ statistics.whitening  # [S, 7]
+        cross = whiten @ (-2.0 * statistics.whitened_means.T)  # [S, C]
+        norms = (statistics.whitened_means**2).sum(1)
+        a = numpy_helper.from_array(whiten.astype(np.float32), p + "whiten")
+        b = numpy_helper.from_array(cross.astype(np.float32), p + "cross")
+        c = numpy_helper.from_array(norms.astype(np.float32), p + "mean_norms")
+        graph.initializer.extend([a, b, c])
+        graph.node.extend([
+            helper.make_node("MatMul", [sums, a.name], [p + "g"]),
+            _reduce("ReduceSumSquare", p + "g", p + "g_norm", parts.opset, graph, keepdims=1),  # [N, 1]
+            helper.make_node("Gemm", [sums, b.name, c.name], [p + "to_means"]),  # [N, C]: |mu_c|^2 - 2 g.mu_c
+            _reduce("ReduceMin", p + "to_means", p + "nearest", parts.opset, graph, keepdims=1),  # [N, 1]
+        ])
+        found.append(_Member([(p + "g_norm", 1), (p + "nearest", 1)], [[-1.0 / statistics.scale]] * 2, -statistics.offset / statistics.scale))
+    return found
 
 
 def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: str, opset: int) -> _Member:
-    """score = -min_c |f L - mu_c L|^2 = -min_c (|g|^2 - 2 g.m_c + |m_c|^2), standardised."""
+    """score = -min_c |f L - mu_c L|^2 = -(|g|^2 + min_c (|m_c|^2 - 2 f L m_c)), g = f L, standardised."""
     whitening = numpy_helper.from_array(fit.whitening.astype(np.float32), p + "whitening")
-    means_t = numpy_helper.from_array((fit.whitened_means.T * -2.0).astype(np.float32), p + "means_times_minus_2")
-    mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32)[None, :], p + "mean_norms")
-    graph.initializer.extend([whitening, means_t, mean_norms])
+    cross = numpy_helper.from_array((fit.whitening @ fit.whitened_means.T * -2.0).astype(np.float32), p + "cross")
+    mean_norms = numpy_helper.from_array((fit.whitened_means**2).sum(1).astype(np.float32), p + "mean_norms")
+    graph.initializer.extend([whitening, cross, mean_norms])
     graph.node.extend([
         helper.make_node("MatMul", [source, whitening.name], [p + "g"]),
         _reduce("ReduceSumSquare", p + "g", p + "g_norm", opset, graph, keepdims=1),  # [N, 1]
-        helper.make_node("MatMul", [p + "g", means_t.name], [p + "cross"]),  # [N, C]
-        helper.make_node("Add", [p + "cross", mean_norms.name], [p + "cross_m"]),
-        helper.make_node("Add", [p + "cross_m", p + "g_norm"], [p + "distances"]),
-        _reduce("ReduceMin", p + "distances", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
+        helper.make_node("Gemm", [source, cross.name, mean_norms.name], [p + "to_means"]),  # [N, C]
+        _reduce("ReduceMin", p + "to_means", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
     ])
-    return _Member([(p + "nearest", 1)], [-1.0 / fit.scale], -fit.offset / fit.scale)
+    return _Member([(p + "g_norm", 1), (p + "nearest", 1)], [-1.0 / fit.scale] * 2, -fit.offset / fit.scale)
 
 
 def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Member:
