@@ -24,6 +24,7 @@ import numpy as np
 
 WINDOW = 0.25  # the flattening window, as a share of the picture's short side: wider than a marker's stroke
 SMALL_PICTURE = 112  # below this (a 28x28 digit, a small crop) the background is flat: no flattening needed
+FLAT_SHARE = 0.4  # one grey level this much of the picture: a drawn or enlarged picture, flat: no flattening needed
 NOISE_LEVELS = 6.0  # ink stands this many robust spreads above the paper's marks
 LIGHT_INK_SHARE = 0.15  # light strokes cover less than this share of a picture; a bright sheet more
 SAMPLE = 3  # medians of large pictures are taken over every third pixel each way
@@ -44,8 +45,11 @@ class Strokes:
 
 def find_strokes(gray: np.ndarray) -> Strokes | None:
     """The digit's strokes in a grayscale picture in [0, 1], or None where nothing is drawn."""
-    if min(gray.shape) < SMALL_PICTURE:  # a small clean picture (a 28x28 digit): its background says
-        return _select(_flattened(gray, light_ink=float(np.median(gray)) < 0.5))
+    if min(gray.shape) < SMALL_PICTURE or _flat_background(gray):
+        # A small clean picture (a 28x28 digit) or a drawn one (a digit enlarged, a canvas export): its background
+        # is one level, which says the ink's side; flattening would take a stroke a seventh of the picture wide
+        # for paper, and the share of bright pixels of a big light digit for a sheet in view.
+        return _select(_flattened(gray, light_ink=float(np.median(gray)) < 0.5, flat=True))
     gray = cv2.GaussianBlur(gray, (0, 0), 0.7)  # sensor noise and JPEG blocks are finer than any stroke
     dark = _flattened(gray, light_ink=False)
     if float(np.median(gray)) >= 0.5 or _bright_share(gray) > LIGHT_INK_SHARE:
@@ -54,6 +58,13 @@ def find_strokes(gray: np.ndarray) -> Strokes | None:
     # table. The side whose thin marks stand out more is the ink's; a texture marks both sides alike.
     light = _flattened(gray, light_ink=True)
     return _select(light if _marked(light) > _marked(dark) else dark)
+
+
+def _flat_background(gray: np.ndarray) -> bool:
+    """Whether one grey level covers FLAT_SHARE of the picture: a drawn or enlarged picture, never a photo (the
+    sensor's noise spreads a photo's paper over many levels)."""
+    levels = np.bincount(np.clip(gray[::SAMPLE, ::SAMPLE] * 255 + 0.5, 0, 255).astype(np.uint8).ravel(), minlength=256)
+    return float(levels.max()) >= FLAT_SHARE * float(levels.sum())
 
 
 def _bright_share(gray: np.ndarray) -> float:
@@ -72,9 +83,9 @@ def _window(gray: np.ndarray) -> int:
     return max(3, int(WINDOW * min(gray.shape)) | 1)
 
 
-def _envelope(gray: np.ndarray, light_ink: bool) -> np.ndarray:
+def _envelope(gray: np.ndarray, light_ink: bool, flat: bool = False) -> np.ndarray:
     """The paper's brightness at each pixel with marks thinner than the window removed."""
-    if min(gray.shape) < SMALL_PICTURE:  # a small picture has a flat background: its median
+    if flat or min(gray.shape) < SMALL_PICTURE:  # a small or drawn picture has a flat background: its median
         return np.full_like(gray, float(np.median(gray)))
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_window(gray),) * 2)
     operation = cv2.MORPH_OPEN if light_ink else cv2.MORPH_CLOSE
@@ -82,10 +93,10 @@ def _envelope(gray: np.ndarray, light_ink: bool) -> np.ndarray:
     return envelope
 
 
-def _flattened(gray: np.ndarray, light_ink: bool) -> np.ndarray:
+def _flattened(gray: np.ndarray, light_ink: bool, flat: bool = False) -> np.ndarray:
     """How much each pixel departs from its paper on the ink's side: as a share of the paper's light for
     dark ink (light falls on both), absolute for light ink on a dark ground."""
-    paper = _envelope(gray, light_ink)
+    paper = _envelope(gray, light_ink, flat)
     if light_ink:
         return np.clip(gray - paper, 0, 1)
     return np.clip((paper - gray) / np.maximum(paper, 0.05), 0, 1)

@@ -501,3 +501,27 @@ def test_the_page_gets_the_apis_input_and_a_picture_to_show(format):
     assert Image.open(io.BytesIO(base64.b64decode(seen.partition(",")[2]))).size == (28, 28)  # what the model saw
     shown = Image.open(io.BytesIO(base64.b64decode(page_picture.partition(",")[2])))
     assert max(shown.size) == DISPLAY_SIZE
+
+
+@pytest.mark.parametrize("side", [140, 280])
+@pytest.mark.parametrize("light_on_dark", [True, False])
+def test_a_clean_digit_enlarged_is_read_as_the_digit(side, light_on_dark):
+    """A digit drawn or enlarged to fill a larger picture (a canvas export, MNIST scaled up): its background is one
+    grey level, so it is read as a small clean picture is. Flattening took its strokes, a seventh of the picture
+    wide, for paper, and a big white digit's bright share for a sheet in view: 44-64% right, light on dark."""
+    import onnxruntime as ort
+
+    root = Path(__file__).resolve().parents[2]
+    with gzip.open(root / "datasets" / "mnist" / "t10k-images-idx3-ubyte.gz") as file:
+        digits = np.frombuffer(file.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:60]
+    with gzip.open(root / "datasets" / "mnist" / "t10k-labels-idx1-ubyte.gz") as file:
+        labels = np.frombuffer(file.read(), np.uint8, offset=8)[:60]
+    session = ort.InferenceSession(str(root / "models" / "mnist-convnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = []
+    for digit in digits:
+        picture = Image.fromarray(digit if light_on_dark else 255 - digit).resize((side, side), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        inputs.append(imaging.to_model_input(buffer.getvalue(), "mnist-digit", max_pixels=10**8))
+    answers = session.run(None, {"input": np.stack(inputs)})[0].argmax(axis=1)
+    assert (answers == labels).mean() >= 0.97
