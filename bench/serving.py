@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     want_floor = photo and (wanted is None or ("floor", None) in wanted)
     floor_batches = [int(b) for b in args.floor_batch_sizes.split(",")]
     floor_rounds: list[list[dict]] = []
+    floor_input = floor_inputs(model_dir) if want_floor else None  # decoded once, measured every round
     started = time.time()
     load_before = os.getloadavg()
     measured: dict[tuple[str, str], Series] = {}
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"p50 {point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  cpu {point.server_cpu_ms_per_request:.3f} ms/req  {point.errors or ''}", flush=True)
                         series.rounds.append(points)
             if want_floor:  # in every round, in turn with the servers, so that the machine's drift falls on both
-                floor_rounds.append(floor_points(*floor_inputs(model_dir), args.service_workers, floor_batches, args.duration))
+                floor_rounds.append(floor_points(*floor_input, args.service_workers, floor_batches, args.duration))
     results = list(measured.values())
     for series in results:
         series.points = [median_point(points) for points in zip(*series.rounds)]

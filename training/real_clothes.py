@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import PROJECT_ROOT, get_spec
+from training.real_photos import checked_bytes
 
 MANIFEST = PROJECT_ROOT / "tests" / "data" / "real_clothes_train.csv"
 CACHE_DIR = PROJECT_ROOT / "data" / "real-clothes"
@@ -68,11 +69,7 @@ def write_manifest(photos: list[RealClothesPhoto], path: Path = MANIFEST) -> Non
 
 
 def load(photo: RealClothesPhoto, directory: Path) -> bytes:
-    """The photo's bytes, refused when they are not the ones the manifest's label was given to."""
-    data = (directory / photo.source).read_bytes()
-    if hashlib.sha256(data).hexdigest() != photo.sha256:
-        raise ValueError(f"{photo.source} is not the file the manifest lists (sha256 differs)")
-    return data
+    return checked_bytes(directory, photo.source, photo.sha256)
 
 
 def manifest_key(photos: list[RealClothesPhoto]) -> str:

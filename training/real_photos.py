@@ -52,10 +52,14 @@ def photos_dir() -> Path | None:
 
 
 def load(photo: RealPhoto, directory: Path) -> bytes:
-    """The photo's bytes, refused when they are not the ones the manifest's label was given to."""
-    data = (directory / photo.file).read_bytes()
-    if hashlib.sha256(data).hexdigest() != photo.sha256:
-        raise ValueError(f"{photo.file} is not the file the manifest lists (sha256 differs)")
+    return checked_bytes(directory, photo.file, photo.sha256)
+
+
+def checked_bytes(directory: Path, name: str, sha256: str) -> bytes:
+    """A listed photo's bytes, refused when they are not the ones the manifest's label was given to."""
+    data = (directory / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{name} is not the file the manifest lists (sha256 differs)")
     return data
 
 

@@ -83,9 +83,10 @@ def _window(gray: np.ndarray) -> int:
     return max(3, int(WINDOW * min(gray.shape)) | 1)
 
 
-def _envelope(gray: np.ndarray, light_ink: bool, flat: bool = False) -> np.ndarray:
-    """The paper's brightness at each pixel with marks thinner than the window removed."""
-    if flat or min(gray.shape) < SMALL_PICTURE:  # a small or drawn picture has a flat background: its median
+def _envelope(gray: np.ndarray, light_ink: bool, flat: bool) -> np.ndarray:
+    """The paper's brightness at each pixel with marks thinner than the window removed; `flat` (a small or drawn
+    picture, find_strokes): one level, its median."""
+    if flat:
         return np.full_like(gray, float(np.median(gray)))
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (_window(gray),) * 2)
     operation = cv2.MORPH_OPEN if light_ink else cv2.MORPH_CLOSE
