@@ -121,6 +121,7 @@ class PhotoPreprocessing:
         else:
             section = {"method": "resize", "interpolation": INTERPOLATION}
             how = f"resized to {self.size}x{self.size} ({INTERPOLATION}), aspect ratio not kept"
+        section["transparency"] = "white"  # decode() composites on white
         section["description"] = (
             f"a picture is decoded upright (EXIF orientation), first frame, as {colour}; {how}; pixels "
             f"scaled to [0, 1], then normalised by the card's mean and std"

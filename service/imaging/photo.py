@@ -2,7 +2,8 @@
 model's size, in its colour order, made as torchvision, timm and Hugging Face's image processors make them
 (all three resize with Pillow):
 
-  decode (first frame, EXIF orientation applied), RGB with transparency composited on white (or L), then
+  decode (first frame, EXIF orientation applied), RGB (or L) with transparency composited on white or the
+               alpha dropped (the card's `transparency`), then
   resize-crop: shorter side -> resize_shorter (the longer one truncated, as torchvision's Resize does), or a
                plain resize to resize_size, then the centre height x width (offsets rounded as torchvision's
                CenterCrop does, or floored as Hugging Face's: crop_rounding);
@@ -46,7 +47,7 @@ def picture_pixels(data: bytes, card: ModelCard, *, max_pixels: int) -> np.ndarr
     image, full_size = decode_sized(
         data, max_pixels=max_pixels, draft=lambda width, height: draft_size(card, width, height), draft_mode=None
     )
-    pixels = np.asarray(framed(as_mode(image, mode), card, full_size))
+    pixels = np.asarray(framed(as_mode(image, mode, card.preprocessing.transparency), card, full_size))
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
     if card.input.color_order == "BGR":
@@ -68,8 +69,9 @@ def draft_size(card: ModelCard, width: int, height: int) -> tuple[int, int]:
     return max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio))
 
 
-def as_mode(image: Image.Image, mode: str) -> Image.Image:
-    """The picture as 8-bit RGB or L; transparency composited on white, 16-bit and float pictures scaled to 8 bits."""
+def as_mode(image: Image.Image, mode: str, transparency: str = "white") -> Image.Image:
+    """The picture as 8-bit RGB or L; 16-bit and float pictures scaled to 8 bits; transparency composited on
+    white, or (`transparency` "drop") the alpha dropped as Pillow's convert does, the colour under it kept."""
     if image.mode == mode:
         return image
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
@@ -82,7 +84,7 @@ def as_mode(image: Image.Image, mode: str) -> Image.Image:
         image = image.convert("LA")
     if image.mode == "RGBa":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if transparency == "white" and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
         image = Image.alpha_composite(Image.new("RGBA", image.size, WHITE), image.convert("RGBA"))
     return image.convert(mode)
 

@@ -115,6 +115,10 @@ class Preprocessing(_Section):
     # Hugging Face's image processors floor it ("floor").
     crop_rounding: Literal["round", "floor"] = "round"
     pad_color: tuple[int, ...] | None = None
+    # The photo methods: what a transparent pixel becomes. "white": composited on white (a product shown on a
+    # page; what folder training does). "drop": the alpha channel dropped and the colour under it kept, as
+    # Pillow's Image.convert("RGB") does for torchvision's ImageFolder, timm and Hugging Face's load_image.
+    transparency: Literal["white", "drop"] = "white"
     description: str | None = None
 
     @field_validator("method")
@@ -166,6 +170,9 @@ class ModelCard(_Section):
             if spec.channels != 1 or (spec.height, spec.width) != (INK_SIDE, INK_SIDE):
                 raise ValueError(f"preprocessing {prep.method!r} makes 1-channel {INK_SIDE}x{INK_SIDE} pictures; the input is "
                                  f"{spec.channels} channel(s) {spec.height}x{spec.width}")
+            if prep.transparency != "white":
+                # The ink methods put a drawing's transparent background behind its strokes themselves.
+                raise ValueError(f"transparency {prep.transparency!r} is for the photo methods; {prep.method!r} finds the ink itself")
             return self
         if spec.height is None or spec.width is None:
             if prep.size is None:

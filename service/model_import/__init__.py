@@ -248,6 +248,10 @@ def input_and_preprocessing(graph, fields: dict) -> tuple[dict, dict]:
         raise ImportRefused(f"--method {method!r} is not accepted; accepted: resize-crop, resize, letterbox")
     if height_dim is None or width_dim is None:
         preprocessing["size"] = list(size)
+    # Transparent pixels as the libraries such models come from make them: torchvision's ImageFolder, timm and
+    # Hugging Face's load_image and convert_to_rgb (do_convert_rgb) all call Pillow's convert("RGB"), which
+    # drops the alpha channel and keeps the colour under it.
+    preprocessing["transparency"] = fields.get("transparency") or "drop"
     preprocessing["description"] = describe(preprocessing, size)
     spec = {
         "name": graph.input_name,
@@ -267,6 +271,13 @@ def input_and_preprocessing(graph, fields: dict) -> tuple[dict, dict]:
 
 
 def describe(preprocessing: dict, size: list) -> str:
+    return f"{_geometry(preprocessing, size)}; {TRANSPARENCY_SAID[preprocessing['transparency']]}"
+
+
+TRANSPARENCY_SAID = {"drop": "transparency dropped (the colour under it kept)", "white": "transparency composited on white"}
+
+
+def _geometry(preprocessing: dict, size: list) -> str:
     h, w = size
     how = preprocessing["interpolation"]
     if preprocessing["method"] == "resize":

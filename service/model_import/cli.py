@@ -80,6 +80,9 @@ def parser(prog: str = "python -m service import") -> argparse.ArgumentParser:
     g.add_argument("--range", type=_numbers(2, "--range"), help="lo,hi: 8-bit pixels 0..255 map onto [lo, hi] (default 0,1; write --range=-1,1 for a negative low)")
     g.add_argument("--mean", type=_numbers(None, "--mean"), help="per-channel mean subtracted after the range (default none)")
     g.add_argument("--std", type=_numbers(None, "--std"), help="per-channel std divided by after the mean")
+    g.add_argument("--transparency", choices=["drop", "white"],
+                   help="a transparent pixel: drop the alpha, keeping the colour under it (default; as Pillow's convert, "
+                        "torchvision, timm and Hugging Face do) or composite it on white")
     g.add_argument("--pad-color", type=_numbers(None, "--pad-color"), help="letterbox: 0..255 per channel (default 114)")
     return p
 
@@ -95,7 +98,7 @@ def main(argv: list[str], prog: str = "python -m service import") -> int:
         "layout": args.layout, "channels": args.channels, "color_order": args.color_order, "size": args.size,
         "method": args.method, "resize_shorter": args.resize_shorter, "crop_pct": args.crop_pct,
         "interpolation": args.interpolation, "range": args.range, "mean": args.mean, "std": args.std,
-        "pad_color": [int(v) for v in args.pad_color] if args.pad_color else None,
+        "pad_color": [int(v) for v in args.pad_color] if args.pad_color else None, "transparency": args.transparency,
     }
     options = ImportOptions(
         model=args.model, name=args.name, labels=args.labels, config=args.config,

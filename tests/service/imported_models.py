@@ -34,6 +34,7 @@ class Recipe:
     channels: int = 3
     dtype: type = np.float32
     logits: bool = True
+    transparency: str = "drop"  # "drop": Pillow's convert, the colour under it kept (as the libraries do); "white": on white
 
 
 @dataclass
@@ -74,7 +75,7 @@ def jpeg_turned(image: Image.Image) -> bytes:
 def reference_pixels(data: bytes, recipe: Recipe) -> np.ndarray:
     """PIL decode, EXIF transpose, RGB (or L), the config's resize and crop: float64 [H, W, C] 0..255."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-    if image.mode in ("RGBA", "LA", "P"):
+    if recipe.transparency == "white" and image.mode in ("RGBA", "LA", "P"):
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
     image = image.convert("L" if recipe.channels == 1 else "RGB")
     width, height = image.size
@@ -165,13 +166,15 @@ def build_models(directory: Path) -> list[Imported]:
                            Recipe(("size", (16, 16)), None, False, Image.Resampling.LANCZOS, 1 / 255, None, None, "NCHW", dtype=np.float16),
                            ["--labels", str(directory / "labels5.txt"), "--method", "resize", "--interpolation", "lanczos"]))
 
-    # Grey, letterboxed, exported with a fixed batch of 1 and a dynamic picture size: the size comes from a flag.
+    # Grey, letterboxed, exported with a fixed batch of 1 and a dynamic picture size: the size comes from a flag;
+    # transparency composited on white, by the flag.
     onnx.save(make_photo_classifier(seed=4, channels=1, height=20, width=30, batch=1, dynamic_size=True, output_name="logits"),
               directory / "grey.onnx")
     models.append(Imported("grey-letterbox", directory / "grey.onnx", "pixel_values",
-                           Recipe(("letterbox", (20, 30), 0), None, False, Image.Resampling.BILINEAR, 1 / 127.5, [1.0], [1.0], "NCHW", channels=1),
+                           Recipe(("letterbox", (20, 30), 0), None, False, Image.Resampling.BILINEAR, 1 / 127.5, [1.0], [1.0], "NCHW", channels=1,
+                                  transparency="white"),
                            ["--labels", str(directory / "labels5.txt"), "--method", "letterbox", "--size", "20x30", "--pad-color", "0",
-                            "--range=-1,1"]))
+                            "--range=-1,1", "--transparency", "white"]))
     return models
 
 

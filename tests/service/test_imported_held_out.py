@@ -1,7 +1,7 @@
 """Issue 17's judging, played on models and pictures the other import tests do not have: configs as they are
 published (DeiT's legacy integer size, MobileViT's unnormalised BGR), a uint8 NHWC model, a grey model, 1,000
-classes; EXIF orientations 1-8, CMYK, grey JPEG, palette GIF, WebP, 16-bit PNG, a photo big enough for the reduced
-JPEG decode. Each model is imported with `python -m service import`, served by `python -m service`, and compared
+classes; EXIF orientations 1-8, CMYK, grey JPEG, palette GIF, WebP, 16-bit PNG, transparent PNGs (RGBA with black under the
+transparency, a keyed palette), a photo big enough for the reduced JPEG decode. Each model is imported with `python -m service import`, served by `python -m service`, and compared
 with a reference written here from the libraries' own rules (transformers' DeiT / MobileViT image processors,
 torchvision's Resize + CenterCrop): uploads within 0.01, v2 through tritonclient (binary and JSON) within 1e-4."""
 
@@ -168,6 +168,15 @@ def pictures() -> dict[str, bytes]:
     grey16 = np.asarray(scene(200, 150, 6).convert("L"), np.uint16) * 257 + np.random.default_rng(0).integers(0, 200, (150, 200), dtype=np.uint16)
     files["grey16.png"] = encode(Image.fromarray(grey16), "PNG")
     files["large.jpg"] = encode(scene(2000, 1500, 7), "JPEG", quality=90)  # decoded at a reduced scale for every model here
+    # Transparency as product shots have it: black (or another colour) under the transparent pixels, which a
+    # plain convert("RGB") keeps.
+    cutout = np.asarray(scene(360, 270, 8).convert("RGBA")).copy()
+    y, x = np.mgrid[0:270, 0:360]
+    cutout[..., 3] = np.clip(255 - np.hypot(x - 180, y - 135) * 2.2, 0, 255).astype(np.uint8)
+    cutout[cutout[..., 3] == 0, :3] = 0
+    files["cutout.png"] = encode(Image.fromarray(cutout), "PNG")
+    keyed = scene(240, 180, 9).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    files["keyed.png"] = encode(keyed, "PNG", transparency=3)  # one palette entry transparent
     return files
 
 
@@ -177,7 +186,8 @@ SPREAD_ON = ("exif1.jpg", "cmyk.jpg", "grey.jpg", "palette.gif", "photo.webp", "
 # --- the reference ----------------------------------------------------------------------------------------------------
 
 def reference_tensor(data: bytes, graph: dict, recipe: dict) -> np.ndarray:
-    """PIL decode, EXIF transpose, RGB or L (a 16-bit picture brought to 8 bits, as the model card documents: Pillow's
+    """PIL decode, EXIF transpose, RGB or L as Pillow's convert makes it (transparency dropped, the colour under it
+    kept: the importer's default, as torchvision, timm and transformers' load_image do; a 16-bit picture brought to 8 bits, as the model card documents: Pillow's
     own conversion clips it to white), the config's resize and crop, scale, normalise, colour order, layout, dtype."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if image.mode == "I;16":

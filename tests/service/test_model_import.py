@@ -54,7 +54,8 @@ def test_the_command_publishes_a_complete_card_and_the_next_version(sources, tmp
         "name": "pixel_values", "layout": "NCHW", "channels": 3, "color_order": "RGB", "height": 24, "width": 32, "dtype": "float32"}
     assert card["input"]["range"] == pytest.approx([0.0, 1.0])
     assert card["preprocessing"] | {"description": ""} == {
-        "method": "resize-crop", "interpolation": "bicubic", "resize_shorter": 40, "crop_rounding": "floor", "description": ""}
+        "method": "resize-crop", "interpolation": "bicubic", "resize_shorter": 40, "crop_rounding": "floor",
+        "transparency": "drop", "description": ""}
     assert card["output"] == {"name": "probabilities", "kind": "probabilities", "shape": ["N", 5], "dtype": "float32"}
     assert card["classes"][2] == "great white shark"
     parse_card(card)
@@ -83,6 +84,8 @@ def test_timm_flags_and_dynamic_sizes_become_the_right_cards(sources, tmp_path):
     grey = json.loads((tmp_path / "grey-letterbox" / "1" / "model.json").read_text())
     assert grey["input"]["color_order"] == "L" and grey["input"]["range"] == [-1.0, 1.0]
     assert grey["preprocessing"]["size"] == [20, 30] and grey["preprocessing"]["pad_color"] == [0]
+    assert grey["preprocessing"]["transparency"] == "white" and fp16["preprocessing"]["transparency"] == "drop"
+    assert grey["preprocessing"]["description"].endswith("transparency composited on white")
 
 
 def _two_inputs(path: Path) -> None:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from service.imaging import photo
 from service.imaging.decode import decode_sized
-from service.inference.card import parse_card
+from service.inference.card import CardError, parse_card
 from tests.service.imported_models import Recipe, encode, jpeg_turned, photo as make_photo, reference_pixels
 
 MAX_PIXELS = 40_000_000
@@ -90,6 +90,35 @@ def test_exif_orientation_is_applied_and_sizes_come_from_the_upright_picture():
     turned = photo.picture_pixels(jpeg_turned(upright), spec, max_pixels=MAX_PIXELS).astype(int)
     straight = photo.picture_pixels(encode(upright, "JPEG", quality=92), spec, max_pixels=MAX_PIXELS).astype(int)
     assert np.abs(turned - straight).mean() < 3  # the same picture, up to JPEG's own losses
+
+
+def cutout_png() -> tuple[bytes, Image.Image]:
+    """A product-shot cut-out: RGBA with an alpha ramp and black under the nearly transparent pixels."""
+    rgba = np.asarray(make_photo(160, 120, seed=4).convert("RGBA")).copy()
+    rgba[..., 3] = np.tile(np.linspace(0, 255, 160).astype(np.uint8), (120, 1))
+    rgba[rgba[..., 3] < 64, :3] = 0
+    return encode(Image.fromarray(rgba), "PNG"), Image.fromarray(rgba)
+
+
+@pytest.mark.parametrize("transparency", ["white", "drop"])
+def test_transparency_follows_the_card(transparency):
+    """"white" composites on white; "drop" is Pillow's convert("RGB"), as torchvision, timm and transformers'
+    load_image make it: the colour under a transparent pixel is kept."""
+    data, rgba = cutout_png()
+    spec = card(method="resize", interpolation="bilinear", transparency=transparency)
+    pixels = photo.picture_pixels(data, spec, max_pixels=MAX_PIXELS)
+    recipe = Recipe(("size", (24, 32)), None, False, Image.Resampling.BILINEAR, 1, None, None, "NHWC", transparency=transparency)
+    np.testing.assert_array_equal(pixels, reference_pixels(data, recipe))
+    dropped = np.asarray(rgba.convert("RGB").resize((32, 24), Image.Resampling.BILINEAR))
+    assert (np.array_equal(pixels, dropped)) == (transparency == "drop")
+    assert pixels[:, 0].mean() > 200 if transparency == "white" else pixels[:, 0].mean() < 60  # the clear edge
+
+
+def test_an_ink_method_takes_no_transparency_setting():
+    with pytest.raises(CardError, match="transparency"):
+        parse_card({"name": "m", "version": 1, "classes": ["a", "b"], "onnx": {"sha256": "0" * 64},
+                    "input": {"name": "x", "shape": ["N", 1, 28, 28]}, "output": {"name": "y"},
+                    "preprocessing": {"method": "mnist-digit", "transparency": "drop"}})
 
 
 def test_transparency_is_composited_on_white_and_odd_modes_are_read():
