@@ -125,17 +125,21 @@ def _import(options: ImportOptions) -> Path:
     }
     parse_card(card)  # the server's own check of the card, before anything runs
     try_on_a_photo(_serialised(model), card)
+    extras: dict[str, bytes] = {}  # files published beside the model
     if options.calibration_data is not None:
         max_pixels = options.max_image_pixels
         if max_pixels is None:
             from service.config import Settings
 
             max_pixels = Settings().max_image_pixels
-        model, card = calibrate(model, card, options.calibration_data, max_pixels=max_pixels)
+        model, card, reliability = calibrate(model, card, options.calibration_data, max_pixels=max_pixels)
         card["source"] = {**card["source"], "calibration_data": options.calibration_data.resolve().name}
         parse_card(card)
         try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
-    return publish(options.repository, options.name, model, card)
+        from service.trust.reliability_diagram import reliability_png
+
+        extras["reliability.png"] = reliability_png(reliability, title=options.name)
+    return publish(options.repository, options.name, model, card, extras)
 
 
 def _refuse_probabilities_taken_for_logits(model, graph, labels: list, spec: dict, preprocessing: dict) -> None:

@@ -11,8 +11,8 @@ from service.model_import.calibration_data import CalibrationDataError, read_cal
 
 
 def calibrate(model, card: dict, folder: Path, *, max_pixels: int):
-    """(the graph to serve, the card with its trust sections); CalibrationDataError when the folder or the fit
-    fails, so that nothing is published."""
+    """(the graph to serve, the card with its trust sections, the reliability bins before and after scaling);
+    CalibrationDataError when the folder or the fit fails, so that nothing is published."""
     from service.trust.fit import fit_trust, with_trust
 
     data = read_calibration_data(folder, parse_card(card), max_pixels=max_pixels)
@@ -32,4 +32,4 @@ def calibrate(model, card: dict, folder: Path, *, max_pixels: int):
     card = with_trust(card, fit)
     card["calibration"] = {**card["calibration"], "pictures_per_label": data.per_class,
                            "data_layout": "train/val/test folders" if data.layout == "splits" else "one folder per label"}
-    return fit.model, card
+    return fit.model, card, fit.reliability

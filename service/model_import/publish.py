@@ -12,9 +12,10 @@ from pathlib import Path
 CARD_METADATA_KEY = "model_card"  # where training puts the card in the ONNX metadata, too
 
 
-def publish(repository: Path, name: str, model, card: dict) -> Path:
-    """Write model.onnx + model.json into a hidden temporary directory beside the versions, then rename it to
-    the next free version number, so the version appears complete or not at all (as training publishes)."""
+def publish(repository: Path, name: str, model, card: dict, extras: dict[str, bytes] | None = None) -> Path:
+    """Write model.onnx + model.json (and `extras`, file name -> bytes) into a hidden temporary directory beside
+    the versions, then rename it to the next free version number, so the version appears complete or not at all
+    (as training publishes)."""
     model_root = Path(repository) / name
     created_root = not model_root.exists()
     model_root.mkdir(parents=True, exist_ok=True)
@@ -30,6 +31,8 @@ def publish(repository: Path, name: str, model, card: dict) -> Path:
             (staging / "model.onnx").write_bytes(model_bytes)
             card["onnx"]["sha256"] = hashlib.sha256(model_bytes).hexdigest()
             (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+            for file_name, content in (extras or {}).items():
+                (staging / file_name).write_bytes(content)
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the published version is for everyone
             try:
                 os.rename(staging, model_root / str(version))

@@ -94,6 +94,11 @@ def test_a_flat_folder_calibrates_the_over_confident_model_and_the_card_records_
     assert expected_calibration_error(before / before.sum(1, keepdims=True), labels) == pytest.approx(calibration["ece_before"], abs=2e-3)
     embedded = {p.key: p.value for p in onnx.load(str(version / "model.onnx")).metadata_props}
     assert json.loads(embedded["model_card"])["calibration"]["temperature"] == calibration["temperature"]
+    # The reliability diagram beside the model, as training writes one: both lines drawn.
+    diagram = np.asarray(Image.open(version / "reliability.png").convert("RGB"))
+    assert diagram.shape == (400, 400, 3)
+    drawn = {tuple(int(v) for v in pixel) for pixel in diagram.reshape(-1, 3)}
+    assert {(200, 90, 40), (30, 90, 200)} <= drawn
 
 
 def test_train_and_test_folders_fit_the_picture_member_and_serving_answers_typicality_and_warnings(sources, tmp_path):

@@ -237,3 +237,18 @@ def test_a_subspace_of_few_pictures_keeps_the_directions_they_span():
     reference = typ.SubspaceFit(mean=pictures.mean(0), components=leading)
     np.testing.assert_allclose(fit.score(others), reference.score(others), rtol=1e-9)
     assert typ.fit_subspace(rng.normal(size=(300, 20))).components.shape == (20, 19)  # more pictures: as before
+
+
+def test_the_reliability_diagram_puts_each_bin_at_its_confidence_and_accuracy():
+    import io
+
+    from PIL import Image
+
+    from service.trust.reliability_diagram import MARGIN, SIDE, STYLES, reliability_png
+
+    bins = [{"count": 5, "confidence": 0.5, "accuracy": 0.25}, {"count": 0, "confidence": None, "accuracy": None}]
+    picture = np.asarray(Image.open(io.BytesIO(reliability_png({"after": bins}, title="m"))).convert("RGB"))
+    inner = SIDE - 2 * MARGIN
+    x, y = round(MARGIN + 0.5 * inner), round(SIDE - MARGIN - 0.25 * inner)
+    assert tuple(picture[y, x]) == STYLES["after"][0]  # the dot of the one non-empty bin
+    assert tuple(picture[round(SIDE - MARGIN - 0.75 * inner), x]) == (255, 255, 255)  # nothing where no bin is
