@@ -287,7 +287,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from training.trust import calibrate_published
+    from training.trust import AlreadyCalibrated, calibrate_published
 
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
@@ -299,7 +299,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(f"refitted {args.model} in place: typicality ({typicality['method']}) threshold {typicality['threshold']:.4f} "
               f"flags {typicality['flagged_share']:.1%} of the test pictures, {typicality['flagged_share_served']}")
         return 0
-    version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
+    try:
+        version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
+    except AlreadyCalibrated as refusal:
+        raise SystemExit(f"error: {refusal}") from None
     calibration, typicality = card["calibration"], card["typicality"]
     print(
         f"published {version_dir}: temperature {calibration['temperature']:.4f}, test ECE {calibration['ece_before']:.4f} -> "

@@ -127,12 +127,23 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
     )
 
 
+class AlreadyCalibrated(ValueError):
+    """The version's graph has its temperature and typicality folded in already."""
+
+
 def calibrate_published(
     version_dir: Path, data_dir: Path | None = None, *, download: bool = False, layers: str = "input"
 ) -> tuple[Path, dict]:
     """Fit trust on a published version and publish it as the next version of the same model."""
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
+    if "calibration" in card:
+        # Its graph already divides the logits by a temperature and answers typicality: a second fit would
+        # stack a temperature on the first and a second typicality output on the graph.
+        raise AlreadyCalibrated(
+            f"{version_dir} is calibrated already (temperature {card['calibration']['temperature']:.4g}); "
+            f"calibrate the version it was made from, or refit its typicality with --refit-typicality"
+        )
     proto = onnx.load(version_dir / card["onnx"]["file"])
     del proto.metadata_props[:]  # the card embedded by publish() is rewritten for the new version
     splits = load_splits(card["training"]["dataset"], data_dir, download=download, seed=card["training"].get("seed", 0))

@@ -88,3 +88,12 @@ def test_evaluate_refuses_a_tampered_model(published_model, mnist_t10k_dir, tmp_
 def test_evaluate_needs_a_version_folder(tmp_path):
     with pytest.raises(SystemExit, match="holds no model.json"):
         main(["evaluate", str(tmp_path)])
+
+
+def test_calibrating_a_calibrated_version_is_refused_and_publishes_nothing(tmp_path):
+    """A shipped version has its temperature and typicality in the graph: a second fit would stack them."""
+    shutil.copytree(PROJECT_ROOT / "models" / "mnist-mlp" / "2", tmp_path / "mnist-mlp" / "2")
+    result = run_cli("calibrate", str(tmp_path / "mnist-mlp" / "2"))
+    assert result.returncode == 1
+    assert "is calibrated already (temperature" in result.stderr and "--refit-typicality" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "mnist-mlp").iterdir()) == ["2"]
