@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -15,8 +14,6 @@ import torch
 from training.data import Splits
 from training.photos import PhotoPreprocessing
 from training.train import TrainConfig, TrainResult
-
-CARD_METADATA_KEY = "model_card"
 
 PREPROCESSING = {
     "digits": {
@@ -118,12 +115,3 @@ def build_card(
         "onnx": {"file": "model.onnx", "opset": opset},
         "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-def embed_card(model: onnx.ModelProto, card: dict) -> None:
-    """Put the card into the ONNX metadata. The file's own sha256 cannot be inside the file it hashes,
-    so the embedded copy leaves `onnx.sha256` out; model.json carries it."""
-    embedded = {**card, "onnx": {k: v for k, v in card["onnx"].items() if k != "sha256"}}
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CARD_METADATA_KEY, json.dumps(embedded, sort_keys=False)

@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 import torch
 
+from service.model_import.publish import CARD_METADATA_KEY, publish
 from service.trust.fit import with_trust
-from training.card import CARD_METADATA_KEY, build_card
+from training.card import build_card
 from training.data import Splits, load_splits
 from training.download import sha256_of
-from training.export import MIN_PARITY_IMAGES, OPSET, check_parity, export_onnx, onnx_probabilities, publish
+from training.export import MIN_PARITY_IMAGES, OPSET, check_parity, export_onnx, onnx_probabilities
 from training.folders import FolderOptions, FolderSplits, folder_path, load_folder
 from training.init_from import load_published_weights
 from training.photo_batches import PhotoBatches

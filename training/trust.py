@@ -21,7 +21,7 @@ from PIL import Image
 from service.trust.fit import ServedPictures, TrustFit, fit_trust, with_trust
 from service.trust.graph import strip_trust
 from training.data import PROJECT_ROOT, Splits, load_splits
-from training.export import _write_model, publish
+from service.model_import.publish import publish, write_version
 from training.report import plot_reliability
 
 REPORT_FILES = ("report.json", "learning_curves.png", "confusion_matrix.png", "misclassified.png")
@@ -185,4 +185,4 @@ def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *
     new_card["typicality"] = typicality
     new_card["calibration"] = card["calibration"]  # same temperature, same served probabilities
     new_card["onnx"] = {k: v for k, v in card["onnx"].items() if k != "sha256"}
-    return _write_model(version_dir, fit.model, new_card, card["version"])
+    return write_version(version_dir, fit.model, new_card, card["version"])

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION_DIR = re.compile(r"[1-9][0-9]{0,8}")
-STAGING_PREFIX = ".tmp-"  # where training/export.py writes a version before renaming it into place
+STAGING_PREFIX = ".tmp-"  # where service/model_import/publish.py writes a version before renaming it into place
 NAME_RULE = "model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 

@@ -125,7 +125,7 @@ def _import(options: ImportOptions) -> Path:
     }
     parse_card(card)  # the server's own check of the card, before anything runs
     try_on_a_photo(_serialised(model), card)
-    extras: dict[str, bytes] = {}  # files published beside the model
+    extras = None  # writes files beside the model
     if options.calibration_data is not None:
         max_pixels = options.max_image_pixels
         if max_pixels is None:
@@ -138,7 +138,10 @@ def _import(options: ImportOptions) -> Path:
         try_on_a_photo(_serialised(model), card)  # the graph as served, with the temperature and typicality in
         from service.trust.reliability_diagram import reliability_png
 
-        extras["reliability.png"] = reliability_png(reliability, title=options.name)
+        diagram = reliability_png(reliability, title=options.name)
+
+        def extras(directory: Path) -> None:
+            (directory / "reliability.png").write_bytes(diagram)
     return publish(options.repository, options.name, model, card, extras)
 
 

@@ -13,7 +13,7 @@ import httpx
 
 from tests.faults.served import serving
 from tests.onnx_models import make_card, make_classifier, write_version
-from training.export import STALE_STAGING_S, _host, publish
+from service.model_import.publish import STALE_STAGING_S, _host, publish
 
 
 def dead_pid() -> int:

@@ -10,8 +10,8 @@ import torch
 from tests.training.synthetic_data import synthetic_images
 
 from training import pipeline
-from training.card import CARD_METADATA_KEY
-from training.export import ExportRefused, check_parity, export_onnx, next_version, publish
+from service.model_import.publish import CARD_METADATA_KEY, next_version, publish
+from training.export import ExportRefused, check_parity, export_onnx
 from training.models import build_model
 from training.train import TrainConfig
 

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from training.card import CARD_METADATA_KEY
+from service.model_import.publish import CARD_METADATA_KEY
 from training.data import DATASETS, PROJECT_ROOT, TEST_IMAGES
 from training.pipeline import evaluate_published
 
