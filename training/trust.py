@@ -89,6 +89,39 @@ def uploads_as_served(images: np.ndarray, method: str) -> np.ndarray:
     return np.stack(made)
 
 
+# Pillow's resampling filters a person's editor or script may enlarge a small picture with.
+FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+           "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+def enlarged_png(picture: np.ndarray, side: int, resample: str, inverted: bool) -> bytes:
+    """A uint8 [28, 28] picture enlarged to `side` pixels a side with one of FILTERS (inverted: dark on light, as a
+    drawing is), as PNG bytes: what a person uploads who enlarged a small digit before sending it."""
+    image = Image.fromarray(255 - picture if inverted else picture)
+    if side != image.width:
+        image = image.resize((side, side), FILTERS[resample])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def enlarged_as_served(images: np.ndarray, sides, resamples, inverted) -> tuple[np.ndarray, np.ndarray]:
+    """Each picture enlarged (`enlarged_png`, one side, filter and polarity per picture) and run through the
+    service's mnist-digit preprocessing: float32 [n, 1, 28, 28] and the indices of the pictures kept (one the
+    preprocessing refuses, a 422, is left out)."""
+    from service.errors import InvalidInput
+    from service.imaging import to_model_input
+
+    made, kept = [], []
+    for i, (picture, side, resample, flip) in enumerate(zip(images, sides, resamples, inverted)):
+        try:
+            made.append(to_model_input(enlarged_png(picture, int(side), resample, bool(flip)), "mnist-digit", max_pixels=40_000_000)[0])
+        except InvalidInput:
+            continue
+        kept.append(i)
+    return (np.stack(made)[:, np.newaxis] if made else np.empty((0, 1, 28, 28), np.float32)), np.asarray(kept, dtype=np.int64)
+
+
 def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
     """What serving makes of the model's own classes: photos of training and validation pictures through the
     preprocessing, and the test pictures sent as PNG uploads (the threshold holds these and the validation photos
