@@ -157,8 +157,8 @@ def enlarged_labels(labels: np.ndarray, filters: np.ndarray, num_classes: int) -
     """Labels that give the enlarged pictures class means of their own, one set per filter (label + num_classes x
     (1 + the filter's index)): the Gaussians (service.trust.typicality.fit_gaussians) fit one mean per label, and
     softened strokes are a mode of each class of their own. Fitted with their digits' labels instead, one mean per
-    class, 24-49% of test digits enlarged 2-5x with bilinear were still flagged (mnist-convnet, 1,000-2,000 of them);
-    with one set of means for them all, 11-22% (3,000); one per filter, 7-9% (bench/enlarged.py's sets)."""
+    class, 23-49% of test digits enlarged 2-5x with bilinear were still flagged (mnist-convnet, 1,000-2,000 of them);
+    with one set of means for them all, 11-22% (3,000); one per filter, 6.5-9% (docs/trust.md, "Enlarged uploads")."""
     group = 1 + np.asarray([list(FILTERS).index(str(f)) for f in filters], dtype=np.int64)
     return np.asarray(labels, dtype=np.int64) + num_classes * group
 
