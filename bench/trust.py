@@ -2,7 +2,8 @@
 dataset's, uniform noise and blank pictures with a scribble, and held-out pictures of other kinds that nothing was
 fitted on (shapes, letters, crops of scikit-image's sample photos, blurred noise and gratings); each as raw tensors
 and as the model sees them when sent as uploads (through its preprocessing method). Also synthetic phone photos of
-the model's own held-out pictures (training/photo_eval.py's fixed sets), which must mostly NOT be flagged. Side by
+the model's own held-out pictures (training/photo_eval.py's fixed sets) and its own test pictures enlarged with Pillow
+and uploaded (own_enlarged), which must mostly NOT be flagged. Side by
 side with the max-softmax baseline (Hendrycks & Gimpel 2017) at the same 5%-of-own-test threshold rule. Also the
 calibration figures from the cards.
 
@@ -25,14 +26,18 @@ from bench.ood_sets import HELD_OUT, as_uploaded, scribbles, small, uniform_nois
 from service.trust.typicality import threshold_for
 from training.data import load_splits
 from training.photo_eval import PHOTO_SETS, photo_set
+from training.trust import FILTERS, enlarged_as_served
 
 RESULTS = Path(__file__).parent / "results"
 OTHER = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 GOALS = {  # the issue's goals: share flagged at least (OOD sets) or at most (own pictures, photos of them)
-    "digits": {"other_dataset": 0.95, "noise": 0.90, "scribble": 0.90, "own": 0.05, "own_photos": 0.10},
+    "digits": {"other_dataset": 0.95, "noise": 0.90, "scribble": 0.90, "own": 0.05, "own_photos": 0.10, "own_enlarged": 0.05},
     "fashion": {"other_dataset": 0.95, "own": 0.05},
 }
-AT_MOST = ("own", "own_photos")  # sets whose goal is a ceiling
+AT_MOST = ("own", "own_photos", "own_enlarged")  # sets whose goal is a ceiling
+# own_enlarged: the own test pictures enlarged to one of these sides with one of these Pillow filters, every other
+# 16 inverted, and uploaded (a small picture a person enlarged before sending it).
+ENLARGED_SIDES = (56, 84, 140, 280)
 
 
 def latest_version(models_dir: Path, name: str) -> Path:
@@ -72,7 +77,17 @@ def picture_sets(dataset: str, method: str, data_dirs: dict, count: int, held_ou
         pictures = make(held_out, seed=7)
         sets[name] = {"raw": (small(pictures), 0), "uploaded": uploaded(pictures, method)}
     sets["own_photos"] = {"uploaded": photo_inputs(dataset, method)}
+    sets["own_enlarged"] = {"uploaded": enlarged_inputs(own.test_images[:count], method)}
     return sets
+
+
+def enlarged_inputs(images: np.ndarray, method: str) -> tuple[np.ndarray, int]:
+    """Each picture enlarged (side, filter and polarity in turn) and uploaded as PNG through the preprocessing."""
+    n = np.arange(len(images))
+    sides = np.asarray(ENLARGED_SIDES)[n % len(ENLARGED_SIDES)]
+    filters = np.asarray(list(FILTERS))[(n // len(ENLARGED_SIDES)) % len(FILTERS)]
+    x, kept = enlarged_as_served(images, sides, filters, (n // 16) % 2 == 1, method)
+    return x, len(images) - len(kept)
 
 
 def score(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +128,8 @@ def markdown(results: list[dict]) -> str:
              "baseline flags a top probability below the value that flags 5% of the model's own test pictures. Uploaded: each",
              "picture sent as a PNG through the model's preprocessing; those it refuses (422) count as flagged. own_photos:",
              "synthetic phone photos of held-out pictures of the model's own classes (training/photo_eval.py's fixed sets).",
+             "own_enlarged: the own test pictures enlarged to 56, 84, 140 or 280 px (nearest, bilinear, bicubic or lanczos; half",
+             "dark on light) and uploaded.",
              "shapes, letters, natural_crops, smooth_noise: held-out pictures nothing was fitted on (bench/ood_sets.py).", "",
              "| model | temperature | test ECE before | after | accuracy |", "|---|---|---|---|---|"]
     for r in results:

@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(pooled), the picture and the input of every linear layer, or none")
     calibrate.add_argument("--refit-typicality", action="store_true",
                            help="refit only the typicality of this served version, in place (same weights and "
-                           "temperature), on the training split and on synthetic photos of it through the service's "
-                           "preprocessing; the threshold also holds the test pictures sent as uploads to the flag rate")
+                           "temperature), on the training split and on synthetic photos and enlarged PNG uploads of it "
+                           "through the service's preprocessing; the threshold also holds the test pictures sent as "
+                           "uploads to the flag rate")
     add_data_options(calibrate)
 
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",

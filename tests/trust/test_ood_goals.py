@@ -17,6 +17,7 @@ from service.imaging import to_model_input
 from tests.trust.datasets import dataset_pictures
 from training.data import PROJECT_ROOT, load_splits
 from training.synthetic_photos import DIGIT_CONDITIONS, photo
+from training.trust import enlarged_as_served
 
 DIGIT_MODELS, CLOTHES_MODELS = ("mnist-convnet", "mnist-mlp"), ("fashion-convnet", "fashion-mlp")
 
@@ -98,12 +99,35 @@ def test_photos_of_digits_are_mostly_not_flagged(name, digit_photos):
     assert flagged(name, digit_photos) <= 0.10
 
 
+@pytest.fixture(scope="module")
+def enlarged_digits() -> tuple[np.ndarray, np.ndarray]:
+    """100 held-out test digits enlarged with Pillow (56 or 140 px, bilinear or bicubic, every other one dark on
+    light) and uploaded as PNG through the preprocessing, and their labels. Enlarged then shrunk back, their strokes
+    are softer than MNIST's: before the typicality was fitted on such uploads, 60-97% of them were flagged."""
+    splits = load_splits("mnist")
+    images, labels = splits.test_images[1600:1700], splits.test_labels[1600:1700]
+    n = np.arange(len(images))
+    x, kept = enlarged_as_served(images, np.where(n % 4 < 2, 56, 140), np.where(n % 2 == 0, "bilinear", "bicubic"), (n // 4) % 2 == 1)
+    assert len(kept) == len(images)  # none refused
+    return x, labels
+
+
+@pytest.mark.parametrize("name", DIGIT_MODELS)
+def test_enlarged_uploads_of_digits_are_mostly_not_flagged(name, enlarged_digits):
+    x, labels = enlarged_digits
+    assert flagged(name, x) <= 0.10
+    session, _ = served(name)
+    (probabilities,) = session.run(["probabilities"], {"input": x})
+    assert (probabilities.argmax(1) == labels).mean() >= 0.95
+
+
 @pytest.mark.parametrize("name", DIGIT_MODELS)
 def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent(name):
     _, card = served(name)
     assert card["typicality"]["flagged_share"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["test_uploaded"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.05
+    assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
 
 
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
