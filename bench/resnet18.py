@@ -10,10 +10,9 @@ one, which fails to load against torch's CPU build). Random weights, seeded; bat
 statistics are set by a few random batches so that activations keep a sensible scale, and the last layer
 is scaled so that the softmax is not one-hot (a top-5 that means something). ~1.8 G multiply-adds per picture.
 
-The version directory is written here, model.onnx and a model.json in the generalised card's shape
-(CARD.md: resize-crop 256 -> 224, bilinear, ImageNet mean / std, NCHW RGB float32) with the file's
-sha256, into a hidden temporary directory renamed into place, as training publishes. Once
-`python -m service import` lands, it can publish the ONNX file instead.
+Published as training and the importer publish (service/model_import/publish.py): model.onnx and a model
+card (docs/models.md: resize-crop 256 -> 224, bilinear, ImageNet mean / std, NCHW RGB float32) renamed into
+place as the next version.
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
 import io
-import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -37,6 +33,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from service.model_import.publish import publish  # noqa: E402
 
 NAME = "resnet18-bench"
 SIZE, RESIZE_SHORTER = 224, 256
@@ -140,31 +139,6 @@ def card(parameters: int, parity: float) -> dict:
     }
 
 
-def publish(repository: Path, proto: onnx.ModelProto, model_card: dict) -> Path:
-    """The next version of NAME, written in a hidden temporary directory and renamed into place."""
-    root = repository / model_card["name"]
-    root.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
-        version = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
-        rest = {key: value for key, value in model_card.items() if key not in ("name", "version", "onnx")}
-        model_card = {"name": model_card["name"], "version": version, **rest,
-                      "onnx": {key: value for key, value in model_card["onnx"].items() if key != "sha256"}}
-        # The card inside the file leaves out the file's own hash, as training's cards do.
-        del proto.metadata_props[:]
-        embedded = proto.metadata_props.add()
-        embedded.key, embedded.value = "model_card", json.dumps(model_card)
-        onnx.save_model(proto, temp / "model.onnx")
-        model_card["onnx"]["sha256"] = hashlib.sha256((temp / "model.onnx").read_bytes()).hexdigest()
-        (temp / "model.json").write_text(json.dumps(model_card, indent=2) + "\n")
-        os.chmod(temp, 0o755)
-        os.rename(temp, root / str(version))
-        return root / str(version)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=None,
@@ -176,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     proto = export(model)
     parity = check_parity(proto, model)
     repository = args.repository or Path(tempfile.mkdtemp(prefix="bench-models-"))
-    version_dir = publish(repository, proto, card(sum(p.numel() for p in model.parameters()), parity))
+    version_dir = publish(repository, NAME, proto, card(sum(p.numel() for p in model.parameters()), parity))
     print(f"published {version_dir} (ONNX Runtime against torch: max abs difference {parity:.2g})")
     return 0
 

@@ -54,7 +54,7 @@ def tiny_model_dir(tmp_path_factory):
     card.update(name="tiny-photo", classes=[f"class-{i:03d}" for i in range(CLASSES)])
     card["output"]["shape"] = ["N", CLASSES]
     repository = tmp_path_factory.mktemp("repository")
-    return resnet18.publish(repository, tiny_photo_model(), card)
+    return resnet18.publish(repository, card["name"], tiny_photo_model(), card)
 
 
 def test_publish_writes_a_complete_version_with_its_hash(tiny_model_dir):
@@ -73,7 +73,7 @@ def test_publish_writes_a_complete_version_with_its_hash(tiny_model_dir):
         "method": "resize-crop", "resize_shorter": 256, "interpolation": "bilinear", "description": ""}
     embedded = {p.key: p.value for p in onnx.load(tiny_model_dir / "model.onnx").metadata_props}
     assert json.loads(embedded["model_card"])["name"] == "tiny-photo"
-    assert resnet18.publish(tiny_model_dir.parent.parent, tiny_photo_model(), card).name == "2"
+    assert resnet18.publish(tiny_model_dir.parent.parent, card["name"], tiny_photo_model(), card).name == "2"
     shutil.rmtree(tiny_model_dir.parent / "2")
 
 
