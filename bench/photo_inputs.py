@@ -42,7 +42,7 @@ def sample_photos(count: int = 4, size: tuple[int, int] = PICTURE_SIZE) -> list[
 
 @dataclass(frozen=True)
 class CardInput:
-    """What of the card the reference pipeline reads (CARD.md's photo methods)."""
+    """What of the card the reference pipeline reads (docs/models.md's photo methods)."""
 
     name: str
     channels: int

@@ -59,7 +59,7 @@ def build_card(
 ) -> dict:
     """The card without `version` and `onnx.sha256`, which publishing fills in. `photo` is given for
     models of folders of pictures: their input, output and preprocessing sections take the generalised
-    shape (CARD.md); the digit models' sections stay as they always were."""
+    shape (docs/models.md); the digit models' sections stay as they always were."""
     spec = splits.dataset
     classes = list(spec.classes)
     hyperparameters = asdict(config)

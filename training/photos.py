@@ -97,7 +97,7 @@ class PhotoPreprocessing:
         return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
 
     def card_input(self) -> dict:
-        """The card's input section (CARD.md): NCHW float32, [0, 1] then the mean / std."""
+        """The card's input section (docs/models.md): NCHW float32, [0, 1] then the mean / std."""
         return {
             "name": "input",
             "layout": "NCHW",
