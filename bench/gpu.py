@@ -1,11 +1,13 @@
-"""GPU check: every shipped model on ONNX Runtime's CUDA execution provider against its CPU one.
+"""GPU check: every model of a repository on ONNX Runtime's CUDA execution provider against its CPU one.
 
-    python bench/gpu.py [--mnist-dir DIR] [--fashion-dir DIR] [--out bench/results]
+    python bench/gpu.py [--repository DIR] [--models a,b] [--mnist-dir DIR] [--fashion-dir DIR] [--out bench/results]
 
 Needs a host with an NVIDIA GPU and onnxruntime-gpu's CUDA 13 / cuDNN 9 libraries. For every model
 in the repository: the service's provider resolver must pick CUDA, and a session built as the service
 builds it must run on CUDA; the CUDA and CPU sessions must agree over the model's whole test split
-(largest probability difference, predicted class, accuracy), shown beside a session with ONNX
+(largest probability difference, predicted class, accuracy; for a photo model, such as an imported one or
+bench/resnet18.py's, over PHOTO_INPUTS photos made into its input by the service's own preprocessing, with
+no labels and so no accuracy), shown beside a session with ONNX
 Runtime's own CUDA defaults (TF32 on); one ONNX Runtime run is timed per batch size on each session,
 with inputs and outputs in host memory as the service passes them; and a fresh session's first run
 at each new batch size is timed with cuDNN's heuristic and exhaustive algorithm search. Writes
@@ -14,6 +16,7 @@ gpu.json and gpu.md; exits non-zero when CUDA cannot be used or the service's se
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -36,6 +39,8 @@ from training.idx import read_pair  # noqa: E402
 
 CUDA = runtime.CUDA
 BATCH_SIZES = (1, 8, 64, 256, 1024)
+PHOTO_BATCH_SIZES = (1, 8, 32, 64)  # a ResNet-sized model: 1,000 times LeNet-5's work a picture
+PHOTO_INPUTS = 256
 NEW_BATCH_SIZES = (2, 5, 13, 29, 64)  # sizes a fresh session has not met, as a dynamic batcher forms them
 # float32 kernels that sum in another order than the CPU's (cuDNN against MLAS) agree to about 1e-6; the
 # predicted class may differ only on an exact near-tie.
@@ -53,13 +58,43 @@ def load_test_split(task: str, directories: dict[str, Path]) -> tuple[np.ndarray
     return (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28), labels.astype(np.int64)
 
 
+def photo_inputs(card: dict, count: int = PHOTO_INPUTS) -> np.ndarray:
+    """`count` photos (bench/photo_inputs.py's JPEGs, mirrored, cropped and turned for variety) made into the
+    model's input tensor by the service's own decoding and preprocessing, as uploads are."""
+    from PIL import Image, ImageOps
+
+    from bench.photo_inputs import sample_photos
+    from service.imaging import picture_pixels
+    from service.inference.card import parse_card
+    from service.inference.model_input import ModelInput
+
+    parsed, made = parse_card(card), []
+    model_input = ModelInput(parsed.input)
+    for index, jpeg in enumerate(sample_photos(5) * (count // 5 + 1)):
+        if len(made) == count:
+            break
+        picture = Image.open(io.BytesIO(jpeg))
+        picture = ImageOps.mirror(picture) if index % 2 else picture
+        picture = picture.rotate(90 * (index // 5 % 4), expand=True).crop((0, 0, 480 - index % 97, 480))
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG", quality=90)
+        pixels, full_scale = picture_pixels(buffer.getvalue(), parsed, max_pixels=40_000_000)
+        made.append(model_input.from_pixels(pixels[np.newaxis], full_scale))
+    return np.concatenate(made)
+
+
+def answers_logits(card: dict) -> bool:
+    """An imported float16 model may answer logits, which the service turns into probabilities (docs/models.md)."""
+    return card["output"].get("kind") == "logits"
+
+
 def run_all(infer: runtime.InferFn, images: np.ndarray, batch: int = 1000) -> np.ndarray:
     return np.concatenate([infer(images[start:start + batch]) for start in range(0, len(images), batch)])
 
 
 def time_per_run(infer: runtime.InferFn, images: np.ndarray, batch: int, budget_s: float = 0.4) -> float:
     """Median seconds of one run on `batch` images, over as many runs as fit in the budget."""
-    inputs = np.ascontiguousarray(np.resize(images, (batch, 1, 28, 28)))
+    inputs = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
     for _ in range(10):
         infer(inputs)
     times: list[float] = []
@@ -71,20 +106,20 @@ def time_per_run(infer: runtime.InferFn, images: np.ndarray, batch: int, budget_
     return float(np.median(times))
 
 
-def first_run_seconds(model_bytes: bytes, card: dict, settings: Settings, conv_algo_search: str) -> dict:
+def first_run_seconds(model_bytes: bytes, card: dict, settings: Settings, conv_algo_search: str, sample: np.ndarray) -> dict:
     """A fresh session's first run at each new batch size after the batch-1 warm-up the service does, against
     the same runs once warm: what a dynamic batcher pays the first time it forms a batch of that size."""
     session = runtime.create_session(model_bytes, runtime.ProviderResolver([CUDA]), intra_op_threads=settings.ort_intra_op_threads,
                                      inter_op_threads=settings.ort_inter_op_threads, cuda_conv_algo_search=conv_algo_search)
-    infer = runtime.make_infer_fn(session, card["input"]["name"], card["output"]["name"])
-    runtime.warm_up(infer, len(card["classes"]))
+    infer = runtime.make_infer_fn(session, card["input"]["name"], card["output"]["name"], logits=answers_logits(card))
+    runtime.warm_up(infer, len(card["classes"]), sample.shape[1:], sample.dtype)
     first = {}
     for batch in NEW_BATCH_SIZES:
-        inputs = np.zeros((batch, 1, 28, 28), dtype=np.float32)
+        inputs = np.zeros((batch, *sample.shape[1:]), dtype=sample.dtype)
         start = time.perf_counter()
         infer(inputs)
         first[batch] = time.perf_counter() - start
-    warm = {batch: time_per_run(infer, np.zeros((1, 1, 28, 28), np.float32), batch, budget_s=0.05) for batch in NEW_BATCH_SIZES}
+    warm = {batch: time_per_run(infer, np.zeros_like(sample[:1]), batch, budget_s=0.05) for batch in NEW_BATCH_SIZES}
     return {"first": first, "warm": warm}
 
 
@@ -99,8 +134,11 @@ def check_model(model_dir: Path, directories: dict[str, Path], settings: Setting
         "cuda-ort-defaults": ort.InferenceSession(model_bytes, runtime.session_options(**threads), providers=[CUDA, runtime.CPU]),
         "cpu": runtime.create_session(model_bytes, runtime.ProviderResolver([runtime.CPU]), **threads),
     }
-    infers = {key: runtime.make_infer_fn(s, card["input"]["name"], card["output"]["name"]) for key, s in sessions.items()}
-    images, labels = load_test_split(card["task"], directories)
+    infers = {key: runtime.make_infer_fn(s, card["input"]["name"], card["output"]["name"], logits=answers_logits(card))
+              for key, s in sessions.items()}
+    photo = card.get("preprocessing", {}).get("method") not in ("mnist-digit", "fashion-fit")
+    images, labels = (photo_inputs(card), None) if photo else load_test_split(card["task"], directories)
+    batch_sizes = PHOTO_BATCH_SIZES if photo else BATCH_SIZES
     answers = {key: run_all(infer, images) for key, infer in infers.items()}
     predicted = {key: probabilities.argmax(axis=1) for key, probabilities in answers.items()}
     gpu_keys = ("cuda", "cuda-ort-defaults")
@@ -108,13 +146,14 @@ def check_model(model_dir: Path, directories: dict[str, Path], settings: Setting
         "model": f"{card['name']}/{card['version']}",
         "providers": {key: s.get_providers() for key, s in sessions.items()},
         "test_images": len(images),
-        "accuracy": {key: float((p == labels).mean()) for key, p in predicted.items()},
+        "accuracy": {key: None if labels is None else float((p == labels).mean()) for key, p in predicted.items()},
         "max_probability_difference": {key: float(np.abs(answers[key] - answers["cpu"]).max()) for key in gpu_keys},
         "class_disagreements": {key: int((predicted[key] != predicted["cpu"]).sum()) for key in gpu_keys},
         "seconds_per_run": {
-            key: {batch: time_per_run(infer, images, batch) for batch in BATCH_SIZES} for key, infer in infers.items()
+            key: {batch: time_per_run(infer, images, batch) for batch in batch_sizes} for key, infer in infers.items()
         },
-        "first_runs": {search: first_run_seconds(model_bytes, card, settings, search) for search in ("heuristic", "exhaustive")},
+        "first_runs": {search: first_run_seconds(model_bytes, card, settings, search, images[:1])
+                       for search in ("heuristic", "exhaustive")},
     }
     result["ok"] = (
         result["providers"]["cuda"][0] == CUDA
@@ -139,16 +178,19 @@ def markdown(report: dict) -> str:
     ]
     for m in report["models"]:
         diff, classes = m["max_probability_difference"], m["class_disagreements"]
+        accuracy = "photos, no labels" if m["accuracy"]["cpu"] is None else f"{m['accuracy']['cuda']:.4f} / {m['accuracy']['cpu']:.4f}"
         lines.append(f"| {m['model']} | {', '.join(m['providers']['cuda'])} | {m['test_images']:,} | "
-                     f"{m['accuracy']['cuda']:.4f} / {m['accuracy']['cpu']:.4f} | {diff['cuda']:.1e} / {diff['cuda-ort-defaults']:.1e} | "
+                     f"{accuracy} | {diff['cuda']:.1e} / {diff['cuda-ort-defaults']:.1e} | "
                      f"{classes['cuda']} / {classes['cuda-ort-defaults']} | {'yes' if m['ok'] else 'NO'} |")
-    lines += ["", "One ONNX Runtime run, median µs (inputs and outputs in host memory; CPU with the service's thread settings):", "",
-              "| model | session | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " | µs per image at batch 1024 |",
-              "|---|---|" + "---:|" * (len(BATCH_SIZES) + 1)]
+    lines += ["", "One ONNX Runtime run, median µs (inputs and outputs in host memory; CPU with the service's thread settings):"]
     for m in report["models"]:
         for key, runs in m["seconds_per_run"].items():
-            lines.append(f"| {m['model']} | {key} | " + " | ".join(f"{runs[b] * 1e6:,.0f}" for b in BATCH_SIZES)
-                         + f" | {runs[BATCH_SIZES[-1]] * 1e6 / BATCH_SIZES[-1]:.2f} |")
+            sizes = sorted(int(b) for b in runs)
+            if key == next(iter(m["seconds_per_run"])):
+                lines += ["", "| model | session | " + " | ".join(f"batch {b}" for b in sizes) + f" | µs per image at batch {sizes[-1]} |",
+                          "|---|---|" + "---:|" * (len(sizes) + 1)]
+            lines.append(f"| {m['model']} | {key} | " + " | ".join(f"{runs[b] * 1e6:,.0f}" for b in sizes)
+                         + f" | {runs[sizes[-1]] * 1e6 / sizes[-1]:.2f} |")
     lines += ["", "A fresh CUDA session's first run at a batch size it has not met (after the batch-1 warm-up), "
               "against the same size once warm, ms:", "",
               "| model | cuDNN algorithm search | " + " | ".join(f"batch {b}: first / warm" for b in NEW_BATCH_SIZES) + " |",
@@ -171,6 +213,7 @@ def gpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository (default models/)")
+    parser.add_argument("--models", help="comma-separated model names (default: every model in the repository)")
     parser.add_argument("--mnist-dir", type=Path, help="folder with MNIST's t10k IDX files (default datasets/mnist, vendored)")
     parser.add_argument("--fashion-dir", type=Path, help="folder with Fashion-MNIST's t10k IDX files")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (default bench/results)")
@@ -185,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA cannot be used here; nothing to compare", file=sys.stderr)
         return 1
     models = []
+    wanted = set(args.models.split(",")) if args.models else None
     for model_dir in sorted(p for p in args.repository.glob("*/[0-9]*") if (p / "model.onnx").is_file()):
+        if wanted is not None and model_dir.parent.name not in wanted:
+            continue
         result = check_model(model_dir, directories, settings)
         print(json.dumps(result), flush=True)
         models.append(result)

@@ -185,3 +185,25 @@ def test_draft_measurement(tiny_model_dir, tmp_path):
     forced = result["640x480, forced to 1/2 scale (draft to 320x240)"]
     assert forced["decoded"] == ["640x480 -> 320x240"] and forced["max_input_difference"] > 0
     assert result["1280x960, draft to the resize target (1/2 scale)"]["decoded"] == ["1280x960 -> 640x480"]
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate provider")  # the CPU provider named twice, standing in for CUDA
+def test_the_gpu_check_runs_a_photo_model_on_photos_made_as_uploads_are(tiny_model_dir, monkeypatch):
+    """bench/gpu.py on a photo model, with the CPU provider standing in for CUDA (no GPU here): photos made into
+    the model's input by the service's own preprocessing, both sessions agreeing, and a report that says there
+    are no labels. On a GPU host the same code compares CUDA with the CPU."""
+    import gpu
+    from service.config import Settings
+
+    monkeypatch.setattr(gpu, "CUDA", "CPUExecutionProvider")
+    monkeypatch.setattr(gpu, "PHOTO_BATCH_SIZES", (1, 4))
+    monkeypatch.setattr(gpu, "NEW_BATCH_SIZES", (2, 3))
+    card = json.loads((tiny_model_dir / "model.json").read_text())
+    x = gpu.photo_inputs(card, count=7)
+    assert x.shape == (7, 3, 224, 224) and x.dtype == np.float32 and len({a.tobytes() for a in x}) == 7
+    result = gpu.check_model(tiny_model_dir, {}, Settings(model_repository=tiny_model_dir.parent.parent))
+    assert result["ok"] and result["test_images"] == gpu.PHOTO_INPUTS and result["accuracy"]["cpu"] is None
+    assert result["max_probability_difference"]["cuda"] == 0.0 and sorted(result["seconds_per_run"]["cpu"]) == [1, 4]
+    report = {"command": "python bench/gpu.py", "resolved_providers": ["CPUExecutionProvider"], "models": [result],
+              "machine": {"gpu": "none", "cpu": "cpu", "cores": 2, "python": "3.11", "onnxruntime": "test"}}
+    assert "| photos, no labels |" in gpu.markdown(report)
