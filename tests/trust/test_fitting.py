@@ -237,3 +237,34 @@ def test_a_subspace_of_few_pictures_keeps_the_directions_they_span():
     reference = typ.SubspaceFit(mean=pictures.mean(0), components=leading)
     np.testing.assert_allclose(fit.score(others), reference.score(others), rtol=1e-9)
     assert typ.fit_subspace(rng.normal(size=(300, 20))).components.shape == (20, 19)  # more pictures: as before
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 12)], ids=["grey-28", "colour-16x12"])
+def test_the_extent_and_penultimate_members_in_the_graph_are_numpys(shape):
+    """The members fashion-mlp is fitted with: the PCA residual and within (128 components where the picture has
+    that many values), the extent, a Mahalanobis member on the last linear layer's input, no picture statistics and no
+    energy. The graph's typicality is the lowest of numpy's standardised scores, and a picture whose object stays
+    clear of the frame's edges scores far below the pictures it was fitted on."""
+    model = make_classifier(seed=12, input_shape=("N", *shape))
+    rng = np.random.default_rng(12)
+    val_x, val_y = overconfident_data(shape, 12, 500)
+    train_x, train_y = overconfident_data(shape, 13, 500)
+    components = min(128, len(train_x) - 1)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y, train_inputs=train_x,
+                    train_labels=train_y, layers="penultimate", components=components, within=True, statistics=False,
+                    energy=False, extent=True)
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "pca-within", "mahalanobis", "extent"]
+    assert fit.typicality["fit_options"]["extent"] and not fit.typicality["fit_options"]["energy"]
+    assert not any(n.op_type == "Conv" for n in fit.model.graph.node)  # no statistics: no kernels to run
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731  the input view and the Gemm's input are both the picture
+    subspace = typ.fit_subspace(flat(train_x), components, within=True).calibrated(flat(val_x))
+    gaussians = typ.fit_gaussians(flat(train_x), train_y, 10).calibrated(flat(val_x))
+    extent = typ.ExtentFit.on(flat(val_x), shape)
+    framed = np.zeros((10, *shape), np.float32)
+    framed[..., 3:-3, 3:-3] = val_x[:10, ..., 3:-3, 3:-3]  # the same pictures, nothing at the edges
+    x = np.concatenate([val_x[:50], rng.random((20, *shape), dtype=np.float32), framed])
+    expected = np.min([subspace.standardised(flat(x)), subspace.standardised_within(flat(x)),
+                       gaussians.standardised(flat(x)), extent.standardised(flat(x))], axis=0)
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
+    assert (extent.standardised(flat(framed)) < -3).all()
