@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(pooled), also the input of the last linear layer, also the input of every linear layer, "
                            "or none (default: input; a refit: the card's)")
     calibrate.add_argument("--components", type=int, default=None, help="principal components of the picture's subspace (default 64)")
+    calibrate.add_argument("--directions", type=int, default=None,
+                           help="keep only this many directions (the least varying within a class) of each layer's Mahalanobis member")
     for member, what in (("within", "the PCA-within member (spread inside the subspace)"), ("statistics", "the picture-statistics member"),
                          ("energy", "the energy member"), ("extent", "the extent member (how far the object reaches the frame's edges)")):
         calibrate.add_argument(f"--{member}", action=argparse.BooleanOptionalAction, default=None,
@@ -298,7 +300,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
     chosen = {"layers": args.layers, "components": args.components, "within": args.within, "statistics": args.statistics,
-              "energy": args.energy, "extent": args.extent}
+              "energy": args.energy, "extent": args.extent, "directions": args.directions}
     options = {k: v for k, v in chosen.items() if v is not None}
     if args.refit_typicality:
         from training.trust import refit_typicality_in_place

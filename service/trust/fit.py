@@ -95,6 +95,7 @@ def fit_trust(
     statistics: bool = True,
     energy: bool = True,
     extent: bool = False,
+    directions: int | None = None,
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
@@ -106,7 +107,8 @@ def fit_trust(
     serving makes of the model's own classes to the typicality's fit, standardisation and threshold. `within` adds the
     PCA-within member (the spread inside the picture's principal subspace) beside the residual; `components` is the
     subspace's size. `statistics` and `energy` keep those members (on by default), `extent` adds the extent member
-    (how far the picture's object reaches the frame's edges; typicality.extent)."""
+    (how far the picture's object reaches the frame's edges; typicality.extent). `directions` keeps only that many
+    directions (those the features vary least in within their class) of each layer's Mahalanobis member."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
@@ -143,7 +145,7 @@ def fit_trust(
             train_labels = np.concatenate([train_labels, np.asarray(served_pictures.train_labels, dtype=np.int64)])
         for (tensor, _), features, held_out in zip(parts.features, train_features, held_out_parts[1:]):
             member = (typ.fit_subspace(features, components, within=within) if tensor == INPUT_VIEW
-                      else typ.fit_gaussians(features, train_labels, num_classes))
+                      else typ.fit_gaussians(features, train_labels, num_classes, None if tensor == PICTURE_STATISTICS else directions))
             members.append(member.calibrated(held_out))
     extent_fit = None
     if extent:
@@ -210,7 +212,7 @@ def fit_trust(
         ],
         # What a refit in place (`calibrate --refit-typicality`) fits again unless told otherwise.
         "fit_options": {"layers": layers, "components": components, "within": within, "statistics": statistics,
-                        "energy": energy, "extent": extent},
+                        "energy": energy, "extent": extent, "directions": directions},
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
         if members else None,
         "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
@@ -250,4 +252,6 @@ def _member(member, tensor: str, dimension: int) -> list[dict]:
     if isinstance(member, typ.SubspaceFit):
         for d in described:
             d["components"] = int(member.components.shape[1])
+    elif member.whitening.shape[1] < member.whitening.shape[0]:
+        described[0]["directions"] = int(member.whitening.shape[1])
     return described

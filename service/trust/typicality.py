@@ -78,7 +78,7 @@ def picture_statistics(pictures: np.ndarray) -> np.ndarray:
 class GaussianFit:
     """What the graph needs: features f -> g = f @ whitening; distances to the whitened class means."""
 
-    whitening: np.ndarray  # [D, D] float64: L with L L^T = precision
+    whitening: np.ndarray  # [D, D] float64: L with L L^T = precision ([D, k]: k directions of it)
     whitened_means: np.ndarray  # [C, D]
     offset: float = 0.0  # mean and spread of `score` on held-out pictures, to standardise it
     scale: float = 1.0
@@ -207,7 +207,10 @@ class ExtentFit:
         return (extent(views, self.shape) - self.offset) / self.scale
 
 
-def fit_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) -> GaussianFit:
+def fit_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int, directions: int | None = None) -> GaussianFit:
+    """Class-conditional Gaussians sharing one covariance. With `directions`, only the `directions` directions in which
+    the features vary least within their class count (the ones the full distance weighs most): a [D, directions]
+    whitening instead of [D, D], so the graph's products are that much smaller."""
     features = np.asarray(features, dtype=np.float64)
     present = np.unique(labels)
     if len(present) < 2:
@@ -217,6 +220,10 @@ def fit_gaussians(features: np.ndarray, labels: np.ndarray, num_classes: int) ->
     covariance = centred.T @ centred / len(features)
     dimension = covariance.shape[0]
     covariance += SHRINKAGE * (np.trace(covariance) / dimension + 1e-12) * np.eye(dimension)
+    if directions is not None:
+        values, vectors = np.linalg.eigh((covariance + covariance.T) / 2.0)  # ascending
+        whitening = vectors[:, :directions] / np.sqrt(values[:directions])  # all of them: the full distance
+        return GaussianFit(whitening=whitening, whitened_means=means @ whitening)
     precision = np.linalg.inv(covariance)
     precision = (precision + precision.T) / 2.0
     whitening = np.linalg.cholesky(precision)
