@@ -115,7 +115,7 @@ def clothes_photos() -> np.ndarray:
 
 
 def test_photos_of_clothes_are_mostly_not_flagged_by_fashion_mlp(clothes_photos):
-    # Its earlier refits on photos flagged 29% of the fixed photo set; this fit 3.5% (bench/results/trust-fashion-mlp.md).
+    # Its earlier refits on photos flagged 29% of the fixed photo set; this fit 3.5% (bench/results/fashion-mlp/trust.md).
     assert flagged("fashion-mlp", clothes_photos) <= 0.10
 
 
