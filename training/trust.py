@@ -110,7 +110,7 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
 
 def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input", *,
                   temperature: float | None = None, served: ServedPictures | None = None, **options) -> TrustFit:
-    """`options`: fit_trust's choice of members (components, within, statistics, energy, extent)."""
+    """`options`: fit_trust's choice of members (components, within, statistics, energy, extent, directions)."""
     return fit_trust(
         proto,
         output=card["output"]["name"],
@@ -166,7 +166,7 @@ def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *
     model.json rewritten in place (the card's sha256 updated, `typicality.refitted_at` added). Accuracy and the
     served probabilities stay exactly as they were. The members are those the card's `typicality.fit_options`
     recorded (fit_trust's defaults where it has none), with `options` (layers, components, within, statistics,
-    energy, extent) changed."""
+    energy, extent, directions) changed."""
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
     options = {**card.get("typicality", {}).get("fit_options", {}), **(options or {})}
