@@ -183,9 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the next version, with the card's calibration and typicality sections and a reliability diagram.",
     )
     calibrate.add_argument("model", type=Path, help="a published version folder, e.g. models/mnist-convnet/1")
-    calibrate.add_argument("--layers", default="input", choices=["input", "all", "none"],
+    calibrate.add_argument("--layers", default=None, choices=["input", "penultimate", "all", "none"],
                            help="Mahalanobis members of the typicality score beside the energy score: the picture "
-                           "(pooled), the picture and the input of every linear layer, or none")
+                           "(pooled), also the input of the last linear layer, also the input of every linear layer, "
+                           "or none (default: input; a refit: the card's)")
+    calibrate.add_argument("--components", type=int, default=None, help="principal components of the picture's subspace (default 64)")
+    calibrate.add_argument("--directions", type=int, default=None,
+                           help="keep only this many directions (the least varying within a class) of each layer's Mahalanobis member")
+    for member, what in (("within", "the PCA-within member (spread inside the subspace)"), ("statistics", "the picture-statistics member"),
+                         ("energy", "the energy member"), ("extent", "the extent member (how far the object reaches the frame's edges)")):
+        calibrate.add_argument(f"--{member}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{what} (default: fit_trust's; a refit: the card's)")
     calibrate.add_argument("--refit-typicality", action="store_true",
                            help="refit only the typicality of this served version, in place (same weights and "
                            "temperature), on the training split and on synthetic photos and enlarged PNG uploads of it "
@@ -292,16 +300,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
+    chosen = {"layers": args.layers, "components": args.components, "within": args.within, "statistics": args.statistics,
+              "energy": args.energy, "extent": args.extent, "directions": args.directions}
+    options = {k: v for k, v in chosen.items() if v is not None}
     if args.refit_typicality:
         from training.trust import refit_typicality_in_place
 
-        card = refit_typicality_in_place(args.model, args.data_dir, download=args.download)
+        card = refit_typicality_in_place(args.model, args.data_dir, download=args.download, options=options)
         typicality = card["typicality"]
         print(f"refitted {args.model} in place: typicality ({typicality['method']}) threshold {typicality['threshold']:.4f} "
               f"flags {typicality['flagged_share']:.1%} of the test pictures, {typicality['flagged_share_served']}")
         return 0
     try:
-        version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, layers=args.layers)
+        version_dir, card = calibrate_published(args.model, args.data_dir, download=args.download, options=options)
     except AlreadyCalibrated as refusal:
         raise SystemExit(f"error: {refusal}") from None
     calibration, typicality = card["calibration"], card["typicality"]

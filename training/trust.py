@@ -19,7 +19,7 @@ import onnx
 from PIL import Image
 
 from service.trust.fit import ServedPictures, TrustFit, fit_trust, with_trust
-from service.trust.graph import strip_trust
+from service.trust.graph import folded_temperature, strip_trust
 from training.data import PROJECT_ROOT, Splits, load_splits
 from service.model_import.publish import publish, write_version
 from training.report import plot_reliability
@@ -198,7 +198,8 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
 
 
 def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input", *,
-                  temperature: float | None = None, served: ServedPictures | None = None) -> TrustFit:
+                  temperature: float | None = None, served: ServedPictures | None = None, **options) -> TrustFit:
+    """`options`: fit_trust's choice of members (components, within, statistics, energy, extent, directions)."""
     return fit_trust(
         proto,
         output=card["output"]["name"],
@@ -213,6 +214,7 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
         },
         temperature=temperature,
         served_pictures=served,
+        **options,
     )
 
 
@@ -221,9 +223,11 @@ class AlreadyCalibrated(ValueError):
 
 
 def calibrate_published(
-    version_dir: Path, data_dir: Path | None = None, *, download: bool = False, layers: str = "input"
+    version_dir: Path, data_dir: Path | None = None, *, download: bool = False, layers: str = "input", options: dict | None = None
 ) -> tuple[Path, dict]:
-    """Fit trust on a published version and publish it as the next version of the same model."""
+    """Fit trust on a published version and publish it as the next version of the same model (`options`: fit_trust's
+    choice of members, `layers` among them)."""
+    options = {"layers": layers, **(options or {})}
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
     if "calibration" in card:
@@ -236,7 +240,7 @@ def calibrate_published(
     proto = onnx.load(version_dir / card["onnx"]["file"])
     del proto.metadata_props[:]  # the card embedded by publish() is rewritten for the new version
     splits = load_splits(card["training"]["dataset"], data_dir, download=download, seed=card["training"].get("seed", 0))
-    fit = fit_on_splits(proto, card, splits, layers)
+    fit = fit_on_splits(proto, card, splits, **options)
     accuracy = fit.calibration["accuracy"]
     if not np.isclose(accuracy, card["metrics"]["test_accuracy"], atol=5e-4):
         raise RuntimeError(f"test accuracy {accuracy} differs from the card's {card['metrics']['test_accuracy']}")
@@ -255,18 +259,25 @@ def calibrate_published(
     return published, json.loads((published / "model.json").read_text())
 
 
-def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *, download: bool = False) -> dict:
+def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *, download: bool = False,
+                              options: dict | None = None) -> dict:
     """Refit a served version's typicality on its dataset and on what serving makes of it (`served_pictures`),
     keeping its weights and temperature: the graph's trust nodes are stripped and folded again, model.onnx and
     model.json rewritten in place (the card's sha256 updated, `typicality.refitted_at` added). Accuracy and the
-    served probabilities stay exactly as they were."""
+    served probabilities stay exactly as they were. The members are those the card's `typicality.fit_options`
+    recorded (fit_trust's defaults where it has none), with `options` (layers, components, within, statistics,
+    energy, extent, directions) changed."""
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
-    proto = strip_trust(onnx.load(version_dir / card["onnx"]["file"]))
+    options = {**card.get("typicality", {}).get("fit_options", {}), **(options or {})}
+    served = onnx.load(version_dir / card["onnx"]["file"])
+    # The graph's own temperature, not the card's rounded one: the served probabilities stay bit for bit the same.
+    temperature = folded_temperature(served) or card["calibration"]["temperature"]
+    proto = strip_trust(served)
     del proto.metadata_props[:]
     dataset = card["training"]["dataset"]
     splits = load_splits(dataset, data_dir, download=download, seed=card["training"].get("seed", 0))
-    fit = fit_on_splits(proto, card, splits, temperature=card["calibration"]["temperature"], served=served_pictures(splits, dataset))
+    fit = fit_on_splits(proto, card, splits, temperature=temperature, served=served_pictures(splits, dataset), **options)
     if fit.calibration["accuracy"] != card["calibration"]["accuracy"]:
         raise RuntimeError(f"accuracy {fit.calibration['accuracy']} differs from the card's {card['calibration']['accuracy']}")
     typicality = {**fit.typicality, "refitted_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -17,12 +17,12 @@ import onnxruntime as ort
 
 from service.trust import calibration as cal
 from service.trust import typicality as typ
-from service.trust.graph import INPUT_VIEW, PICTURE_STATISTICS, TYPICALITY_OUTPUT, anatomy, fold, with_fitting_outputs
+from service.trust.graph import INPUT_VIEW, PICTURE_STATISTICS, TYPICALITY_OUTPUT, anatomy, fold, view_shape, with_fitting_outputs
 
 FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
 LOW_CONFIDENCE_MARGIN = 0.2  # top two calibrated probabilities closer than this: say the model hesitates
 BATCH = 500
-LAYER_CHOICES = ("input", "all", "none")
+LAYER_CHOICES = ("input", "penultimate", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,24 @@ def fit_trust(
     temperature: float | None = None,
     served_pictures: ServedPictures | None = None,
     within: bool = False,
+    components: int = typ.COMPONENTS,
+    statistics: bool = True,
+    energy: bool = True,
+    extent: bool = False,
+    directions: int | None = None,
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
     measure, and choose the threshold, on the test pictures (the validation pictures when none are given).
-    `layers` picks the Mahalanobis members: "input" (the picture, pooled), "all" (also the input of every linear
-    layer) or "none" (the energy score alone). `splits` names each set for the card. `temperature` keeps a known
+    `layers` picks the Mahalanobis members: "input" (the picture, pooled), "penultimate" (also the input of the last
+    linear layer, the features the logits are made of), "all" (also the input of every linear layer) or "none" (the
+    energy score alone). `splits` names each set for the card. `temperature` keeps a known
     temperature instead of fitting one (refitting a served model's typicality in place); `served_pictures` adds the pictures
     serving makes of the model's own classes to the typicality's fit, standardisation and threshold. `within` adds the
-    PCA-within member (the spread inside the picture's principal subspace) beside the residual."""
+    PCA-within member (the spread inside the picture's principal subspace) beside the residual; `components` is the
+    subspace's size. `statistics` and `energy` keep those members (on by default), `extent` adds the extent member
+    (how far the picture's object reaches the frame's edges; typicality.extent). `directions` keeps only that many
+    directions (those the features vary least in within their class) of each layer's Mahalanobis member."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
@@ -108,8 +117,14 @@ def fit_trust(
     parts = anatomy(model, output, kind)
     if train_inputs is None or train_labels is None or layers == "none":
         parts = replace(parts, features=[])
-    elif layers == "input":
-        parts = replace(parts, features=[f for f in parts.features if f[0] in (INPUT_VIEW, PICTURE_STATISTICS)])
+    elif layers in ("input", "penultimate"):
+        on_picture = [f for f in parts.features if f[0] in (INPUT_VIEW, PICTURE_STATISTICS)]
+        layer_inputs = [f for f in parts.features if f[0] not in (INPUT_VIEW, PICTURE_STATISTICS)]
+        parts = replace(parts, features=on_picture + (layer_inputs[-1:] if layers == "penultimate" else []))
+    if not statistics:
+        parts = replace(parts, features=[f for f in parts.features if f[0] != PICTURE_STATISTICS])
+    if extent and INPUT_VIEW not in [f[0] for f in parts.features]:
+        raise ValueError("the extent member reads the picture's view: a 4-D picture of static size and training pictures")
     probe, names = with_fitting_outputs(model, parts)
     val_parts = run_outputs(probe, validation_inputs, names)
     num_classes = val_parts[0].shape[1]
@@ -129,10 +144,15 @@ def fit_trust(
             train_features = [np.concatenate([a, b]) for a, b in zip(train_features, served_train)]
             train_labels = np.concatenate([train_labels, np.asarray(served_pictures.train_labels, dtype=np.int64)])
         for (tensor, _), features, held_out in zip(parts.features, train_features, held_out_parts[1:]):
-            member = typ.fit_subspace(features, within=within) if tensor == INPUT_VIEW else typ.fit_gaussians(features, train_labels, num_classes)
+            member = (typ.fit_subspace(features, components, within=within) if tensor == INPUT_VIEW
+                      else typ.fit_gaussians(features, train_labels, num_classes, None if tensor == PICTURE_STATISTICS else directions))
             members.append(member.calibrated(held_out))
-    energy = typ.EnergyFit.on(held_out_parts[0])
-    folded = fold(model, parts, temperature, members, energy)
+    extent_fit = None
+    if extent:
+        shape = view_shape(model, parts)
+        extent_fit = typ.ExtentFit.on(held_out_parts[1 + [f[0] for f in parts.features].index(INPUT_VIEW)], shape)
+    energy_fit = typ.EnergyFit.on(held_out_parts[0]) if energy or not (members or extent_fit) else None
+    folded = fold(model, parts, temperature, members, energy_fit, extent_fit)
 
     val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
     measured = "test" if test_inputs is not None and test_labels is not None else "validation"
@@ -172,7 +192,8 @@ def fit_trust(
     }
     typicality = {
         "output": TYPICALITY_OUTPUT,
-        "method": "+".join(dict.fromkeys([*(k for m, (t, _) in zip(members, parts.features) for k in _kinds(m, t)), typ.ENERGY])),
+        "method": "+".join(dict.fromkeys([*(k for m, (t, _) in zip(members, parts.features) for k in _kinds(m, t)),
+                                          *([typ.EXTENT] if extent_fit else []), *([typ.ENERGY] if energy_fit else [])])),
         "description": (
             "the lowest of its members' scores, each standardised on held-out pictures of the training distribution "
             f"(0 at its median there, -1 at its {typ.TAIL:.0%} quantile; higher = more typical): pca-residual, minus the squared distance of the picture "
@@ -181,12 +202,17 @@ def fit_trust(
             "minus the squared Mahalanobis distance of 7 numbers describing how the picture is drawn (the means of x, x^2, "
             "x^4 and of the absolute first and second differences across and down) to the nearest class mean; mahalanobis, minus the squared Mahalanobis distance "
             "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
-            "log-sum-exp of the logits (Liu et al. 2020)"
+            "log-sum-exp of the logits (Liu et al. 2020); extent, the log of the ink in the picture's outermost rows "
+            "(top and bottom) or columns (left and right), whichever holds more: how far its object reaches the frame"
         ),
         "members": [
             *(d for m, (t, w) in zip(members, parts.features) for d in _member(m, t, w)),
-            {"kind": typ.ENERGY, "tensor": "logits"},
+            *([{"kind": typ.EXTENT, "tensor": INPUT_VIEW, "band": "the outermost row or column"}] if extent_fit else []),
+            *([{"kind": typ.ENERGY, "tensor": "logits"}] if energy_fit else []),
         ],
+        # What a refit in place (`calibrate --refit-typicality`) fits again unless told otherwise.
+        "fit_options": {"layers": layers, "components": components, "within": within, "statistics": statistics,
+                        "energy": energy, "extent": extent, "directions": directions},
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
         if members else None,
         "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
@@ -226,4 +252,6 @@ def _member(member, tensor: str, dimension: int) -> list[dict]:
     if isinstance(member, typ.SubspaceFit):
         for d in described:
             d["components"] = int(member.components.shape[1])
+    elif member.whitening.shape[1] < member.whitening.shape[0]:
+        described[0]["directions"] = int(member.whitening.shape[1])
     return described

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.trust.typicality import STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, GaussianFit, SubspaceFit
+from service.trust.typicality import EXTENT_FLOOR, STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, ExtentFit, GaussianFit, SubspaceFit, edge_bands
 
 TYPICALITY_OUTPUT = "typicality"
 _PREFIX = "trust_"  # names of everything this module adds
@@ -259,6 +259,11 @@ def _picture_sides(graph: onnx.GraphProto, parts: Anatomy) -> tuple[int, int]:
     return h // side, w // side
 
 
+def view_shape(model: onnx.ModelProto, parts: Anatomy) -> tuple[int, int, int]:
+    """(C, H, W) of the picture the view flattens (pooled), in its NCHW order."""
+    return (_channels(model.graph, parts), *_picture_sides(model.graph, parts))
+
+
 def _channels(graph: onnx.GraphProto, parts: Anatomy) -> int:
     shape = _input_shape_of(graph)
     return shape[3] if parts.input_pool[1] else shape[1]
@@ -300,11 +305,13 @@ def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, 
 
 
 def fold(
-    model: onnx.ModelProto, parts: Anatomy, temperature: float, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None
+    model: onnx.ModelProto, parts: Anatomy, temperature: float, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None,
+    extent: ExtentFit | None = None,
 ) -> onnx.ModelProto:
     """The served graph with the logits divided by `temperature` before the softmax (or before the served logits),
     and a `typicality` output: the lowest standardised score of the members, one per `parts.features` (in that
-    order: a PCA residual or a Mahalanobis score) and the energy of the raw logits (with `energy`)."""
+    order: a PCA residual or a Mahalanobis score), the energy of the raw logits (with `energy`) and the extent of
+    the picture (with `extent`)."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
@@ -314,7 +321,7 @@ def fold(
     graph.initializer.append(t)
 
     # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
-    _add_typicality(graph, parts, members, energy)
+    _add_typicality(graph, parts, members, energy, extent)
 
     if parts.softmax is not None:  # ... -> logits -> Div(T) -> Softmax -> probabilities
         position = next(i for i, n in enumerate(graph.node) if n.op_type == "Softmax" and list(n.output) == list(parts.softmax.output))
@@ -361,7 +368,8 @@ class _Member:
     shift: float
 
 
-def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None) -> None:
+def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None,
+                    extent: ExtentFit | None = None) -> None:
     """typicality = min over members of their standardised scores. Every standardisation (and the residual's
     difference of two norms) is linear in the members' raw columns, so one Gemm does them all at once:
     Concat(raw columns) [N, R] @ W [R, M] + b [M] -> [N, M] standardised scores, then one ReduceMin. ONNX Runtime
@@ -370,8 +378,8 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     found = []
     pairs = list(zip(parts.features, members))
     on_picture = {tensor: fit for (tensor, _), fit in pairs if tensor in (INPUT_VIEW, PICTURE_STATISTICS)}
-    if on_picture:
-        found.extend(_add_picture_members(graph, parts, on_picture.get(INPUT_VIEW), on_picture.get(PICTURE_STATISTICS)))
+    if on_picture or extent is not None:
+        found.extend(_add_picture_members(graph, parts, on_picture.get(INPUT_VIEW), on_picture.get(PICTURE_STATISTICS), extent))
     others = [(feature, fit) for feature, fit in pairs if feature[0] not in on_picture]
     sources = _feature_tensors(graph, replace(parts, features=[f for f, _ in others])) if others else []
     for i, ((_, fit), source) in enumerate(zip(others, sources)):
@@ -400,41 +408,63 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
     graph.node.append(_reduce("ReduceMin", _PREFIX + "standard_scores", TYPICALITY_OUTPUT, parts.opset, graph))
 
 
-def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: SubspaceFit | None, statistics: GaussianFit | None) -> list[_Member]:
-    """The PCA residual (and within) and the picture statistics from one projection of the picture's view:
+def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: SubspaceFit | None, statistics: GaussianFit | None,
+                         extent: ExtentFit | None = None) -> list[_Member]:
+    """The PCA residual (and within), the picture statistics and the extent from one projection of the picture's view:
     Z = view @ [P | 1 | m] + [-m P | 0 | 0] (Gemm) gives the coordinates c = (x - m) P, the sum of x and x.m; with
     |x|^2 (ReduceSumSquare, also the statistics' x^2) the residual is |c|^2 - |x|^2 + 2 x.m - |m|^2, linear in Z * Z,
     Z and |x|^2. The statistics' raw columns S = [Z, x^2, x^4, relu(+-x * k)] are linear in what the Gaussian reads, so the
     whitening, the class means and the division by counts fold into two products from S: g = S A (ReduceSumSquare:
-    |g|^2) and S B + |mu|^2 (ReduceMin over the classes); the nearest class's squared distance is their sum."""
+    |g|^2) and S B + |mu|^2 (ReduceMin over the classes); the nearest class's squared distance is their sum. The
+    extent's two edge sums (top and bottom rows, left and right columns, plus EXTENT_FLOOR) are two more columns of
+    Z: Slice, ReduceMax, Log."""
     p = _PREFIX + "picture_"
     view, width = _view(graph, parts), _view_width(parts)
     components = subspace.components.shape[1] if subspace is not None else 0
     mean = subspace.mean if subspace is not None else np.zeros(width)
-    projection = np.zeros((width, components + 2))
+    z_width = components + 2 + (2 if extent is not None else 0)
+    projection = np.zeros((width, z_width))
     projection[:, :components] = subspace.components if subspace is not None else 0.0
     projection[:, components], projection[:, components + 1] = 1.0, mean
-    bias = np.zeros(components + 2)
+    bias = np.zeros(z_width)
     bias[:components] = -(mean @ projection[:, :components])
+    if extent is not None:
+        projection[:, components + 2 :] = edge_bands(*extent.shape)
+        bias[components + 2 :] = EXTENT_FLOOR
     project = numpy_helper.from_array(projection.astype(np.float32), p + "projection")
     shift = numpy_helper.from_array(bias.astype(np.float32), p + "projection_shift")
     graph.initializer.extend([project, shift])
-    graph.node.append(helper.make_node("Gemm", [view, project.name, shift.name], [p + "z"]))  # [N, k + 2]
-    columns, to_statistics = _statistic_columns(graph, parts)
-    square_of_grey = components + 2  # the column of the statistics' sum of x^2 in sums
+    graph.node.append(helper.make_node("Gemm", [view, project.name, shift.name], [p + "z"]))  # [N, k + 2 (+ 2)]
+    found = []
+    if extent is not None:
+        edges = [numpy_helper.from_array(np.array([v], np.int64), p + "edges_" + n) for v, n in ((components + 2, "start"), (z_width, "end"), (1, "axis"))]
+        graph.initializer.extend(edges)
+        graph.node.extend([
+            helper.make_node("Slice", [p + "z", *(e.name for e in edges)], [p + "edges"]),  # [N, 2]
+            _reduce("ReduceMax", p + "edges", p + "edge_ink", parts.opset, graph, keepdims=1),  # [N, 1]
+            helper.make_node("Log", [p + "edge_ink"], [p + "extent"]),
+        ])
+        found.append(_Member([(p + "extent", 1)], [1.0 / extent.scale], -extent.offset / extent.scale))
+    if subspace is None and statistics is None:
+        return found
+    if statistics is not None:
+        columns, to_statistics = _statistic_columns(graph, parts)
+    else:  # the residual alone needs |x|^2, not the statistics' convolution
+        columns, to_statistics = [], np.zeros((0, STATISTICS_COUNT - 1))
+    square_of_grey = z_width  # the column of the statistics' sum of x^2 in sums
     square_of_norm = square_of_grey  # the column of the view's |x|^2: the same for one channel
-    if _channels(graph, parts) > 1:  # the statistics read the channels' mean, the residual every value
+    own_norm = _channels(graph, parts) > 1 or statistics is None  # the statistics read the channels' mean, the residual every value
+    if own_norm:
         graph.node.append(_reduce("ReduceSumSquare", view, p + "norm", parts.opset, graph, keepdims=1))
         columns = [*columns, p + "norm"]
-        square_of_norm = components + 2 + len(to_statistics)
+        square_of_norm = z_width + len(to_statistics)
     sums = p + "sums"
-    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 + 1 + 1 + 8 (+ 1)]
-    sums_width = components + 2 + len(to_statistics) + (square_of_norm != square_of_grey)
-    found = []
+    graph.node.append(helper.make_node("Concat", [p + "z", *columns], [sums], axis=1))  # [N, k + 2 (+ 2) + 1 + 1 + 8 (+ 1)]
+    sums_width = z_width + len(to_statistics) + own_norm
     if subspace is not None:
         graph.node.append(helper.make_node("Mul", [p + "z", p + "z"], [p + "z_squared"]))
-        squares = (p + "z_squared", components + 2)
-        residual = np.zeros(components + 2)
+        squares = (p + "z_squared", z_width)
+        residual = np.zeros(z_width)
         residual[:components] = 1.0
         linear = np.zeros(sums_width)
         linear[components + 1], linear[square_of_norm] = 2.0, -1.0  # + 2 x.m - |x|^2
@@ -442,7 +472,7 @@ def _add_picture_members(graph: onnx.GraphProto, parts: Anatomy, subspace: Subsp
         found.append(_Member([squares, (sums, sums_width)], [residual / subspace.scale, linear / subspace.scale],
                              (constant - subspace.offset) / subspace.scale))
         if subspace.variances is not None:
-            within = np.zeros(components + 2)
+            within = np.zeros(z_width)
             within[:components] = -1.0 / subspace.variances
             found.append(_Member([squares], [within / subspace.within_scale], -subspace.within_offset / subspace.within_scale))
     if statistics is not None:
@@ -486,6 +516,14 @@ def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Memb
     """The energy of the raw logits, an [N, 1] float32 column, standardised as (energy - offset) / scale."""
     graph.node.append(_reduce("ReduceLogSumExp", _logits_tensor(graph, parts), _PREFIX + "energy", parts.opset, graph, keepdims=1))
     return _Member([(_PREFIX + "energy", 1)], [1.0 / fit.scale], -fit.offset / fit.scale)
+
+
+def folded_temperature(model: onnx.ModelProto) -> float | None:
+    """The temperature `fold` put in the graph, exactly (the card keeps it rounded to 6 decimals), or None."""
+    for initializer in model.graph.initializer:
+        if initializer.name == _PREFIX + "temperature":
+            return float(numpy_helper.to_array(initializer))
+    return None
 
 
 def strip_trust(model: onnx.ModelProto) -> onnx.ModelProto:

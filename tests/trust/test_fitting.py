@@ -252,3 +252,52 @@ def test_the_reliability_diagram_puts_each_bin_at_its_confidence_and_accuracy():
     x, y = round(MARGIN + 0.5 * inner), round(SIDE - MARGIN - 0.25 * inner)
     assert tuple(picture[y, x]) == STYLES["after"][0]  # the dot of the one non-empty bin
     assert tuple(picture[round(SIDE - MARGIN - 0.75 * inner), x]) == (255, 255, 255)  # nothing where no bin is
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 12)], ids=["grey-28", "colour-16x12"])
+def test_the_extent_and_penultimate_members_in_the_graph_are_numpys(shape):
+    """The members fashion-mlp is fitted with: the PCA residual and within (128 components where the picture has
+    that many values), the extent, a Mahalanobis member on the last linear layer's input in its 64 least varying
+    directions, no picture statistics and no energy. The graph's typicality is the lowest of numpy's standardised
+    scores, and a picture whose object stays clear of the frame's edges scores far below the pictures it was fitted on."""
+    model = make_classifier(seed=12, input_shape=("N", *shape))
+    rng = np.random.default_rng(12)
+    val_x, val_y = overconfident_data(shape, 12, 500)
+    train_x, train_y = overconfident_data(shape, 13, 500)
+    components = min(128, len(train_x) - 1)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y, train_inputs=train_x,
+                    train_labels=train_y, layers="penultimate", components=components, within=True, statistics=False,
+                    energy=False, extent=True, directions=64)
+    assert [m["kind"] for m in fit.typicality["members"]] == ["pca-residual", "pca-within", "mahalanobis", "extent"]
+    assert fit.typicality["members"][2]["directions"] == 64
+    assert fit.typicality["fit_options"]["extent"] and not fit.typicality["fit_options"]["energy"]
+    assert not any(n.op_type == "Conv" for n in fit.model.graph.node)  # no statistics: no kernels to run
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731  the input view and the Gemm's input are both the picture
+    subspace = typ.fit_subspace(flat(train_x), components, within=True).calibrated(flat(val_x))
+    gaussians = typ.fit_gaussians(flat(train_x), train_y, 10, directions=64).calibrated(flat(val_x))
+    assert gaussians.whitening.shape == (int(np.prod(shape)), 64)
+    extent = typ.ExtentFit.on(flat(val_x), shape)
+    framed = np.zeros((10, *shape), np.float32)
+    framed[..., 3:-3, 3:-3] = val_x[:10, ..., 3:-3, 3:-3]  # the same pictures, nothing at the edges
+    x = np.concatenate([val_x[:50], rng.random((20, *shape), dtype=np.float32), framed])
+    expected = np.min([subspace.standardised(flat(x)), subspace.standardised_within(flat(x)),
+                       gaussians.standardised(flat(x)), extent.standardised(flat(x))], axis=0)
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, expected, rtol=1e-3, atol=1e-2)
+    assert (extent.standardised(flat(framed)) < -3).all()
+
+
+def test_a_mahalanobis_member_in_its_least_varying_directions():
+    """With every direction kept, `directions` gives the full distance; with fewer, the distance in the directions the
+    features vary least in within their class, where a picture unlike the training pictures stands out most."""
+    rng = np.random.default_rng(4)
+    scales = np.linspace(0.1, 3.0, 12)
+    labels = rng.integers(0, 3, 3000)
+    features = rng.normal(size=(3000, 12)) * scales + np.eye(3, 12)[labels] * 5
+    full = typ.fit_gaussians(features, labels, 3)
+    others = rng.normal(size=(50, 12)) * scales
+    np.testing.assert_allclose(typ.fit_gaussians(features, labels, 3, directions=12).score(others), full.score(others), rtol=1e-9)
+    least = typ.fit_gaussians(features, labels, 3, directions=4)
+    off_axis = np.zeros((1, 12))
+    off_axis[0, 0] = 1.5  # far along the least varying feature (spread 0.1)
+    assert least.score(off_axis)[0] < -100 and least.whitening.shape == (12, 4)

@@ -16,7 +16,7 @@ from service.errors import InvalidInput
 from service.imaging import to_model_input
 from tests.trust.datasets import dataset_pictures
 from training.data import PROJECT_ROOT, load_splits
-from training.synthetic_photos import DIGIT_CONDITIONS, photo
+from training.synthetic_photos import CLOTHES_CONDITIONS, DIGIT_CONDITIONS, photo
 from training.trust import enlarged_as_served
 
 DIGIT_MODELS, CLOTHES_MODELS = ("mnist-convnet", "mnist-mlp"), ("fashion-convnet", "fashion-mlp")
@@ -72,11 +72,12 @@ def test_digit_models_flag_shapes(name):
     assert flagged(name, *uploaded(pictures, "mnist-digit")) >= UPLOADED_SHAPES[name]
 
 
-@pytest.mark.parametrize("name", ["fashion-convnet"])  # fashion-mlp flags about 90% (bench/results/trust.md)
+@pytest.mark.parametrize("name", CLOTHES_MODELS)
 def test_clothes_models_flag_digits_sent_as_tensors_and_as_uploads(name, digits):
     assert flagged(name, digits) >= 0.95
-    # Uploaded, the goal (95%) is met on the bench's 1,000 digits but not on every slice (91% on this one).
-    assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= 0.88
+    # Uploaded, fashion-convnet meets the goal (95%) on the bench's 1,000 digits but not on every slice (91% on this
+    # one); fashion-mlp, with its extent, within and penultimate-layer members, meets it on both.
+    assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= UPLOADED_DIGITS[name]
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +122,37 @@ def test_enlarged_uploads_of_digits_are_mostly_not_flagged(name, enlarged_digits
     assert (probabilities.argmax(1) == labels).mean() >= 0.95
 
 
-@pytest.mark.parametrize("name", DIGIT_MODELS)
+@pytest.fixture(scope="module")
+def clothes_photos() -> np.ndarray:
+    """Synthetic photos (a product shot, a natural photo) of held-out test items, through the preprocessing."""
+    splits = load_splits("fashion-mnist")
+    rng = np.random.default_rng(2028)
+    kept = []
+    for n, i in enumerate(rng.choice(len(splits.test_images), 60, replace=False)):
+        data = photo(CLOTHES_CONDITIONS[n % 2], splits.test_images[i], rng, label=int(splits.test_labels[i]), max_side=700)
+        try:
+            kept.append(to_model_input(data, "fashion-fit", max_pixels=40_000_000))
+        except InvalidInput:
+            continue
+    return np.stack(kept)
+
+
+def test_photos_of_clothes_are_mostly_not_flagged_by_fashion_mlp(clothes_photos):
+    # Its earlier refits on photos flagged 29% of the fixed photo set; this fit 3.5% (bench/results/fashion-mlp/trust.md).
+    assert flagged("fashion-mlp", clothes_photos) <= 0.10
+
+
+@pytest.mark.parametrize("name", [*DIGIT_MODELS, "fashion-mlp"])
 def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent(name):
     _, card = served(name)
     assert card["typicality"]["flagged_share"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["test_uploaded"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.05
-    assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
+    if name in DIGIT_MODELS:  # fitted on enlarged uploads too (fashion-mlp's fit predates them)
+        assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
 
 
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
 UPLOADED_SCRIBBLES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
 UPLOADED_SHAPES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
+UPLOADED_DIGITS = {"fashion-convnet": 0.88, "fashion-mlp": 0.95}
