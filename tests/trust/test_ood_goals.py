@@ -80,19 +80,26 @@ def test_clothes_models_flag_digits_sent_as_tensors_and_as_uploads(name, digits)
     assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= UPLOADED_DIGITS[name]
 
 
-@pytest.fixture(scope="module")
-def digit_photos() -> np.ndarray:
-    """Synthetic phone photos (a page, a card on a table) of held-out test digits, through the preprocessing."""
-    splits = load_splits("mnist")
-    rng = np.random.default_rng(2027)
+def photos_as_served(dataset: str, conditions, method: str, count: int, seed: int, with_back: bool) -> np.ndarray:
+    """Synthetic photos of held-out test pictures under `conditions` (taken in turn), through the preprocessing; a
+    photo the preprocessing refuses is left out."""
+    splits = load_splits(dataset)
+    rng = np.random.default_rng(seed)
     kept = []
-    for n, i in enumerate(rng.choice(len(splits.test_images), 80, replace=False)):
-        data = photo(DIGIT_CONDITIONS[n % 2], splits.test_images[i], rng, back=splits.test_images[rng.integers(100)], max_side=700)
+    for n, i in enumerate(rng.choice(len(splits.test_images), count, replace=False)):
+        extra = {"back": splits.test_images[rng.integers(100)]} if with_back else {"label": int(splits.test_labels[i])}
+        data = photo(conditions[n % 2], splits.test_images[i], rng, max_side=700, **extra)
         try:
-            kept.append(to_model_input(data, "mnist-digit", max_pixels=40_000_000))
+            kept.append(to_model_input(data, method, max_pixels=40_000_000))
         except InvalidInput:
             continue
     return np.stack(kept)
+
+
+@pytest.fixture(scope="module")
+def digit_photos() -> np.ndarray:
+    """Synthetic phone photos (a page, a card on a table) of held-out test digits, through the preprocessing."""
+    return photos_as_served("mnist", DIGIT_CONDITIONS, "mnist-digit", 80, 2027, with_back=True)
 
 
 @pytest.mark.parametrize("name", DIGIT_MODELS)
@@ -125,16 +132,7 @@ def test_enlarged_uploads_of_digits_are_mostly_not_flagged(name, enlarged_digits
 @pytest.fixture(scope="module")
 def clothes_photos() -> np.ndarray:
     """Synthetic photos (a product shot, a natural photo) of held-out test items, through the preprocessing."""
-    splits = load_splits("fashion-mnist")
-    rng = np.random.default_rng(2028)
-    kept = []
-    for n, i in enumerate(rng.choice(len(splits.test_images), 60, replace=False)):
-        data = photo(CLOTHES_CONDITIONS[n % 2], splits.test_images[i], rng, label=int(splits.test_labels[i]), max_side=700)
-        try:
-            kept.append(to_model_input(data, "fashion-fit", max_pixels=40_000_000))
-        except InvalidInput:
-            continue
-    return np.stack(kept)
+    return photos_as_served("fashion-mnist", CLOTHES_CONDITIONS, "fashion-fit", 60, 2028, with_back=False)
 
 
 def test_photos_of_clothes_are_mostly_not_flagged_by_fashion_mlp(clothes_photos):
