@@ -3,8 +3,8 @@
     .venv/bin/python bench/serving.py                 # the full run (about 9 minutes)
     .venv/bin/python bench/serving.py --only service-on:v1-json,ceiling --rounds 1 --duration 3   # a quick look
 
-Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one
-MNIST digit per request, or `--images N`) for: this service at its default worker count with batching on and off,
+Measures requests/s and p50 / p90 / p99 latency at 1, 8 and 64 connections (wrk -t1, one test
+picture of the model's dataset per request, an MNIST digit or a Fashion-MNIST item, or `--images N`) for: this service at its default worker count with batching on and off,
 each over v1 JSON, v2 JSON and v2 binary; a naive FastAPI + ONNX Runtime app; the same with
 PyTorch eager; the ceiling, a raw ASGI app that only parses the JSON body into numpy, run as
 one uvicorn process and again with as many SO_REUSEPORT workers as the service; and the minimal
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from model_floor import floor_inputs, measure as floor_points, summarise as summarise_floor  # noqa: E402
 from photo_inputs import is_photo_model  # noqa: E402
-from serving_bodies import Body, decode_answer, make_bodies, test_digits  # noqa: E402
+from serving_bodies import Body, decode_answer, make_bodies, test_pictures  # noqa: E402
 from serving_photos import answer_matches, photo_paths, photo_request, photo_targets  # noqa: E402
 from serving_report import check_targets, write_markdown, write_plot  # noqa: E402
 from service.config import available_cpus  # noqa: E402
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if photo:
         bodies, expected, preprocessing_cost = photo_request(card, str(model_dir / card["onnx"]["file"]))
     else:
-        images = test_digits(args.images)
+        images = test_pictures(args.images, card.get("training", {}).get("dataset", "mnist"))
         bodies = make_bodies(images)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1

@@ -1,7 +1,8 @@
 """Request bodies for the serving benchmark and the decoding of each server's answer.
 
-Every protocol sends the same pictures: the first MNIST test digits (pixels / 255, as a client's
-`json.dumps(pixels.tolist())` writes them), one per request unless the benchmark asks for more.
+Every protocol sends the same pictures: the first test pictures of the model's dataset, MNIST's digits or
+Fashion-MNIST's items (pixels / 255, as a client's `json.dumps(pixels.tolist())` writes them), one per request
+unless the benchmark asks for more.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data import TEST_IMAGES, verified_file
+from training.data import TEST_IMAGES, get_spec, verified_file
 
 
 
-def test_digits(count: int = 1) -> np.ndarray:
-    """The first MNIST test images (datasets/mnist/, sha256-checked) as float32 [count, 1, 28, 28] in [0, 1]."""
-    with gzip.open(verified_file("mnist", TEST_IMAGES)) as file:
+def test_pictures(count: int = 1, dataset: str = "mnist") -> np.ndarray:
+    """The first test images of `dataset` as float32 [count, 1, 28, 28] in [0, 1]: MNIST's vendored in datasets/mnist/
+    (sha256-checked), Fashion-MNIST's where Debian's dataset-fashion-mnist puts them (re-compressed, so unchecked). A
+    model is sent its own kind of picture: a clothing model sent digits would answer an out-of-distribution warning
+    every time, and the benchmark would time the warnings."""
+    path = verified_file("mnist", TEST_IMAGES) if dataset == "mnist" else get_spec(dataset).default_dir / TEST_IMAGES
+    with gzip.open(path) as file:
         pixels = np.frombuffer(file.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:count]
     return (pixels.astype(np.float64) / 255.0).astype(np.float32).reshape(count, 1, 28, 28)
 

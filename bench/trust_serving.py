@@ -5,8 +5,9 @@ the highest: the one served), side by side.
     python bench/trust_serving.py [--model mnist-convnet] [--version N] [--pairs 3] [--duration 4]
 
 Each pair runs bench/serving.py once on a repository holding only version 1, then once on one holding only
-the other version (the service with batching on, v1 JSON and v2 binary, one digit per request), alternating so
-that slow spells of a shared machine fall on both. Writes bench/results/trust-serving.{json,md}: the median of
+the other version (the service with batching on, v1 JSON and v2 binary, one test picture of the model's
+dataset per request), alternating so
+that slow spells of a shared machine fall on both. Writes bench/results/trust-serving-MODEL.{json,md}: the median of
 each. (The shipped digit models' version 3 is fine-tuned on photos: the same architecture, so the same cost.)
 """
 
@@ -60,10 +61,10 @@ def main() -> int:
     report = {"model": args.model, "connections": 64, "pairs": args.pairs, "duration_s": args.duration, "version": trusted,
               "runs": runs, "median_requests_per_s": medians, f"version_{trusted}_over_version_1": ratio}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "trust-serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"trust-serving-{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# What typicality costs the service", "",
              f"`python bench/trust_serving.py --model {args.model} --version {trusted} --pairs {args.pairs} --duration "
-             f"{args.duration}`: requests/s at 64 connections (median of the pairs, batching on, one digit per request), "
+             f"{args.duration}`: requests/s at 64 connections (median of the pairs, batching on, one test picture of the model's dataset per request), "
              f"version 1 (probabilities only) against version {trusted} (temperature folded in, typicality output, "
              "warnings in the answer), alternated on one machine.", "",
              "Server CPU per request (ms) is the servers' CPU time over the requests answered: less sensitive than "
@@ -71,7 +72,7 @@ def main() -> int:
              f"| measure | version 1 | version {trusted} | ratio |", "|---|---|---|---|"]
     for protocol in medians[1]:
         lines.append(f"| {protocol} | {medians[1][protocol]:.3f} | {medians[trusted][protocol]:.3f} | {ratio[protocol]:.3f} |")
-    (RESULTS / "trust-serving.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"trust-serving-{args.model}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
