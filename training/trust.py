@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 from PIL import Image
 
+from service.imaging.photo import FILTERS as PHOTO_FILTERS
+from service.model_import.publish import publish, write_version
 from service.trust.fit import ServedPictures, TrustFit, fit_trust, with_trust
 from service.trust.graph import folded_temperature, strip_trust
 from training.data import PROJECT_ROOT, Splits, load_splits
-from service.model_import.publish import publish, write_version
 from training.report import plot_reliability
 
 REPORT_FILES = ("report.json", "learning_curves.png", "confusion_matrix.png", "misclassified.png")
@@ -78,25 +79,14 @@ def photos_as_served(images: np.ndarray, labels: np.ndarray, dataset: str, count
 
 
 def uploads_as_served(images: np.ndarray, method: str) -> np.ndarray:
-    """uint8 [N, 28, 28] pictures each sent as a PNG upload: the tensors the service's preprocessing makes of them
-    (a picture it refuses, a 422, gets no answer to flag and is left out)."""
-    from service.errors import InvalidInput
-    from service.imaging import to_model_input
-
-    made = []
-    for picture in images:
-        buffer = io.BytesIO()
-        Image.fromarray(picture).save(buffer, format="PNG")
-        try:
-            made.append(to_model_input(buffer.getvalue(), method, max_pixels=40_000_000))
-        except InvalidInput:
-            continue
-    return np.stack(made)
+    """uint8 [N, 28, 28] pictures each sent as a PNG upload, as they are: the tensors the service's preprocessing
+    makes of them (a picture it refuses, a 422, gets no answer to flag and is left out)."""
+    count = len(images)
+    return enlarged_as_served(images, [28] * count, ["nearest"] * count, [False] * count, method)[0]
 
 
 # Pillow's resampling filters a person's editor or script may enlarge a small picture with.
-FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-           "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+FILTERS = {name: PHOTO_FILTERS[name] for name in ("nearest", "bilinear", "bicubic", "lanczos")}
 
 
 def enlarged_png(picture: np.ndarray, side: int, resample: str, inverted: bool) -> bytes:
