@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--directions", type=int, default=None,
                            help="keep only this many directions (the least varying within a class) of each layer's Mahalanobis member")
     for member, what in (("within", "the PCA-within member (spread inside the subspace)"), ("statistics", "the picture-statistics member"),
-                         ("energy", "the energy member"), ("extent", "the extent member (how far the object reaches the frame's edges)")):
+                         ("energy", "the energy member"), ("extent", "the extent member (how far the object reaches the frame's edges)"),
+                         ("outlier-exposure", "the outlier head, fitted to tell the training pictures from drawings that are "
+                          "none of the classes (training/doodles.py)")):
         calibrate.add_argument(f"--{member}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"{what} (default: fit_trust's; a refit: the card's)")
     calibrate.add_argument("--refit-typicality", action="store_true",
@@ -301,7 +303,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
     chosen = {"layers": args.layers, "components": args.components, "within": args.within, "statistics": args.statistics,
-              "energy": args.energy, "extent": args.extent, "directions": args.directions}
+              "energy": args.energy, "extent": args.extent, "directions": args.directions,
+              "outlier_exposure": args.outlier_exposure}
     options = {k: v for k, v in chosen.items() if v is not None}
     if args.refit_typicality:
         from training.trust import refit_typicality_in_place

@@ -23,6 +23,7 @@ from service.model_import.publish import publish, write_version
 from service.trust.fit import ServedPictures, TrustFit, fit_trust, with_trust
 from service.trust.graph import folded_temperature, strip_trust
 from training.data import PROJECT_ROOT, Splits, load_splits
+from training.doodles import doodles_as_served
 from training.report import plot_reliability
 
 REPORT_FILES = ("report.json", "learning_curves.png", "confusion_matrix.png", "misclassified.png")
@@ -41,6 +42,8 @@ PHOTO_FLAG_RATE = 0.05
 ENLARGED_TRAIN, ENLARGED_VALIDATION, ENLARGED_SEEDS = 3000, 300, (13, 14)
 ENLARGED_FACTORS = (2.0, 10.0)
 ENLARGED_FLAG_RATE = 0.05
+# Drawings that are none of the classes the outlier head is fitted on (`--outlier-exposure`), and their seed.
+DOODLES, DOODLE_SEED = 3000, 21
 
 def model_inputs(images: np.ndarray) -> np.ndarray:
     """uint8 [N,28,28] -> float32 [N,1,28,28] in [0, 1], as the exported graph takes them."""
@@ -188,8 +191,11 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
 
 
 def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: str = "input", *,
-                  temperature: float | None = None, served: ServedPictures | None = None, **options) -> TrustFit:
-    """`options`: fit_trust's choice of members (components, within, statistics, energy, extent, directions)."""
+                  temperature: float | None = None, served: ServedPictures | None = None, outlier_exposure: bool = False,
+                  **options) -> TrustFit:
+    """`options`: fit_trust's choice of members (components, within, statistics, energy, extent, directions);
+    `outlier_exposure` adds the outlier head, fitted on DOODLES drawings (training/doodles.py) as served."""
+    outliers = doodles_as_served(card["preprocessing"]["method"], DOODLES, DOODLE_SEED) if outlier_exposure else None
     return fit_trust(
         proto,
         output=card["output"]["name"],
@@ -204,6 +210,10 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
         },
         temperature=temperature,
         served_pictures=served,
+        outliers=outliers,
+        outliers_description=(f"{0 if outliers is None else len(outliers)} drawings that are not the classes (training/doodles.py: "
+                              f"curves, arcs with a line, spirals, blob outlines; seed {DOODLE_SEED}) sent as PNG uploads "
+                              f"through the service's {card['preprocessing']['method']} preprocessing"),
         **options,
     )
 

@@ -18,7 +18,9 @@ import onnxruntime as ort
 from service.trust import calibration as cal
 from service.trust import typicality as typ
 from service.trust.graph import INPUT_VIEW, PICTURE_STATISTICS, TYPICALITY_OUTPUT, anatomy, fold, view_shape, with_fitting_outputs
+from service.trust.outlier_head import HIDDEN, fit_outlier_head
 
+OUTLIER_HEAD = "outlier-head"
 FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
 LOW_CONFIDENCE_MARGIN = 0.2  # top two calibrated probabilities closer than this: say the model hesitates
 BATCH = 500
@@ -96,6 +98,8 @@ def fit_trust(
     energy: bool = True,
     extent: bool = False,
     directions: int | None = None,
+    outliers: np.ndarray | None = None,
+    outliers_description: str = "",
 ) -> TrustFit:
     """Fit the temperature on the validation pictures, the Gaussians on the training pictures (the energy score
     when the graph has no feature tensors or no training labels), their standardisation on the validation pictures;
@@ -108,7 +112,10 @@ def fit_trust(
     PCA-within member (the spread inside the picture's principal subspace) beside the residual; `components` is the
     subspace's size. `statistics` and `energy` keep those members (on by default), `extent` adds the extent member
     (how far the picture's object reaches the frame's edges; typicality.extent). `directions` keeps only that many
-    directions (those the features vary least in within their class) of each layer's Mahalanobis member."""
+    directions (those the features vary least in within their class) of each layer's Mahalanobis member. `outliers`, model inputs made of pictures that are none of the
+    model's classes (`outliers_description` says which, for the card), adds the outlier head (outlier_head.py): fitted
+    to tell them from the training pictures (and the served training pictures) on the input of the second linear
+    layer and the picture statistics."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"layers must be one of {', '.join(LAYER_CHOICES)}, not {layers!r}")
     if isinstance(model, bytes):
@@ -151,8 +158,11 @@ def fit_trust(
     if extent:
         shape = view_shape(model, parts)
         extent_fit = typ.ExtentFit.on(held_out_parts[1 + [f[0] for f in parts.features].index(INPUT_VIEW)], shape)
-    energy_fit = typ.EnergyFit.on(held_out_parts[0]) if energy or not (members or extent_fit) else None
-    folded = fold(model, parts, temperature, members, energy_fit, extent_fit)
+    head = None
+    if outliers is not None:
+        head = _fit_head(model, output, kind, train_inputs, served_pictures, validation_inputs, outliers)
+    energy_fit = typ.EnergyFit.on(held_out_parts[0]) if energy or not (members or extent_fit or head) else None
+    folded = fold(model, parts, temperature, members, energy_fit, extent_fit, head)
 
     val_served, val_scores = run_outputs(folded, validation_inputs, [output, TYPICALITY_OUTPUT])
     measured = "test" if test_inputs is not None and test_labels is not None else "validation"
@@ -193,7 +203,8 @@ def fit_trust(
     typicality = {
         "output": TYPICALITY_OUTPUT,
         "method": "+".join(dict.fromkeys([*(k for m, (t, _) in zip(members, parts.features) for k in _kinds(m, t)),
-                                          *([typ.EXTENT] if extent_fit else []), *([typ.ENERGY] if energy_fit else [])])),
+                                          *([typ.EXTENT] if extent_fit else []), *([typ.ENERGY] if energy_fit else []),
+                                          *([OUTLIER_HEAD] if head else [])])),
         "description": (
             "the lowest of its members' scores, each standardised on held-out pictures of the training distribution "
             f"(0 at its median there, -1 at its {typ.TAIL:.0%} quantile; higher = more typical): pca-residual, minus the squared distance of the picture "
@@ -203,16 +214,20 @@ def fit_trust(
             "x^4 and of the absolute first and second differences across and down) to the nearest class mean; mahalanobis, minus the squared Mahalanobis distance "
             "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
             "log-sum-exp of the logits (Liu et al. 2020); extent, the log of the ink in the picture's outermost rows "
-            "(top and bottom) or columns (left and right), whichever holds more: how far its object reaches the frame"
+            "(top and bottom) or columns (left and right), whichever holds more: how far its object reaches the frame; "
+            "outlier-head, the logit of a two-layer network on the model's hidden features and the picture statistics, "
+            "fitted to tell the training pictures from pictures that are none of the classes (outlier exposure, "
+            "Hendrycks et al. 2019)"
         ),
         "members": [
             *(d for m, (t, w) in zip(members, parts.features) for d in _member(m, t, w)),
             *([{"kind": typ.EXTENT, "tensor": INPUT_VIEW, "band": "the outermost row or column"}] if extent_fit else []),
             *([{"kind": typ.ENERGY, "tensor": "logits"}] if energy_fit else []),
+            *([{"kind": OUTLIER_HEAD, "tensors": [t for t, _ in head[1][1:]], "hidden": HIDDEN, "outliers": outliers_description}] if head else []),
         ],
         # What a refit in place (`calibrate --refit-typicality`) fits again unless told otherwise.
         "fit_options": {"layers": layers, "components": components, "within": within, "statistics": statistics,
-                        "energy": energy, "extent": extent, "directions": directions},
+                        "energy": energy, "extent": extent, "directions": directions, "outlier_exposure": head is not None},
         "fitted_on": names_of.get("train", f"{0 if train_inputs is None else len(train_inputs)} training pictures")
         if members else None,
         "standardised_on": names_of.get("validation", f"{len(validation_labels)} validation pictures"),
@@ -255,3 +270,22 @@ def _member(member, tensor: str, dimension: int) -> list[dict]:
     elif member.whitening.shape[1] < member.whitening.shape[0]:
         described[0]["directions"] = int(member.whitening.shape[1])
     return described
+
+
+def _fit_head(model: onnx.ModelProto, output: str, kind: str, train_inputs: np.ndarray | None,
+              served: ServedPictures | None, validation_inputs: np.ndarray, outliers: np.ndarray):
+    """(the outlier head fitted and standardised, the features it needs: the picture's view, from which the statistics
+    are made, then the two it reads: the input of the second linear layer (the last one's where there is one) and
+    the picture statistics)."""
+    full = anatomy(model, output, kind)
+    layers = [f for f in full.features if f[0] not in (INPUT_VIEW, PICTURE_STATISTICS)]
+    if train_inputs is None or not layers or PICTURE_STATISTICS not in [f[0] for f in full.features]:
+        raise ValueError("the outlier head reads a linear layer's input and the picture statistics: a 4-D picture of "
+                         "static size, a linear layer and training pictures")
+    view = next(f for f in full.features if f[0] == INPUT_VIEW)  # the statistics are made from it
+    features = [view, layers[1] if len(layers) > 1 else layers[-1], (PICTURE_STATISTICS, typ.STATISTICS_COUNT)]
+    probe, names = with_fitting_outputs(model, replace(full, features=features))
+    read = lambda x: np.concatenate(run_outputs(probe, x, names[2:]), axis=1)  # noqa: E731
+    inliers = read(train_inputs) if served is None else np.concatenate([read(train_inputs), read(served.train_inputs)])
+    held_out = read(validation_inputs) if served is None else np.concatenate([read(validation_inputs), read(served.validation_inputs)])
+    return fit_outlier_head(inliers, read(outliers)).calibrated(held_out), features

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.trust.outlier_head import OutlierHeadFit
 from service.trust.typicality import EXTENT_FLOOR, STATISTICS_COUNT, STATISTICS_KERNELS, EnergyFit, ExtentFit, GaussianFit, SubspaceFit, edge_bands
 
 TYPICALITY_OUTPUT = "typicality"
@@ -158,9 +159,10 @@ def _feature_tensors(graph: onnx.GraphProto, parts: Anatomy) -> list[str]:
             names.append(_add_statistics(graph, parts))
         elif tensor in parts.float32:
             names.append(tensor)
-        else:
-            names.append(f"{_PREFIX}f32_{len(names)}")
-            graph.node.append(helper.make_node("Cast", [tensor], [names[-1]], to=TensorProto.FLOAT))
+        else:  # one float32 copy per tensor, however many members read it
+            names.append(f"{_PREFIX}f32_{tensor}")
+            if not any(names[-1] in node.output for node in graph.node):
+                graph.node.append(helper.make_node("Cast", [tensor], [names[-1]], to=TensorProto.FLOAT))
     return names
 
 
@@ -187,6 +189,8 @@ def _picture(graph: onnx.GraphProto, parts: Anatomy) -> str:
 def _add_statistics(graph: onnx.GraphProto, parts: Anatomy) -> str:
     """typicality.picture_statistics in the graph, for fitting: the sum of the view's values (ReduceSum) beside the
     shared statistic columns (`_statistic_columns`), Concat, and one MatMul that makes them the [N, 7] means."""
+    if any(PICTURE_STATISTICS in node.output for node in graph.node):
+        return PICTURE_STATISTICS
     p = PICTURE_STATISTICS + "_"
     view = _view(graph, parts)
     columns, to_statistics = _statistic_columns(graph, parts)
@@ -306,12 +310,12 @@ def _reduce(op: str, tensor: str, out: str, opset: int, graph: onnx.GraphProto, 
 
 def fold(
     model: onnx.ModelProto, parts: Anatomy, temperature: float, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None,
-    extent: ExtentFit | None = None,
+    extent: ExtentFit | None = None, head: tuple[OutlierHeadFit, list[tuple[str, int]]] | None = None,
 ) -> onnx.ModelProto:
     """The served graph with the logits divided by `temperature` before the softmax (or before the served logits),
     and a `typicality` output: the lowest standardised score of the members, one per `parts.features` (in that
     order: a PCA residual or a Mahalanobis score), the energy of the raw logits (with `energy`) and the extent of
-    the picture (with `extent`)."""
+    the picture (with `extent`) and the outlier head's score (with `head`: the fit and the features it reads)."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
@@ -321,7 +325,7 @@ def fold(
     graph.initializer.append(t)
 
     # The typicality score reads the raw (unscaled) logits and the features, so build it before rewiring.
-    _add_typicality(graph, parts, members, energy, extent)
+    _add_typicality(graph, parts, members, energy, extent, head)
 
     if parts.softmax is not None:  # ... -> logits -> Div(T) -> Softmax -> probabilities
         position = next(i for i, n in enumerate(graph.node) if n.op_type == "Softmax" and list(n.output) == list(parts.softmax.output))
@@ -369,7 +373,7 @@ class _Member:
 
 
 def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[GaussianFit | SubspaceFit], energy: EnergyFit | None,
-                    extent: ExtentFit | None = None) -> None:
+                    extent: ExtentFit | None = None, head: tuple[OutlierHeadFit, list[tuple[str, int]]] | None = None) -> None:
     """typicality = min over members of their standardised scores. Every standardisation (and the residual's
     difference of two norms) is linear in the members' raw columns, so one Gemm does them all at once:
     Concat(raw columns) [N, R] @ W [R, M] + b [M] -> [N, M] standardised scores, then one ReduceMin. ONNX Runtime
@@ -388,6 +392,8 @@ def _add_typicality(graph: onnx.GraphProto, parts: Anatomy, members: list[Gaussi
         found.append(_add_mahalanobis(graph, source, fit, f"{_PREFIX}m{i}_", parts.opset))
     if energy is not None:
         found.append(_add_energy(graph, parts, energy))
+    if head is not None:
+        found.append(_add_outlier_head(graph, parts, *head))
     if not found:
         raise ValueError("typicality needs at least one member (Gaussians or the energy score)")
     tensors = list(dict.fromkeys(c for m in found for c in m.columns))  # each raw tensor once, in order
@@ -510,6 +516,25 @@ def _add_mahalanobis(graph: onnx.GraphProto, source: str, fit: GaussianFit, p: s
         _reduce("ReduceMin", p + "to_means", p + "nearest", opset, graph, keepdims=1),  # [N, 1]
     ])
     return _Member([(p + "g_norm", 1), (p + "nearest", 1)], [-1.0 / fit.scale] * 2, -fit.offset / fit.scale)
+
+
+def _add_outlier_head(graph: onnx.GraphProto, parts: Anatomy, fit: OutlierHeadFit, features: list[tuple[str, int]]) -> _Member:
+    """relu(Concat(features) @ W1 + b1) @ w2: the head's logit without b2, an [N, 1] column. The standardisation of its
+    inputs folds into W1 and b1 (W1 / spread, b1 - (mean / spread) W1), b2 into the member's shift."""
+    p = _PREFIX + "head_"
+    sources = _feature_tensors(graph, replace(parts, features=features))[1:]  # features[0] is the view
+    w1 = fit.w1 / fit.spread[:, None]
+    b1 = fit.b1 - (fit.mean / fit.spread) @ fit.w1
+    arrays = [numpy_helper.from_array(a.astype(np.float32), p + n) for a, n in ((w1, "w1"), (b1, "b1"), (fit.w2[:, None], "w2"))]
+    graph.initializer.extend(arrays)
+    if len(sources) > 1:
+        graph.node.append(helper.make_node("Concat", sources, [p + "input"], axis=1))
+    graph.node.extend([
+        helper.make_node("Gemm", [p + "input" if len(sources) > 1 else sources[0], p + "w1", p + "b1"], [p + "pre"]),
+        helper.make_node("Relu", [p + "pre"], [p + "hidden"]),
+        helper.make_node("MatMul", [p + "hidden", p + "w2"], [p + "logit"]),  # [N, 1]
+    ])
+    return _Member([(p + "logit", 1)], [1.0 / fit.scale], (fit.b2 - fit.offset) / fit.scale)
 
 
 def _add_energy(graph: onnx.GraphProto, parts: Anatomy, fit: EnergyFit) -> _Member:

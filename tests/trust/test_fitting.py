@@ -301,3 +301,31 @@ def test_a_mahalanobis_member_in_its_least_varying_directions():
     off_axis = np.zeros((1, 12))
     off_axis[0, 0] = 1.5  # far along the least varying feature (spread 0.1)
     assert least.score(off_axis)[0] < -100 and least.whitening.shape == (12, 4)
+
+
+def test_the_outlier_head_in_the_graph_is_numpys_and_tells_outliers_from_training_pictures():
+    """Outlier exposure: the head is fitted on the training pictures against pictures that are none of the classes
+    (here pictures made of noise) and reads the last linear layer's input (this classifier has one) with the picture
+    statistics. Alone in the score (no other member, no energy), the graph's typicality is numpy's standardised head
+    score, and held-out noise pictures score far below held-out pictures of the classes."""
+    from service.trust.outlier_head import fit_outlier_head
+
+    shape = (1, 28, 28)
+    model = make_classifier(seed=14, input_shape=("N", *shape))
+    rng = np.random.default_rng(14)
+    val_x, val_y = overconfident_data(shape, 14, 400)
+    train_x, train_y = overconfident_data(shape, 15, 600)
+    outliers = rng.random((600, *shape), dtype=np.float32)
+    fit = fit_trust(model, output="probabilities", validation_inputs=val_x, validation_labels=val_y, train_inputs=train_x,
+                    train_labels=train_y, layers="none", energy=False, outliers=outliers, outliers_description="noise")
+    assert [m["kind"] for m in fit.typicality["members"]] == ["outlier-head"]
+    assert fit.typicality["members"][0]["tensors"] == ["flat", "trust_picture_statistics"]
+    assert fit.typicality["fit_options"]["outlier_exposure"]
+    features = lambda x: np.concatenate([x.reshape(len(x), -1), typ.picture_statistics(x)], axis=1)  # noqa: E731
+    head = fit_outlier_head(features(train_x), features(outliers)).calibrated(features(val_x))
+    unseen_x, _ = overconfident_data(shape, 16, 100)
+    unseen_noise = np.random.default_rng(16).random((100, *shape), dtype=np.float32)
+    x = np.concatenate([unseen_x, unseen_noise])
+    (typicality,) = run_outputs(fit.model, x, ["typicality"])
+    np.testing.assert_allclose(typicality, head.standardised(features(x)), rtol=1e-3, atol=1e-2)
+    assert np.median(typicality[100:]) < np.quantile(typicality[:100], 0.05)

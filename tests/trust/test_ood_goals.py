@@ -151,6 +151,8 @@ def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent
 
 
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
-UPLOADED_SCRIBBLES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
-UPLOADED_SHAPES = {"mnist-convnet": 0.45, "mnist-mlp": 0.40}
+# The digit models' outlier head (outlier exposure on training/doodles.py's drawings) raised this test's uploaded
+# scribbles from 69% / 55% to 82% / 72% and shapes from 75% / 69% to 90% / 83% (mnist-convnet / mnist-mlp).
+UPLOADED_SCRIBBLES = {"mnist-convnet": 0.75, "mnist-mlp": 0.65}
+UPLOADED_SHAPES = {"mnist-convnet": 0.82, "mnist-mlp": 0.75}
 UPLOADED_DIGITS = {"fashion-convnet": 0.88, "fashion-mlp": 0.95}
