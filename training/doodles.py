@@ -1,21 +1,27 @@
 """Drawings that are none of the classes, for the outlier head (service/trust/outlier_head.py): curves, an arc with
 a line, spirals and closed blob outlines, dark on light or light on dark, 1 to 3 strokes 3 to 12 pixels wide on a
-112-pixel canvas, sent as PNG uploads through the model's preprocessing. They are made here, with generators of
-their own: bench/ood_sets.py's held-out sets (polyline scribbles, shapes, letters, photo crops) only measure, and
-none of them is fitted on.
+112-pixel canvas; and symbols that are neither digits nor Latin letters (Greek and Cyrillic letters, signs) in a
+DejaVu font. All are sent as PNG uploads through the model's preprocessing. They are made here, with generators of
+their own: bench/ood_sets.py's held-out sets (polyline scribbles, shapes, Latin letters, photo crops) only measure,
+and none of them is fitted on.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import inspect
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SIDE = 112
 KINDS = ("curves", "arc and line", "spiral", "blob outline")
+# Neither digits nor Latin letters: Greek and Cyrillic letters without a digit's shape (no omicron, no Cyrillic ze
+# or be, which are a 0, a 3 and a 6), and signs.
+SYMBOLS = "αβγεζηθλμξπψωΓΔΘΛΞΠΣΦΨΩвгджийклмнпфцшщъыэюяБГДЖИЙЛПФЦШЩЪЫЭЮЯ&@#%?!§¶+=<>{}[]~$€£¥*"
+FONT_FILES = "/usr/share/fonts/truetype/dejavu/DejaVu*.ttf"  # Debian's fonts-dejavu-core
 
 
 def _bezier(points: np.ndarray, steps: int = 40) -> list[tuple[float, float]]:
@@ -52,6 +58,24 @@ def doodle(kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(image)
 
 
+def symbol(rng: np.random.Generator, fonts: list[str]) -> np.ndarray:
+    """One of SYMBOLS in one of `fonts`, 40-90 px, tilted up to 15 degrees, uint8 [SIDE, SIDE]."""
+    light = rng.random() < 0.5
+    paper, ink = (int(rng.integers(200, 256)), int(rng.integers(0, 60))) if light else (int(rng.integers(0, 50)), int(rng.integers(190, 256)))
+    image = Image.new("L", (SIDE, SIDE), paper)
+    font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], int(rng.integers(40, 90)))
+    ImageDraw.Draw(image).text((SIDE / 2, SIDE / 2), SYMBOLS[int(rng.integers(len(SYMBOLS)))], fill=ink, font=font, anchor="mm")
+    return np.asarray(image.rotate(float(rng.uniform(-15, 15)), fillcolor=paper))
+
+
+def symbols(count: int, seed: int) -> np.ndarray:
+    fonts = sorted(glob.glob(FONT_FILES))
+    if not fonts:
+        raise FileNotFoundError(f"no font matches {FONT_FILES}: install Debian's fonts-dejavu-core (scripts/install-system-deps.sh)")
+    rng = np.random.default_rng(seed)
+    return np.stack([symbol(rng, fonts) for _ in range(count)]) if count else np.empty((0, SIDE, SIDE), np.uint8)
+
+
 def doodles(count: int, seed: int) -> np.ndarray:
     """`count` drawings, the KINDS in turn, uint8 [count, SIDE, SIDE]."""
     rng = np.random.default_rng(seed)
@@ -59,19 +83,20 @@ def doodles(count: int, seed: int) -> np.ndarray:
 
 
 def doodles_as_served(method: str, count: int, seed: int) -> np.ndarray:
-    """The drawings sent as PNG uploads through the service's `method` preprocessing: float32 [n, 1, 28, 28] (one it
-    refuses, a 422, is left out). Cached under data/trust-photos/, keyed by this module's code and the preprocessing's."""
+    """`count` drawings (seed `seed`) and half as many symbols (seed `seed` + 1) sent as PNG uploads through the
+    service's `method` preprocessing: float32 [n, 1, 28, 28] (one it refuses, a 422, is left out). Cached under
+    data/trust-photos/, keyed by this module's code and the preprocessing's."""
     from service.errors import InvalidInput
     from service.imaging import to_model_input
     from training.photo_mix import preprocessing_hash
     from training.trust import PHOTO_CACHE, model_inputs
 
-    code = hashlib.sha256(inspect.getsource(doodle).encode()).hexdigest()[:8]
+    code = hashlib.sha256((inspect.getsource(doodle) + inspect.getsource(symbol) + SYMBOLS).encode()).hexdigest()[:8]
     path = PHOTO_CACHE / f"doodles-{method}-{count}-seed{seed}-{code}-{preprocessing_hash()}.npz"
     if path.exists():
         return model_inputs(np.load(path)["pictures"])
     kept = []
-    for picture in doodles(count, seed):
+    for picture in np.concatenate([doodles(count, seed), symbols(count // 2, seed + 1)]):
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="PNG")
         try:

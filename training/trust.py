@@ -42,7 +42,8 @@ PHOTO_FLAG_RATE = 0.05
 ENLARGED_TRAIN, ENLARGED_VALIDATION, ENLARGED_SEEDS = 3000, 300, (13, 14)
 ENLARGED_FACTORS = (2.0, 10.0)
 ENLARGED_FLAG_RATE = 0.05
-# Drawings that are none of the classes the outlier head is fitted on (`--outlier-exposure`), and their seed.
+# Drawings (and half as many symbols) that are none of the classes, the outlier head is fitted on
+# (`--outlier-exposure`), and their seed.
 DOODLES, DOODLE_SEED = 3000, 21
 
 def model_inputs(images: np.ndarray) -> np.ndarray:
@@ -211,9 +212,11 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
         temperature=temperature,
         served_pictures=served,
         outliers=outliers,
-        outliers_description=(f"{0 if outliers is None else len(outliers)} drawings that are not the classes (training/doodles.py: "
-                              f"curves, arcs with a line, spirals, blob outlines; seed {DOODLE_SEED}) sent as PNG uploads "
-                              f"through the service's {card['preprocessing']['method']} preprocessing"),
+        outliers_description=(f"{0 if outliers is None else len(outliers)} pictures that are none of the classes "
+                              f"(training/doodles.py: {DOODLES} drawings, curves, arcs with a line, spirals and blob "
+                              f"outlines, seed {DOODLE_SEED}, and {DOODLES // 2} Greek and Cyrillic letters and signs, "
+                              f"seed {DOODLE_SEED + 1}) sent as PNG uploads through the service's "
+                              f"{card['preprocessing']['method']} preprocessing"),
         **options,
     )
 
