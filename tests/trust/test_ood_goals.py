@@ -17,7 +17,7 @@ from service.imaging import to_model_input
 from tests.trust.datasets import dataset_pictures
 from training.data import PROJECT_ROOT, load_splits
 from training.synthetic_photos import CLOTHES_CONDITIONS, DIGIT_CONDITIONS, photo
-from training.trust import enlarged_as_served
+from training.trust import FILTERS, enlarged_as_served
 
 DIGIT_MODELS, CLOTHES_MODELS = ("mnist-convnet", "mnist-mlp"), ("fashion-convnet", "fashion-mlp")
 
@@ -84,8 +84,9 @@ def test_digit_models_flag_shapes(name):
 @pytest.mark.parametrize("name", CLOTHES_MODELS)
 def test_clothes_models_flag_digits_sent_as_tensors_and_as_uploads(name, digits):
     assert flagged(name, digits) >= 0.95
-    # Uploaded, fashion-convnet meets the goal (95%) on the bench's 1,000 digits but not on every slice (91% on this
-    # one); fashion-mlp, with its extent, within and penultimate-layer members, meets it on both.
+    # Uploaded, fashion-convnet meets the goal (95%) on the bench's 1,000 digits but not on every slice (92.75% on
+    # this one, 91.25% before its refit on served pictures); fashion-mlp, with its penultimate-layer member, meets it
+    # on both.
     assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= UPLOADED_DIGITS[name]
 
 
@@ -144,19 +145,46 @@ def clothes_photos() -> np.ndarray:
     return photos_as_served("fashion-mnist", CLOTHES_CONDITIONS, "fashion-fit", 60, 2028, with_back=False)
 
 
-def test_photos_of_clothes_are_mostly_not_flagged_by_fashion_mlp(clothes_photos):
-    # Its earlier refits on photos flagged 29% of the fixed photo set; this fit 3.5% (bench/results/fashion-mlp/trust.md).
-    assert flagged("fashion-mlp", clothes_photos) <= 0.10
+@pytest.mark.parametrize("name", CLOTHES_MODELS)
+def test_photos_of_clothes_are_mostly_not_flagged(name, clothes_photos):
+    # fashion-mlp's earlier refits on photos flagged 29% of the fixed photo set; the served fits 3.0% (fashion-mlp)
+    # and 6.0% (fashion-convnet, with the picture statistics) (bench/results/trust.md).
+    assert flagged(name, clothes_photos) <= 0.10
 
 
-@pytest.mark.parametrize("name", [*DIGIT_MODELS, "fashion-mlp"])
+@pytest.mark.parametrize("name", [*DIGIT_MODELS, *CLOTHES_MODELS])
 def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent(name):
     _, card = served(name)
     assert card["typicality"]["flagged_share"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["test_uploaded"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.05
-    if name in DIGIT_MODELS:  # fitted on enlarged uploads too (fashion-mlp's fit predates them)
-        assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
+    assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
+
+
+@pytest.fixture(scope="module")
+def own_items() -> tuple[np.ndarray, np.ndarray]:
+    """1,000 held-out Fashion-MNIST test items (not the bench's first 1,000), uploaded as PNG through the fashion-fit
+    preprocessing, and the same items enlarged with Pillow to 56, 84, 140 or 280 px (nearest, bilinear, bicubic or
+    lanczos in turn, every other 16 dark on light, as bench/trust.py's own_enlarged) and uploaded."""
+    images = load_splits("fashion-mnist").test_images[3000:4000]
+    plain, refused = as_uploaded((images.astype(np.float32) / 255.0)[:, None], "fashion-fit")
+    n = np.arange(len(images))
+    sides = np.asarray((56, 84, 140, 280))[n % 4]
+    filters = np.asarray(list(FILTERS))[(n // 4) % len(FILTERS)]
+    enlarged, kept = enlarged_as_served(images, sides, filters, (n // 16) % 2 == 1, "fashion-fit")
+    assert refused == 0 and len(kept) == len(images)  # none refused
+    return plain, enlarged
+
+
+@pytest.mark.parametrize("name", CLOTHES_MODELS)
+def test_own_items_uploaded_and_enlarged_are_mostly_not_flagged_by_the_clothes_models(name, own_items):
+    plain, enlarged = own_items
+    # Issue 20's goal is 5%. The threshold holds all 10,000 test items uploaded, and 300 enlarged validation uploads,
+    # to 5%; this slice is harder than the split (the first 1,000: 4.6-5.1% uploaded, 3.4-3.7% enlarged). Before their
+    # refits on enlarged uploads fashion-convnet flagged 8.1% of these uploads and 10.9% enlarged, fashion-mlp 6.1%
+    # and 6.1%; now 5.7% and 5.2%, 5.7% and 5.1%.
+    assert flagged(name, plain) <= 0.065
+    assert flagged(name, enlarged) <= 0.06
 
 
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
@@ -166,4 +194,4 @@ def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent
 UPLOADED_SCRIBBLES = {"mnist-convnet": 0.75, "mnist-mlp": 0.65}
 UPLOADED_SHAPES = {"mnist-convnet": 0.82, "mnist-mlp": 0.75}
 UPLOADED_LETTERS = {"mnist-convnet": 0.45, "mnist-mlp": 0.36}
-UPLOADED_DIGITS = {"fashion-convnet": 0.88, "fashion-mlp": 0.95}
+UPLOADED_DIGITS = {"fashion-convnet": 0.92, "fashion-mlp": 0.95}
