@@ -84,10 +84,17 @@ def test_digit_models_flag_shapes(name):
 @pytest.mark.parametrize("name", CLOTHES_MODELS)
 def test_clothes_models_flag_digits_sent_as_tensors_and_as_uploads(name, digits):
     assert flagged(name, digits) >= 0.95
-    # Uploaded, fashion-convnet meets the goal (95%) on the bench's 1,000 digits but not on every slice (92.75% on
-    # this one, 91.25% before its refit on served pictures); fashion-mlp, with its penultimate-layer member, meets it
-    # on both.
-    assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= UPLOADED_DIGITS[name]
+    # Uploaded: 96.25% / 97.75% of this slice with the outlier head (fashion-convnet 92.75% before it, 91.25% before
+    # its refit on served pictures).
+    assert flagged(name, *as_uploaded(digits, "fashion-fit")) >= 0.95
+
+
+@pytest.mark.parametrize("name", CLOTHES_MODELS)
+def test_clothes_models_flag_shapes_and_letters(name):
+    """No goal is set for them; this holds what the clothes models' outlier head gained (its drawings and symbols hold
+    no shape of bench/ood_sets.py's kinds and no Latin letter)."""
+    assert flagged(name, *uploaded(shapes(200, seed=77), "fashion-fit")) >= CLOTHES_SHAPES[name]
+    assert flagged(name, *uploaded(letters(260, seed=77), "fashion-fit")) >= CLOTHES_LETTERS[name]
 
 
 def photos_as_served(dataset: str, conditions, method: str, count: int, seed: int, with_back: bool) -> np.ndarray:
@@ -194,4 +201,7 @@ def test_own_items_uploaded_and_enlarged_are_mostly_not_flagged_by_the_clothes_m
 UPLOADED_SCRIBBLES = {"mnist-convnet": 0.75, "mnist-mlp": 0.65}
 UPLOADED_SHAPES = {"mnist-convnet": 0.82, "mnist-mlp": 0.75}
 UPLOADED_LETTERS = {"mnist-convnet": 0.45, "mnist-mlp": 0.36}
-UPLOADED_DIGITS = {"fashion-convnet": 0.92, "fashion-mlp": 0.95}
+# The clothes models' outlier head raised uploaded shapes from 71.5% / 61.5% to 81.5% / 70.5% and letters from 53.5% /
+# 58.8% to 83.8% / 80.8% (fashion-convnet / fashion-mlp) in test_clothes_models_flag_shapes_and_letters.
+CLOTHES_SHAPES = {"fashion-convnet": 0.76, "fashion-mlp": 0.66}
+CLOTHES_LETTERS = {"fashion-convnet": 0.75, "fashion-mlp": 0.74}
