@@ -198,7 +198,14 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
                   **options) -> TrustFit:
     """`options`: fit_trust's choice of members (components, within, statistics, energy, extent, directions);
     `outlier_exposure` adds the outlier head, fitted on DOODLES drawings (training/doodles.py) as served."""
-    outliers = doodles_as_served(card["preprocessing"]["method"], DOODLES, DOODLE_SEED) if outlier_exposure else None
+    outliers, described = None, ""
+    if outlier_exposure:
+        method = card["preprocessing"]["method"]
+        outliers = doodles_as_served(method, DOODLES, DOODLE_SEED)
+        described = (f"{len(outliers)} pictures that are none of the classes (training/doodles.py: {DOODLES} drawings, "
+                     f"curves, arcs with a line, spirals and blob outlines, seed {DOODLE_SEED}, and {DOODLES // 2} Greek "
+                     f"and Cyrillic letters and signs, seed {DOODLE_SEED + 1}) sent as PNG uploads through the "
+                     f"service's {method} preprocessing")
     return fit_trust(
         proto,
         output=card["output"]["name"],
@@ -214,11 +221,7 @@ def fit_on_splits(proto: onnx.ModelProto, card: dict, splits: Splits, layers: st
         temperature=temperature,
         served_pictures=served,
         outliers=outliers,
-        outliers_description=(f"{0 if outliers is None else len(outliers)} pictures that are none of the classes "
-                              f"(training/doodles.py: {DOODLES} drawings, curves, arcs with a line, spirals and blob "
-                              f"outlines, seed {DOODLE_SEED}, and {DOODLES // 2} Greek and Cyrillic letters and signs, "
-                              f"seed {DOODLE_SEED + 1}) sent as PNG uploads through the service's "
-                              f"{card['preprocessing']['method']} preprocessing"),
+        outliers_description=described,
         **options,
     )
 
