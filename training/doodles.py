@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import inspect
 
 import numpy as np
@@ -86,24 +85,15 @@ def doodles_as_served(method: str, count: int, seed: int) -> np.ndarray:
     """`count` drawings (seed `seed`) and half as many symbols (seed `seed` + 1) sent as PNG uploads through the
     service's `method` preprocessing: float32 [n, 1, 28, 28] (one it refuses, a 422, is left out). Cached under
     data/trust-photos/, keyed by this module's code and the preprocessing's."""
-    from service.errors import InvalidInput
-    from service.imaging import to_model_input
     from training.photo_mix import preprocessing_hash
-    from training.trust import PHOTO_CACHE, model_inputs
+    from training.trust import PHOTO_CACHE, model_inputs, uploads_as_served
 
     code = hashlib.sha256((inspect.getsource(doodle) + inspect.getsource(symbol) + SYMBOLS).encode()).hexdigest()[:8]
     path = PHOTO_CACHE / f"doodles-{method}-{count}-seed{seed}-{code}-{preprocessing_hash()}.npz"
     if path.exists():
         return model_inputs(np.load(path)["pictures"])
-    kept = []
-    for picture in np.concatenate([doodles(count, seed), symbols(count // 2, seed + 1)]):
-        buffer = io.BytesIO()
-        Image.fromarray(picture).save(buffer, format="PNG")
-        try:
-            kept.append(to_model_input(buffer.getvalue(), method, max_pixels=40_000_000)[0])
-        except InvalidInput:
-            continue
-    pictures = np.clip(np.rint(np.stack(kept) * 255), 0, 255).astype(np.uint8)
+    served = uploads_as_served(np.concatenate([doodles(count, seed), symbols(count // 2, seed + 1)]), method)
+    pictures = np.clip(np.rint(served[:, 0] * 255), 0, 255).astype(np.uint8)
     PHOTO_CACHE.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, pictures=pictures)
     return model_inputs(pictures)

@@ -85,10 +85,10 @@ def photos_as_served(images: np.ndarray, labels: np.ndarray, dataset: str, count
 
 
 def uploads_as_served(images: np.ndarray, method: str) -> np.ndarray:
-    """uint8 [N, 28, 28] pictures each sent as a PNG upload, as they are: the tensors the service's preprocessing
+    """uint8 [N, S, S] pictures each sent as a PNG upload, as they are: the tensors the service's preprocessing
     makes of them (a picture it refuses, a 422, gets no answer to flag and is left out)."""
     count = len(images)
-    return enlarged_as_served(images, [28] * count, ["nearest"] * count, [False] * count, method)[0]
+    return enlarged_as_served(images, [images.shape[-1]] * count, ["nearest"] * count, [False] * count, method)[0]
 
 
 # Pillow's resampling filters a person's editor or script may enlarge a small picture with.

@@ -12,12 +12,13 @@ import onnxruntime as ort
 import pytest
 
 from bench.ood_sets import as_uploaded, letters, scribbles, shapes, small, uploaded
+from bench.trust import enlarged_inputs
 from service.errors import InvalidInput
 from service.imaging import to_model_input
 from tests.trust.datasets import dataset_pictures
 from training.data import PROJECT_ROOT, load_splits
 from training.synthetic_photos import CLOTHES_CONDITIONS, DIGIT_CONDITIONS, photo
-from training.trust import FILTERS, enlarged_as_served
+from training.trust import enlarged_as_served
 
 DIGIT_MODELS, CLOTHES_MODELS = ("mnist-convnet", "mnist-mlp"), ("fashion-convnet", "fashion-mlp")
 
@@ -154,8 +155,8 @@ def clothes_photos() -> np.ndarray:
 
 @pytest.mark.parametrize("name", CLOTHES_MODELS)
 def test_photos_of_clothes_are_mostly_not_flagged(name, clothes_photos):
-    # fashion-mlp's earlier refits on photos flagged 29% of the fixed photo set; the served fits 3.0% (fashion-mlp)
-    # and 6.0% (fashion-convnet, with the picture statistics) (bench/results/trust.md).
+    # fashion-mlp's earlier refits on photos flagged 29% of the fixed photo set; the served fits 3.5% (fashion-mlp)
+    # and 2.0% (fashion-convnet) (bench/results/trust.md).
     assert flagged(name, clothes_photos) <= 0.10
 
 
@@ -175,21 +176,18 @@ def own_items() -> tuple[np.ndarray, np.ndarray]:
     lanczos in turn, every other 16 dark on light, as bench/trust.py's own_enlarged) and uploaded."""
     images = load_splits("fashion-mnist").test_images[3000:4000]
     plain, refused = as_uploaded((images.astype(np.float32) / 255.0)[:, None], "fashion-fit")
-    n = np.arange(len(images))
-    sides = np.asarray((56, 84, 140, 280))[n % 4]
-    filters = np.asarray(list(FILTERS))[(n // 4) % len(FILTERS)]
-    enlarged, kept = enlarged_as_served(images, sides, filters, (n // 16) % 2 == 1, "fashion-fit")
-    assert refused == 0 and len(kept) == len(images)  # none refused
+    enlarged, refused_enlarged = enlarged_inputs(images, "fashion-fit")
+    assert refused == refused_enlarged == 0
     return plain, enlarged
 
 
 @pytest.mark.parametrize("name", CLOTHES_MODELS)
 def test_own_items_uploaded_and_enlarged_are_mostly_not_flagged_by_the_clothes_models(name, own_items):
     plain, enlarged = own_items
-    # Issue 20's goal is 5%. The threshold holds all 10,000 test items uploaded, and 300 enlarged validation uploads,
-    # to 5%; this slice is harder than the split (the first 1,000: 4.6-5.1% uploaded, 3.4-3.7% enlarged). Before their
-    # refits on enlarged uploads fashion-convnet flagged 8.1% of these uploads and 10.9% enlarged, fashion-mlp 6.1%
-    # and 6.1%; now 5.7% and 5.2%, 5.7% and 5.1%.
+    # Issue 20's goal is 5%. The threshold holds all 10,000 test items uploaded, and 1,000 enlarged validation
+    # uploads, to 5%; this slice is harder than the split. Before their refits on enlarged uploads fashion-convnet
+    # flagged 8.1% of these uploads and 10.9% enlarged, fashion-mlp 6.1% and 6.1%; after them 5.7% and 5.2%, 5.7% and
+    # 5.1%; with the outlier head (whose threshold the enlarged uploads set) 2.2% and 4.9%, 3.2% and 5.0%.
     assert flagged(name, plain) <= 0.065
     assert flagged(name, enlarged) <= 0.06
 
