@@ -132,6 +132,7 @@ def enlarged_uploads_as_served(images: np.ndarray, labels: np.ndarray, dataset: 
     digits enlarged to 56-140 px (bench/enlarged.py). Cached like `photos_as_served`."""
     from training.photo_mix import preprocessing_hash
 
+    count = min(count, len(images))  # MNIST's validation split holds 800 pictures: each of them once
     key = hashlib.sha256(images[:: max(1, len(images) // 64)].tobytes()).hexdigest()[:8]
     low, high = ENLARGED_FACTORS
     path = PHOTO_CACHE / f"{dataset}-enlarged-{count}-seed{seed}-x{low:g}-{high:g}-{key}-{preprocessing_hash()}.npz"
