@@ -30,12 +30,17 @@ REPORT_FILES = ("report.json", "learning_curves.png", "confusion_matrix.png", "m
 PHOTO_CACHE = PROJECT_ROOT / "data" / "trust-photos"
 # Synthetic photos of training and validation pictures the typicality is fitted and standardised on (besides the
 # pictures themselves), and their seeds; at most TRAINING_SIDE pixels a side (the preprocessing works at 512-1,024).
-SERVED_TRAIN, SERVED_VALIDATION, SERVED_SEEDS = 400, 100, (11, 12)
+# 1,600 and 400: with 100 validation photos the threshold rested on the sixth lowest of them, and the same fit flagged
+# 7.1-10.7% of bench/trust.py's fixed photo set from one head to the next; 1,600 training photos (weighed as a group
+# of their own by the outlier head) let it catch 3-4 points more drawings at the same share of photos flagged than 400.
+SERVED_TRAIN, SERVED_VALIDATION, SERVED_SEEDS = 1600, 400, (11, 12)
 METHOD_OF = {"mnist": "mnist-digit", "fashion-mnist": "fashion-fit"}
-# At most this share of the validation photos flagged. Photos of a model's own classes have longer low tails than its
-# tensors; held to 10% (issue 20's goal for photos of digits) the served digit models flagged 16% of the fixed
-# full-size photo set (training/photo_eval.py), held to 5% about 8%.
-PHOTO_FLAG_RATE = 0.05
+# At most this share of the validation photos flagged, per dataset. Photos of a model's own classes have longer low
+# tails than its tensors. For digits, issue 20's goal is at most 10% of photos of digits flagged and at least 90% of
+# drawings that are not digits: every fit trades one against the other (docs/trust.md, "Photos against drawings").
+# Held to 9% of 400 validation photos, mnist-convnet flagged 7.5% of 800 photos of test digits and 8.6% of the fixed
+# full-size photo set (training/photo_eval.py); held to 7.5%, 5.2% and 7.9%, and 4 points fewer scribbles caught.
+PHOTO_FLAG_RATE = {"mnist": 0.09, "fashion-mnist": 0.05}
 # Training pictures enlarged (a small digit a person enlarged before sending it) and sent as PNG uploads: fitted on,
 # each filter's with class means of their own (ENLARGED_GROUPS); validation ones held by the threshold to
 # ENLARGED_FLAG_RATE flagged. Factors log-uniform in ENLARGED_FACTORS: the softest (2-3x, bilinear) are the hardest.
@@ -181,7 +186,8 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
         # The validation photos and enlarged uploads too: what serving makes of the model's own classes is flagged
         # more than its tensors (their tails are longer), and a photo of a digit, or an enlarged one, is a digit.
         test={"test_uploaded": uploaded, "validation_photos": val_photos, "validation_enlarged": val_big},
-        rates={"validation_photos": PHOTO_FLAG_RATE, "validation_enlarged": ENLARGED_FLAG_RATE},
+        train_groups=np.r_[np.zeros(len(photo_x), np.int64), np.ones(len(big_x), np.int64)],
+        rates={"validation_photos": PHOTO_FLAG_RATE[dataset], "validation_enlarged": ENLARGED_FLAG_RATE},
         description=(f"{len(photo_x)} training and {len(val_photos)} validation pictures as synthetic photos "
                      f"(training/synthetic_photos.py, seeds {SERVED_SEEDS[0]} and {SERVED_SEEDS[1]}) and {len(big_x)} training "
                      f"and {len(val_big)} validation pictures enlarged {low:g}-{high:g} times (log-uniform) with Pillow's "
@@ -189,7 +195,7 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
                      f"and {ENLARGED_SEEDS[1]}), sent as PNG uploads, through the service's {METHOD_OF[dataset]} preprocessing; "
                      f"the enlarged training pictures have class means of their own per filter; the threshold also holds the "
                      f"test pictures sent as PNG uploads (test_uploaded) to the flag rate, the validation photos "
-                     f"(validation_photos) to {PHOTO_FLAG_RATE:.0%} and the enlarged validation uploads (validation_enlarged) "
+                     f"(validation_photos) to {PHOTO_FLAG_RATE[dataset]:.0%} and the enlarged validation uploads (validation_enlarged) "
                      f"to {ENLARGED_FLAG_RATE:.0%}"),
     )
 

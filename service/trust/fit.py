@@ -18,7 +18,7 @@ import onnxruntime as ort
 from service.trust import calibration as cal
 from service.trust import typicality as typ
 from service.trust.graph import INPUT_VIEW, PICTURE_STATISTICS, TYPICALITY_OUTPUT, anatomy, fold, view_shape, with_fitting_outputs
-from service.trust.outlier_head import HIDDEN, fit_outlier_head
+from service.trust.outlier_head import HEADS, HIDDEN, fit_outlier_head
 
 OUTLIER_HEAD = "outlier-head"
 FLAG_RATE = 0.05  # at most this share of the model's own pictures is flagged out of distribution
@@ -40,6 +40,9 @@ class ServedPictures:
     test: dict[str, np.ndarray] = field(default_factory=dict)
     description: str = ""  # what they are, for the card
     rates: dict[str, float] = field(default_factory=dict)  # a `test` set's own flag rate, where not `flag_rate`
+    # Which kind of served picture each of `train_inputs` is (e.g. 0 photos, 1 enlarged uploads): the outlier head weighs
+    # each kind, and the training pictures, alike. None: all one kind.
+    train_groups: np.ndarray | None = None
 
 
 @dataclass
@@ -215,15 +218,16 @@ def fit_trust(
             "to the nearest class mean (class-conditional Gaussians, one shared covariance, Lee et al. 2018); energy, "
             "log-sum-exp of the logits (Liu et al. 2020); extent, the log of the ink in the picture's outermost rows "
             "(top and bottom) or columns (left and right), whichever holds more: how far its object reaches the frame; "
-            "outlier-head, the logit of a two-layer network on the model's hidden features and the picture statistics, "
-            "fitted to tell the training pictures from pictures that are none of the classes (outlier exposure, "
-            "Hendrycks et al. 2019)"
+            "outlier-head, the mean logit of two-layer networks on the model's hidden features and the picture "
+            "statistics, fitted to tell the training pictures (and each kind of served picture, weighed alike) from "
+            "pictures that are none of the classes (outlier exposure, Hendrycks et al. 2019)"
         ),
         "members": [
             *(d for m, (t, w) in zip(members, parts.features) for d in _member(m, t, w)),
             *([{"kind": typ.EXTENT, "tensor": INPUT_VIEW, "band": "the outermost row or column"}] if extent_fit else []),
             *([{"kind": typ.ENERGY, "tensor": "logits"}] if energy_fit else []),
-            *([{"kind": OUTLIER_HEAD, "tensors": [t for t, _ in head[1][1:]], "hidden": HIDDEN, "outliers": outliers_description}] if head else []),
+            *([{"kind": OUTLIER_HEAD, "tensors": [t for t, _ in head[1][1:]], "hidden": HIDDEN, "networks": HEADS,
+                "outliers": outliers_description}] if head else []),
         ],
         # What a refit in place (`calibrate --refit-typicality`) fits again unless told otherwise.
         "fit_options": {"layers": layers, "components": components, "within": within, "statistics": statistics,
@@ -286,6 +290,11 @@ def _fit_head(model: onnx.ModelProto, output: str, kind: str, train_inputs: np.n
     features = [view, layers[1] if len(layers) > 1 else layers[-1], (PICTURE_STATISTICS, typ.STATISTICS_COUNT)]
     probe, names = with_fitting_outputs(model, replace(full, features=features))
     read = lambda x: np.concatenate(run_outputs(probe, x, names[2:]), axis=1)  # noqa: E731
-    inliers = read(train_inputs) if served is None else np.concatenate([read(train_inputs), read(served.train_inputs)])
-    held_out = read(validation_inputs) if served is None else np.concatenate([read(validation_inputs), read(served.validation_inputs)])
-    return fit_outlier_head(inliers, read(outliers)).calibrated(held_out), features
+    inliers, groups = read(train_inputs), np.zeros(len(train_inputs), np.int64)
+    held_out = read(validation_inputs)
+    if served is not None:
+        inliers = np.concatenate([inliers, read(served.train_inputs)])
+        kinds = np.zeros(len(served.train_inputs), np.int64) if served.train_groups is None else np.asarray(served.train_groups)
+        groups = np.concatenate([groups, 1 + kinds])
+        held_out = np.concatenate([held_out, read(served.validation_inputs)])
+    return fit_outlier_head(inliers, read(outliers), inlier_groups=groups).calibrated(held_out), features

@@ -162,10 +162,13 @@ def test_photos_of_clothes_are_mostly_not_flagged(name, clothes_photos):
 
 @pytest.mark.parametrize("name", [*DIGIT_MODELS, *CLOTHES_MODELS])
 def test_the_threshold_holds_the_own_test_pictures_raw_and_uploaded_to_5_percent(name):
+    from training.trust import PHOTO_FLAG_RATE
+
     _, card = served(name)
     assert card["typicality"]["flagged_share"] <= 0.05
     assert card["typicality"]["flagged_share_served"]["test_uploaded"] <= 0.05
-    assert card["typicality"]["flagged_share_served"]["validation_photos"] <= 0.05
+    # The validation photos' own rate: 9% for digits (issue 20's goal for photos of digits is 10%), 5% for clothes.
+    assert card["typicality"]["flagged_share_served"]["validation_photos"] <= PHOTO_FLAG_RATE[card["training"]["dataset"]]
     assert card["typicality"]["flagged_share_served"]["validation_enlarged"] <= 0.05
 
 
@@ -195,10 +198,11 @@ def test_own_items_uploaded_and_enlarged_are_mostly_not_flagged_by_the_clothes_m
 # What the served models flag of uploads whose goal is not met (bench/results/trust.md), held so it cannot slip.
 # The digit models' outlier head (outlier exposure on training/doodles.py's drawings and symbols) raised this
 # module's uploaded scribbles from 69% / 55% to 84% / 69%, shapes from 75% / 69% to 93% / 82% and Latin letters from
-# 28% / 19% to 56% / 46% (mnist-convnet / mnist-mlp).
-UPLOADED_SCRIBBLES = {"mnist-convnet": 0.75, "mnist-mlp": 0.65}
-UPLOADED_SHAPES = {"mnist-convnet": 0.82, "mnist-mlp": 0.75}
-UPLOADED_LETTERS = {"mnist-convnet": 0.45, "mnist-mlp": 0.36}
+# 28% / 19% to 56% / 46% (mnist-convnet / mnist-mlp); its refit with four networks, 1,600 photos weighed as a group and
+# the photos' threshold at 9% of 400 to 86% / 82%, 94.5% / 88.5% and 60% / 58%.
+UPLOADED_SCRIBBLES = {"mnist-convnet": 0.80, "mnist-mlp": 0.76}
+UPLOADED_SHAPES = {"mnist-convnet": 0.88, "mnist-mlp": 0.82}
+UPLOADED_LETTERS = {"mnist-convnet": 0.52, "mnist-mlp": 0.50}
 # The clothes models' outlier head raised uploaded shapes from 71.5% / 61.5% to 81.5% / 70.5% and letters from 53.5% /
 # 58.8% to 83.8% / 80.8% (fashion-convnet / fashion-mlp) in test_clothes_models_flag_shapes_and_letters.
 CLOTHES_SHAPES = {"fashion-convnet": 0.76, "fashion-mlp": 0.66}
