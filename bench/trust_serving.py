@@ -2,7 +2,10 @@
 (probabilities only) against a later version with temperature and typicality folded in (`--version`, default
 the highest: the one served), side by side.
 
-    python bench/trust_serving.py [--model mnist-convnet] [--version N] [--pairs 3] [--duration 4]
+    python bench/trust_serving.py [--model mnist-convnet] [--version N] [--pairs 3] [--duration 4] [--against REV]
+
+`--against REV` adds a third arm: the same version as it was at git revision REV (its files from git), to measure a
+change to the typicality against the fit before it in the same run.
 
 Each pair runs bench/serving.py once on a repository holding only version 1, then once on one holding only
 the other version (the service with batching on, v1 JSON and v2 binary, one test picture of the model's
@@ -45,33 +48,53 @@ def main() -> int:
     parser.add_argument("--version", type=int, default=None, help="the version with typicality (default: the highest)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=4)
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="also serve the same version as it was at git revision REV, alternated with the other two")
     args = parser.parse_args()
     trusted = args.version or max(int(p.name) for p in (ROOT / "models" / args.model).iterdir() if p.name.isdigit())
-    runs: dict[int, list[dict[str, float]]] = {1: [], trusted: []}
+    arms = {"1": f"version 1", "now": f"version {trusted}"}
+    if args.against:
+        arms["before"] = f"version {trusted} at {args.against}"
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as scratch:
-        for version in runs:
-            shutil.copytree(ROOT / "models" / args.model / str(version), Path(scratch) / f"v{version}" / args.model / str(version))
+        for arm in arms:
+            target = Path(scratch) / arm / args.model / str(1 if arm == "1" else trusted)
+            if arm == "before":
+                folder = f"models/{args.model}/{trusted}"
+                target.mkdir(parents=True)
+                names = subprocess.run(["git", "ls-tree", "--name-only", f"{args.against}:{folder}"], cwd=ROOT, check=True,
+                                       capture_output=True, text=True).stdout.split()
+                for name in names:
+                    (target / name).write_bytes(subprocess.run(["git", "show", f"{args.against}:{folder}/{name}"], cwd=ROOT,
+                                                               check=True, capture_output=True).stdout)
+            else:
+                shutil.copytree(ROOT / "models" / args.model / target.name, target)
         for pair in range(args.pairs):
-            for version in runs:
-                rates = run_serving(Path(scratch) / f"v{version}", args.model, Path(scratch) / "out", args.duration)
-                runs[version].append(rates)
-                print(f"pair {pair + 1} version {version}: {rates}", flush=True)
-    medians = {v: {p: statistics.median(r[p] for r in rs) for p in rs[0]} for v, rs in runs.items()}
-    ratio = {p: round(medians[trusted][p] / medians[1][p], 3) for p in medians[1]}
+            for arm in arms:
+                rates = run_serving(Path(scratch) / arm, args.model, Path(scratch) / "out", args.duration)
+                runs[arm].append(rates)
+                print(f"pair {pair + 1} {arms[arm]}: {rates}", flush=True)
+    medians = {arm: {p: statistics.median(r[p] for r in rs) for p in rs[0]} for arm, rs in runs.items()}
+    ratios = {arm: {p: round(medians[arm][p] / medians["1"][p], 3) for p in medians["1"]} for arm in arms if arm != "1"}
     report = {"model": args.model, "connections": 64, "pairs": args.pairs, "duration_s": args.duration, "version": trusted,
-              "runs": runs, "median_requests_per_s": medians, f"version_{trusted}_over_version_1": ratio}
+              "against": args.against, "arms": arms, "runs": runs, "median_requests_per_s": medians,
+              f"version_{trusted}_over_version_1": ratios["now"],
+              **({f"version_{trusted}_at_{args.against}_over_version_1": ratios["before"]} if args.against else {})}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"trust-serving-{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")
+    against = f" --against {args.against}" if args.against else ""
     lines = ["# What typicality costs the service", "",
              f"`python bench/trust_serving.py --model {args.model} --version {trusted} --pairs {args.pairs} --duration "
-             f"{args.duration}`: requests/s at 64 connections (median of the pairs, batching on, one test picture of the model's dataset per request), "
+             f"{args.duration}{against}`: requests/s at 64 connections (median of the pairs, batching on, one test picture of the model's dataset per request), "
              f"version 1 (probabilities only) against version {trusted} (temperature folded in, typicality output, "
              "warnings in the answer), alternated on one machine.", "",
              "Server CPU per request (ms) is the servers' CPU time over the requests answered: less sensitive than "
              "requests/s to other work on a shared machine.", "",
-             f"| measure | version 1 | version {trusted} | ratio |", "|---|---|---|---|"]
-    for protocol in medians[1]:
-        lines.append(f"| {protocol} | {medians[1][protocol]:.3f} | {medians[trusted][protocol]:.3f} | {ratio[protocol]:.3f} |")
+             "| measure | " + " | ".join(arms.values()) + " | " + " | ".join(f"ratio, {arms[a]}" for a in ratios) + " |",
+             "|---|" + "---|" * (len(arms) + len(ratios))]
+    for protocol in medians["1"]:
+        lines.append(f"| {protocol} | " + " | ".join(f"{medians[a][protocol]:.3f}" for a in arms) + " | "
+                     + " | ".join(f"{ratios[a][protocol]:.3f}" for a in ratios) + " |")
     (RESULTS / f"trust-serving-{args.model}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
