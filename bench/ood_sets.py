@@ -93,6 +93,20 @@ def shapes(count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def thick_scribbles(count: int, seed: int = 0) -> np.ndarray:
+    """A polyline of 3 to 7 points, 3 to 10 px wide, dark on white and light on black in turn, uint8 [N, SIDE, SIDE]:
+    a scribble drawn with a thick pen on a canvas larger than 28x28 (the smoke check's kind)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((count, SIDE, SIDE), np.uint8)
+    for i in range(count):
+        light = i % 2 == 0
+        image = Image.new("L", (SIDE, SIDE), 255 if light else 0)
+        points = [tuple(rng.uniform(12, SIDE - 12, 2)) for _ in range(int(rng.integers(3, 8)))]
+        ImageDraw.Draw(image).line(points, fill=0 if light else 255, width=int(rng.integers(3, 11)), joint="curve")
+        out[i] = np.asarray(image)
+    return out
+
+
 def letters(count: int, seed: int = 0) -> np.ndarray:
     """One Latin letter (A-Z, a-z) in a DejaVu font, random size, weight and tilt, uint8 [N, SIDE, SIDE]."""
     rng = np.random.default_rng(seed)
@@ -162,4 +176,5 @@ def uploaded(pictures: np.ndarray, method: str) -> tuple[np.ndarray, int]:
     return (np.stack(kept) if kept else np.empty((0, 1, 28, 28), np.float32)), refused
 
 
-HELD_OUT = {"shapes": shapes, "letters": letters, "natural_crops": natural_crops, "smooth_noise": smooth_noise}
+HELD_OUT = {"shapes": shapes, "letters": letters, "natural_crops": natural_crops, "smooth_noise": smooth_noise,
+            "thick_scribbles": thick_scribbles}

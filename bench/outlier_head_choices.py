@@ -25,18 +25,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image, ImageDraw
 
 import service.trust.fit as fit_module
 import training.trust as trust
-from bench.ood_sets import uploaded
 from bench.trust import latest_version, picture_sets
 from service.trust.graph import folded_temperature, strip_trust
 from service.trust.outlier_head import fit_outlier_head
 from training.data import load_splits
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SETS = ("own", "other_dataset", "scribble", "shapes", "letters", "thick_scribble", "own_enlarged", "own_photos")
+SETS = ("own", "other_dataset", "scribble", "shapes", "letters", "thick_scribbles", "own_enlarged", "own_photos")
 PHOTO_SHARES = (0.05, 0.075, 0.10)
 HELD_PHOTOS, HELD_PHOTO_SEED = 800, 99
 RECIPES = {
@@ -45,20 +43,6 @@ RECIPES = {
     "photos": {"served_train": 1600, "served_validation": 100, "photo_rate": 0.05, "heads": 4, "hidden": 128, "groups": True},
     "now": {},
 }
-
-
-def thick_scribbles(count: int, seed: int) -> np.ndarray:
-    """Polylines of 3 to 7 points, 3 to 10 px wide on a 112 px canvas, dark on white and light on black in turn: the
-    smoke check's kind of scribble, thicker than bench/ood_sets.py's (measured only)."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((count, 112, 112), np.uint8)
-    for i in range(count):
-        light = i % 2 == 0
-        image = Image.new("L", (112, 112), 255 if light else 0)
-        points = [tuple(rng.uniform(12, 100, 2)) for _ in range(int(rng.integers(3, 8)))]
-        ImageDraw.Draw(image).line(points, fill=0 if light else 255, width=int(rng.integers(3, 11)), joint="curve")
-        out[i] = np.asarray(image)
-    return out
 
 
 @contextmanager
@@ -94,7 +78,6 @@ def main() -> None:
     card = json.loads((version_dir / "model.json").read_text())
     dataset, method = card["training"]["dataset"], card["preprocessing"]["method"]
     sets = picture_sets(dataset, method, {}, args.count, args.held_out)
-    sets["thick_scribble"] = {"uploaded": uploaded(thick_scribbles(args.held_out, seed=5), method)}
     served = onnx.load(version_dir / "model.onnx")
     temperature = folded_temperature(served) or card["calibration"]["temperature"]
     proto = strip_trust(served)
@@ -116,8 +99,7 @@ def main() -> None:
         print(json.dumps(rows[-len(thresholds):]), flush=True)
     lines = [f"# {args.model}: outlier-head recipes", "",
              f"Written by `python -m bench.outlier_head_choices --model {args.model} --recipes {args.recipes}`: % flagged of each set "
-             f"uploaded as PNG (bench/trust.py's sets, {args.count} / {args.held_out} pictures; thick_scribble: {args.held_out} "
-             f"polylines 3-10 px wide at 112 px), held photos: {HELD_PHOTOS} photos of test digits (seed {HELD_PHOTO_SEED}).", "",
+             f"uploaded as PNG (bench/trust.py's sets, {args.count} / {args.held_out} pictures), held photos: {HELD_PHOTOS} photos of test digits (seed {HELD_PHOTO_SEED}).", "",
              "| recipe | threshold | held photos | " + " | ".join(SETS) + " |", "|---|---|---|" + "---|" * len(SETS)]
     lines += [f"| {r['recipe']} | {r['threshold']} | {r['held_photos']} | " + " | ".join(str(r[s]) for s in SETS) + " |" for r in rows]
     RESULTS.mkdir(exist_ok=True)

@@ -130,7 +130,7 @@ def markdown(results: list[dict]) -> str:
              "synthetic phone photos of held-out pictures of the model's own classes (training/photo_eval.py's fixed sets).",
              "own_enlarged: the own test pictures enlarged to 56, 84, 140 or 280 px (nearest, bilinear, bicubic or lanczos; half",
              "dark on light) and uploaded.",
-             "shapes, letters, natural_crops, smooth_noise: held-out pictures nothing was fitted on (bench/ood_sets.py).", "",
+             "shapes, letters, natural_crops, smooth_noise, thick_scribbles: held-out pictures nothing was fitted on (bench/ood_sets.py).", "",
              "| model | temperature | test ECE before | after | accuracy |", "|---|---|---|---|---|"]
     for r in results:
         c = r["calibration"]
