@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-PATCH_FRACTION = 0.25  # patch side as a share of the picture side: 7 pixels for 28 (64 copies)
-STRIDE_FRACTION = 0.11  # 3 pixels for 28
+PATCH_FRACTION = 0.25  # patch side as a share of the picture side: 7 pixels for 28 (49 copies)
+STRIDE_FRACTION = 0.14  # 4 pixels for 28: 49 copies, not 64 at 3 (1 + 64 runs measured 4.2-6.1 ms of CPU a picture)
 
 
 def positions(side: int, patch: int, stride: int) -> list[int]:

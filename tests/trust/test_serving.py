@@ -119,10 +119,10 @@ def test_explain_answers_a_map_of_the_top_class(client):
 
 
 def test_explain_counts_the_occluded_copies_against_the_limit(client):
-    digits, _ = dataset_pictures("mnist", 4)
-    response = client.post("/v1/models/mnist-convnet/predict", json={"instances": digits.reshape(4, 784).tolist(), "explain": True})
-    assert response.status_code == 422
-    assert "send at most 3 pictures with explain" in response.json()["error"]["message"]
+    digits, _ = dataset_pictures("mnist", 6)
+    response = client.post("/v1/models/mnist-convnet/predict", json={"instances": digits.reshape(6, 784).tolist(), "explain": True})
+    assert response.status_code == 422  # 6 x (1 + 49 occluded copies) = 300 images, over the limit of 256
+    assert "send at most 5 pictures with explain" in response.json()["error"]["message"]
     bad = client.post("/v1/models/mnist-convnet/predict", json={"instances": digits[:1].reshape(1, 784).tolist(), "explain": "yes"})
     assert bad.status_code == 422
 
