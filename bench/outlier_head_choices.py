@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 import service.trust.fit as fit_module
 import training.trust as trust
-from bench.trust import latest_version, picture_sets
+from bench.trust import latest_version, picture_sets, score
 from service.trust.graph import folded_temperature, strip_trust
 from service.trust.outlier_head import fit_outlier_head
 from training.data import load_splits
@@ -62,8 +62,7 @@ def recipe(settings: dict, dataset: str):
 
 
 def typicality(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["typicality"], {"input": x[i : i + 500]})[0] for i in range(0, len(x), 500)]) if len(x) else np.zeros(0)
+    return score(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), x)[1]
 
 
 def main() -> None:

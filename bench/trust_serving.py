@@ -52,7 +52,7 @@ def main() -> int:
                         help="also serve the same version as it was at git revision REV, alternated with the other two")
     args = parser.parse_args()
     trusted = args.version or max(int(p.name) for p in (ROOT / "models" / args.model).iterdir() if p.name.isdigit())
-    arms = {"1": f"version 1", "now": f"version {trusted}"}
+    arms = {"1": "version 1", "now": f"version {trusted}"}
     if args.against:
         arms["before"] = f"version {trusted} at {args.against}"
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}

@@ -19,8 +19,8 @@ from service.trust.typicality import standardisation
 
 # An ensemble of HEADS networks of HIDDEN // HEADS units each, folded as one network of HIDDEN units (their mean logit
 # is one ReLU layer of all their units and one output column). As measured on mnist-convnet (docs/trust.md): one network
-# of 64 units, or 5 of 16, caught 2-4 points fewer drawings than 4 of 32 at the same share of photos of digits flagged;
-# 5 of 64 caught as many as 4 of 32 at two and a half times the cost.
+# of 64 units caught 1-2 points fewer uploaded scribbles than 4 of 32 at the same share of photos of digits flagged, 5 of
+# 16 up to 1.5 fewer; 5 of 64 as many as 4 of 32, at two and a half times the cost.
 HIDDEN, HEADS = 128, 4
 EPOCHS, BATCH, LEARNING_RATE, WEIGHT_DECAY = 30, 256, 1e-3, 1e-3
 
