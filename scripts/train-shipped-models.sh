@@ -29,7 +29,7 @@ declare -A PHOTO_RECIPES=(
 # then fine-tuned once more, also on real phone photos of clothes run through the service's preprocessing
 # (training/real_clothes.py; processed once and cached in data/real-clothes/).
 declare -A REAL_RECIPES=(
-  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 1 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200 --real-mix 0.25"
+  [fashion-convnet]="--dataset fashion-mnist --arch convnet --channels 16,32 --dropout 0.1 --epochs 3 --lr 3e-4 --shift 1 --hflip --photo-mix 0.15 --photo-pool 1200 --real-mix 0.1"
 )
 REAL_PHOTOS=${REAL_PHOTOS:-}
 
