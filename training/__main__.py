@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "temperature), on the training split and on synthetic photos and enlarged PNG uploads of it "
                            "through the service's preprocessing; the threshold also holds the test pictures sent as "
                            "uploads to the flag rate")
+    calibrate.add_argument("--real-photos", type=Path, default=None, metavar="DIR",
+                           help="with --refit-typicality, for a version that learned from real photos of clothes: the "
+                           "clothing dataset's folder (train/ and validation/ in it, docs/photos.md)")
     add_data_options(calibrate)
 
     download = commands.add_parser("download", help="fetch a dataset's files (sha256-checked)",
@@ -306,10 +309,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
               "energy": args.energy, "extent": args.extent, "directions": args.directions,
               "outlier_exposure": args.outlier_exposure}
     options = {k: v for k, v in chosen.items() if v is not None}
+    if args.real_photos is not None and not args.real_photos.is_dir():
+        raise SystemExit(f"error: --real-photos {args.real_photos} is not a folder")
+    if args.real_photos is not None and not args.refit_typicality:
+        raise SystemExit("error: --real-photos goes with --refit-typicality")
     if args.refit_typicality:
-        from training.trust import refit_typicality_in_place
+        from training.trust import MissingRealPhotos, refit_typicality_in_place
 
-        card = refit_typicality_in_place(args.model, args.data_dir, download=args.download, options=options)
+        try:
+            card = refit_typicality_in_place(args.model, args.data_dir, download=args.download, options=options,
+                                             real_photos=args.real_photos)
+        except MissingRealPhotos as refusal:
+            raise SystemExit(f"error: {refusal}") from None
         typicality = card["typicality"]
         print(f"refitted {args.model} in place: typicality ({typicality['method']}) threshold {typicality['threshold']:.4f} "
               f"flags {typicality['flagged_share']:.1%} of the test pictures, {typicality['flagged_share_served']}")

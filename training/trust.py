@@ -41,6 +41,12 @@ METHOD_OF = {"mnist": "mnist-digit", "fashion-mnist": "fashion-fit"}
 # Held to 9% of 400 validation photos, mnist-convnet flagged 7.5% of 800 photos of test digits and 8.6% of the fixed
 # full-size photo set (training/photo_eval.py); held to 7.5%, 5.2% and 7.9%, and 4 points fewer scribbles caught.
 PHOTO_FLAG_RATE = {"mnist": 0.09, "fashion-mnist": 0.05}
+# A model fine-tuned on real photos of clothes (training/real_clothes.py) has its typicality fitted on them too: fitted
+# on synthetic photos only, fashion-convnet 4 flagged 15.8% of the 272 real validation photos (31 of its 43 flags on
+# right answers), where version 3 flagged 6.2%. Its real validation photos held to 9% (as digit photos are): 8.1% of
+# them and 3 of the 70 real test photos flagged, and bench/trust.py's shapes and letters 94% and 95.7% (uploaded);
+# held to 5%: 2 of 70, but shapes 81.3%, letters 81.0% and photo crops 40.7% against 67.3% (docs/trust.md).
+REAL_PHOTO_FLAG_RATE = 0.09
 # Training pictures enlarged (a small digit a person enlarged before sending it) and sent as PNG uploads: fitted on,
 # each filter's with class means of their own (ENLARGED_GROUPS); validation ones held by the threshold to
 # ENLARGED_FLAG_RATE flagged. Factors log-uniform in ENLARGED_FACTORS: the softest (2-3x, bilinear) are the hardest.
@@ -165,10 +171,12 @@ def enlarged_labels(labels: np.ndarray, filters: np.ndarray, num_classes: int) -
     return np.asarray(labels, dtype=np.int64) + num_classes * group
 
 
-def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
+def served_pictures(splits: Splits, dataset: str, real_photos: Path | None = None) -> ServedPictures:
     """What serving makes of the model's own classes: photos of training and validation pictures through the
     preprocessing, the same pictures enlarged and sent as PNG uploads, and the test pictures sent as PNG uploads
-    (the threshold holds these, the validation photos and the enlarged validation uploads to the flag rate too)."""
+    (the threshold holds these, the validation photos and the enlarged validation uploads to the flag rate too).
+    With `real_photos` (the clothing dataset's folder, for a model that learned from it), its processed training
+    photos too, and its validation photos held to REAL_PHOTO_FLAG_RATE."""
     photo_x, photo_y = photos_as_served(splits.train_images, splits.train_labels, dataset, SERVED_TRAIN, SERVED_SEEDS[0])
     val_photos, _ = photos_as_served(splits.val_images, splits.val_labels, dataset, SERVED_VALIDATION, SERVED_SEEDS[1])
     big_x, big_y, big_filters = enlarged_uploads_as_served(splits.train_images, splits.train_labels, dataset, ENLARGED_TRAIN, ENLARGED_SEEDS[0])
@@ -176,7 +184,8 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
     uploaded = uploads_as_served(splits.test_images, METHOD_OF[dataset])
     num_classes = len(np.unique(splits.train_labels))
     low, high = ENLARGED_FACTORS
-    return ServedPictures(
+    real = _real_photos(real_photos, num_classes) if real_photos is not None else None
+    served = ServedPictures(
         train_inputs=np.concatenate([photo_x, big_x]),
         train_labels=np.concatenate([photo_y, enlarged_labels(big_y, big_filters, num_classes)]),
         # The enlarged validation pictures hold the threshold but are not standardised on: they score above ordinary
@@ -197,6 +206,35 @@ def served_pictures(splits: Splits, dataset: str) -> ServedPictures:
                      f"test pictures sent as PNG uploads (test_uploaded) to the flag rate, the validation photos "
                      f"(validation_photos) to {PHOTO_FLAG_RATE[dataset]:.0%} and the enlarged validation uploads (validation_enlarged) "
                      f"to {ENLARGED_FLAG_RATE:.0%}"),
+    )
+    return served if real is None else _with_real_photos(served, *real)
+
+
+def _real_photos(directory: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The clothing dataset's training photos as served, with class means of their own (a real photo's silhouette is a
+    mode of its class apart from Fashion-MNIST's items), and its validation photos as served."""
+    from training import real_clothes
+
+    train_x, train_y = real_clothes.processed(directory, "train")
+    val_x, _ = real_clothes.processed(directory, "validation")
+    described = (f"; {len(train_x)} training and {len(val_x)} validation real phone photos of clothes "
+                 f"({real_clothes.MANIFEST.relative_to(PROJECT_ROOT)}) through the same preprocessing, the training ones "
+                 f"with class means of their own, the validation ones (validation_real_photos) held to "
+                 f"{REAL_PHOTO_FLAG_RATE:.0%}")
+    return model_inputs(train_x), train_y + num_classes * (1 + len(FILTERS)), model_inputs(val_x), described
+
+
+def _with_real_photos(served: ServedPictures, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                      described: str) -> ServedPictures:
+    groups = served.train_groups
+    return ServedPictures(
+        train_inputs=np.concatenate([served.train_inputs, train_x]),
+        train_labels=np.concatenate([served.train_labels, train_y]),
+        validation_inputs=served.validation_inputs,
+        test={**served.test, "validation_real_photos": val_x},
+        train_groups=np.r_[groups, np.full(len(train_x), int(groups.max()) + 1)],
+        rates={**served.rates, "validation_real_photos": REAL_PHOTO_FLAG_RATE},
+        description=served.description + described,
     )
 
 
@@ -274,14 +312,18 @@ def calibrate_published(
     return published, json.loads((published / "model.json").read_text())
 
 
+class MissingRealPhotos(ValueError):
+    """The version learned from real photos of clothes, and a refit of its typicality needs them."""
+
+
 def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *, download: bool = False,
-                              options: dict | None = None) -> dict:
+                              options: dict | None = None, real_photos: Path | None = None) -> dict:
     """Refit a served version's typicality on its dataset and on what serving makes of it (`served_pictures`),
     keeping its weights and temperature: the graph's trust nodes are stripped and folded again, model.onnx and
     model.json rewritten in place (the card's sha256 updated, `typicality.refitted_at` added). Accuracy and the
     served probabilities stay exactly as they were. The members are those the card's `typicality.fit_options`
     recorded (fit_trust's defaults where it has none), with `options` (layers, components, within, statistics,
-    energy, extent, directions) changed."""
+    energy, extent, directions) changed. A version that learned from real photos of clothes needs `real_photos`."""
     version_dir = Path(version_dir)
     card = json.loads((version_dir / "model.json").read_text())
     options = {**card.get("typicality", {}).get("fit_options", {}), **(options or {})}
@@ -291,8 +333,14 @@ def refit_typicality_in_place(version_dir: Path, data_dir: Path | None = None, *
     proto = strip_trust(served)
     del proto.metadata_props[:]
     dataset = card["training"]["dataset"]
+    learned_from_real = card["training"].get("hyperparameters", {}).get("real_photos")
+    if learned_from_real and real_photos is None:
+        raise MissingRealPhotos(
+            f"{version_dir} learned from real photos of clothes ({learned_from_real}); its typicality is fitted on them "
+            f"too: pass --real-photos DIR, the clothing dataset's folder (docs/photos.md)")
     splits = load_splits(dataset, data_dir, download=download, seed=card["training"].get("seed", 0))
-    fit = fit_on_splits(proto, card, splits, temperature=temperature, served=served_pictures(splits, dataset), **options)
+    served = served_pictures(splits, dataset, real_photos if learned_from_real else None)
+    fit = fit_on_splits(proto, card, splits, temperature=temperature, served=served, **options)
     if fit.calibration["accuracy"] != card["calibration"]["accuracy"]:
         raise RuntimeError(f"accuracy {fit.calibration['accuracy']} differs from the card's {card['calibration']['accuracy']}")
     typicality = {**fit.typicality, "refitted_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -102,3 +102,37 @@ def test_a_batch_draws_its_share_of_real_photos_class_balanced():
 def test_real_photos_are_for_clothes_only(tmp_path):
     with pytest.raises(SystemExit, match="photos of clothes"):
         training_main(["train", "--dataset", "mnist", "--real-photos", str(tmp_path)])
+
+
+def test_a_typicality_refit_of_a_version_that_learned_from_real_photos_needs_them(tmp_path):
+    """fashion-convnet 4 learned from real photos; its typicality was fitted on them too, so a refit without them
+    would silently flag more real photos: it is refused with what to pass, before anything is loaded or written."""
+    import shutil
+
+    from training.data import PROJECT_ROOT
+
+    version = tmp_path / "fashion-convnet" / "4"
+    shutil.copytree(PROJECT_ROOT / "models" / "fashion-convnet" / "4", version)
+    before = (version / "model.onnx").read_bytes()
+    with pytest.raises(SystemExit, match="learned from real photos of clothes.*pass --real-photos DIR"):
+        training_main(["calibrate", str(version), "--refit-typicality"])
+    with pytest.raises(SystemExit, match="goes with --refit-typicality"):
+        training_main(["calibrate", str(version), "--real-photos", str(tmp_path)])
+    with pytest.raises(SystemExit, match="is not a folder"):
+        training_main(["calibrate", str(version), "--refit-typicality", "--real-photos", str(tmp_path / "none")])
+    assert (version / "model.onnx").read_bytes() == before
+
+
+def test_the_real_photos_join_the_served_pictures_as_a_group_of_their_own():
+    from service.trust.fit import ServedPictures
+    from training.trust import REAL_PHOTO_FLAG_RATE, _with_real_photos
+
+    served = ServedPictures(train_inputs=np.zeros((3, 1, 28, 28), np.float32), train_labels=np.array([0, 1, 12]),
+                            validation_inputs=np.zeros((2, 1, 28, 28), np.float32), test={"validation_photos": np.zeros((2, 1, 28, 28))},
+                            rates={"validation_photos": 0.05}, train_groups=np.array([0, 0, 1]), description="photos")
+    real = _with_real_photos(served, np.ones((2, 1, 28, 28), np.float32), np.array([50, 53]), np.ones((4, 1, 28, 28)), "; real")
+    assert real.train_inputs.shape == (5, 1, 28, 28) and real.train_labels.tolist() == [0, 1, 12, 50, 53]
+    assert real.train_groups.tolist() == [0, 0, 1, 2, 2]
+    assert set(real.test) == {"validation_photos", "validation_real_photos"} and len(real.test["validation_real_photos"]) == 4
+    assert real.rates == {"validation_photos": 0.05, "validation_real_photos": REAL_PHOTO_FLAG_RATE}
+    assert real.description == "photos; real"

@@ -88,6 +88,20 @@ def test_a_fine_tuned_version_keeps_the_clean_test_accuracy_within_0_3_points(ve
 
 
 @pytest.mark.parametrize("version_dir", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_version_that_learned_from_real_photos_holds_them_in_its_typicality(version_dir):
+    """Fitted on synthetic photos only, fashion-convnet 4 flagged 15.8% of the real validation photos of clothes: a
+    version that learned from real photos has its typicality fitted on them and its threshold holding them."""
+    from training.trust import REAL_PHOTO_FLAG_RATE
+
+    card = json.loads((version_dir / "model.json").read_text())
+    if not card["training"]["hyperparameters"].get("real_photos"):
+        assert "validation_real_photos" not in card.get("typicality", {}).get("flagged_share_served", {})
+        return
+    assert "real phone photos of clothes" in card["typicality"]["served_pictures"]
+    assert card["typicality"]["flagged_share_served"]["validation_real_photos"] <= REAL_PHOTO_FLAG_RATE
+
+
+@pytest.mark.parametrize("version_dir", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_accuracy_measured_again_matches_the_card(version_dir):
     card = json.loads((version_dir / "model.json").read_text())
     spec = DATASETS[card["training"]["dataset"]]
