@@ -33,6 +33,16 @@ declare -A REAL_RECIPES=(
 )
 REAL_PHOTOS=${REAL_PHOTOS:-}
 
+# Last, the typicality of the version each chain ends with is refitted in place on what serving makes of its pictures
+# (synthetic photos, enlarged uploads; with REAL_PHOTOS, the real photos fashion-convnet learned from), with the
+# members each shipped card records in typicality.fit_options (docs/trust.md).
+declare -A TYPICALITY=(
+  [mnist-convnet]="--layers input --components 64 --no-within --statistics --energy --no-extent --outlier-exposure"
+  [mnist-mlp]="--layers input --components 64 --no-within --statistics --energy --no-extent --outlier-exposure"
+  [fashion-mlp]="--layers penultimate --components 128 --directions 64 --within --no-statistics --no-energy --extent --outlier-exposure"
+  [fashion-convnet]="--layers input --components 128 --within --statistics --no-energy --extent --outlier-exposure"
+)
+
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do
@@ -56,7 +66,14 @@ for name in "${names[@]}"; do
     base=$(sed -n 's/^published \([^:]*\):.*/\1/p' <<<"$published")
     echo "== $name: fine-tuned on real photos of clothes from $base"
     # shellcheck disable=SC2086
-    "$PY" -m training train ${REAL_RECIPES[$name]} --real-photos "$REAL_PHOTOS" --init-from "$base/model.onnx" \
-      --name "$name" --models-dir "$MODELS_DIR" --no-progress
+    published=$("$PY" -m training train ${REAL_RECIPES[$name]} --real-photos "$REAL_PHOTOS" --init-from "$base/model.onnx" \
+      --name "$name" --models-dir "$MODELS_DIR" --no-progress | tee /dev/stderr)
+    real=(--real-photos "$REAL_PHOTOS")
+  else
+    real=()
   fi
+  last=$(sed -n 's/^published \([^:]*\):.*/\1/p' <<<"$published")
+  echo "== $name: typicality of $last refitted on served pictures"
+  # shellcheck disable=SC2086
+  "$PY" -m training calibrate "$last" --refit-typicality ${TYPICALITY[$name]} "${real[@]}"
 done

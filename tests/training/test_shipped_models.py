@@ -110,3 +110,25 @@ def test_accuracy_measured_again_matches_the_card(version_dir):
     assert result["test_split"] == card["metrics"]["test_split"]
     assert result["test_accuracy"] >= BARS[card["name"]]
     assert result["agrees_with_card"], result
+
+
+def test_the_recipe_script_refits_each_served_version_with_the_members_its_card_records():
+    """scripts/train-shipped-models.sh ends each chain with a typicality refit: its options are the served card's."""
+    script = (PROJECT_ROOT / "scripts" / "train-shipped-models.sh").read_text()
+    block = script.split("declare -A TYPICALITY=(", 1)[1].split("\n)", 1)[0]
+    recipes = dict(re.findall(r'\[([\w-]+)\]="([^"]*)"', block))
+    assert sorted(recipes) == sorted(BARS)
+    for name, flags in recipes.items():
+        served = max((p for p in SHIPPED if p.parent.name == name), key=lambda p: int(p.name))
+        recorded = json.loads((served / "model.json").read_text())["typicality"]["fit_options"]
+        words = flags.split()
+        options = {"directions": None}
+        for i, word in enumerate(words):
+            key = word.removeprefix("--no-").removeprefix("--").replace("-", "_")
+            if word.startswith("--no-"):
+                options[key] = False
+            elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+                options[key] = int(words[i + 1]) if words[i + 1].isdigit() else words[i + 1]
+            elif word.startswith("--"):
+                options[key] = True
+        assert options == recorded, name
