@@ -300,15 +300,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["agrees_with_card"] else 1
 
 
+def typicality_choices(args: argparse.Namespace) -> dict:
+    """The typicality members `calibrate`'s options chose, as a card's `typicality.fit_options` names them (None: not
+    chosen, the default or the card's)."""
+    return {"layers": args.layers, "components": args.components, "within": args.within, "statistics": args.statistics,
+            "energy": args.energy, "extent": args.extent, "directions": args.directions,
+            "outlier_exposure": args.outlier_exposure}
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from training.trust import AlreadyCalibrated, calibrate_published
 
     if not (args.model / "model.json").is_file():
         raise SystemExit(f"error: {args.model} holds no model.json; pass a version folder such as models/mnist-convnet/1")
-    chosen = {"layers": args.layers, "components": args.components, "within": args.within, "statistics": args.statistics,
-              "energy": args.energy, "extent": args.extent, "directions": args.directions,
-              "outlier_exposure": args.outlier_exposure}
-    options = {k: v for k, v in chosen.items() if v is not None}
+    options = {k: v for k, v in typicality_choices(args).items() if v is not None}
     if args.real_photos is not None and not args.real_photos.is_dir():
         raise SystemExit(f"error: --real-photos {args.real_photos} is not a folder")
     if args.real_photos is not None and not args.refit_typicality:

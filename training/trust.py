@@ -184,7 +184,6 @@ def served_pictures(splits: Splits, dataset: str, real_photos: Path | None = Non
     uploaded = uploads_as_served(splits.test_images, METHOD_OF[dataset])
     num_classes = len(np.unique(splits.train_labels))
     low, high = ENLARGED_FACTORS
-    real = _real_photos(real_photos, num_classes) if real_photos is not None else None
     served = ServedPictures(
         train_inputs=np.concatenate([photo_x, big_x]),
         train_labels=np.concatenate([photo_y, enlarged_labels(big_y, big_filters, num_classes)]),
@@ -207,12 +206,13 @@ def served_pictures(splits: Splits, dataset: str, real_photos: Path | None = Non
                      f"(validation_photos) to {PHOTO_FLAG_RATE[dataset]:.0%} and the enlarged validation uploads (validation_enlarged) "
                      f"to {ENLARGED_FLAG_RATE:.0%}"),
     )
-    return served if real is None else _with_real_photos(served, *real)
+    return served if real_photos is None else _with_real_photos(served, *_real_photos(real_photos, num_classes))
 
 
 def _real_photos(directory: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The clothing dataset's training photos as served, with class means of their own (a real photo's silhouette is a
-    mode of its class apart from Fashion-MNIST's items), and its validation photos as served."""
+    mode of its class apart from Fashion-MNIST's items: labels past the enlarged uploads' groups, `enlarged_labels`),
+    and its validation photos as served, and what they are for the card."""
     from training import real_clothes
 
     train_x, train_y = real_clothes.processed(directory, "train")

@@ -114,6 +114,8 @@ def test_accuracy_measured_again_matches_the_card(version_dir):
 
 def test_the_recipe_script_refits_each_served_version_with_the_members_its_card_records():
     """scripts/train-shipped-models.sh ends each chain with a typicality refit: its options are the served card's."""
+    from training.__main__ import build_parser, typicality_choices
+
     script = (PROJECT_ROOT / "scripts" / "train-shipped-models.sh").read_text()
     block = script.split("declare -A TYPICALITY=(", 1)[1].split("\n)", 1)[0]
     recipes = dict(re.findall(r'\[([\w-]+)\]="([^"]*)"', block))
@@ -121,14 +123,5 @@ def test_the_recipe_script_refits_each_served_version_with_the_members_its_card_
     for name, flags in recipes.items():
         served = max((p for p in SHIPPED if p.parent.name == name), key=lambda p: int(p.name))
         recorded = json.loads((served / "model.json").read_text())["typicality"]["fit_options"]
-        words = flags.split()
-        options = {"directions": None}
-        for i, word in enumerate(words):
-            key = word.removeprefix("--no-").removeprefix("--").replace("-", "_")
-            if word.startswith("--no-"):
-                options[key] = False
-            elif i + 1 < len(words) and not words[i + 1].startswith("--"):
-                options[key] = int(words[i + 1]) if words[i + 1].isdigit() else words[i + 1]
-            elif word.startswith("--"):
-                options[key] = True
+        options = typicality_choices(build_parser().parse_args(["calibrate", str(served), "--refit-typicality", *flags.split()]))
         assert options == recorded, name
